@@ -1,0 +1,304 @@
+"""Load a policy file into a frozen `Policy`, reporting every problem as FILE:LINE:COL.
+
+One builder per section, each reading positioned YAML nodes through a `Reader`. A section the
+gateway does not know yet is an unknown key: nothing in a policy file is silently ignored.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from yarl import URL
+
+from gateway.config.errors import PolicyError, Problem
+from gateway.config.model import (
+    Address,
+    Policy,
+    Route,
+    RouteMatch,
+    ServerLimits,
+    ServerSettings,
+    ServerTimeouts,
+    UpstreamSettings,
+    UpstreamTarget,
+)
+from gateway.config.reader import Reader
+from gateway.config.source import compose_file
+from gateway.http.normalize import PathRejected, normalize_path
+from gateway.routing import Router
+
+TOP_LEVEL = ("version", "environment", "server", "upstream", "routes")
+_ROUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
+_METHOD = re.compile(r"[A-Z][A-Z0-9\-_]*")
+_HOSTNAME = re.compile(r"(\*\.)?([a-z0-9]([a-z0-9\-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9\-]*[a-z0-9])?")
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    policy: Policy
+    warnings: tuple[Problem, ...]
+
+
+def load_policy(path: str | Path) -> Loaded:
+    """The policy in `path` with its warnings; raises PolicyError listing every error."""
+    path = Path(path)
+    root = compose_file(path)
+    reader = Reader(str(path))
+    if root is None:
+        reader.error(None, "policy file is empty")
+        raise PolicyError(reader.problems)
+    policy = _build_policy(reader, root, str(path))
+    errors = [p for p in reader.problems if not p.warning]
+    if errors or policy is None:
+        raise PolicyError(errors)
+    return Loaded(policy, tuple(p for p in reader.problems if p.warning))
+
+
+def _build_policy(r: Reader, root: yaml.Node, file: str) -> Policy | None:
+    doc = r.mapping(root, TOP_LEVEL, "the policy file")
+    if doc is None:
+        return None
+    version = None
+    if "version" not in doc:
+        r.error(root, "missing required key 'version' (write `version: 1`)")
+    else:
+        version = r.integer(doc["version"], "version")
+        if version is not None and version != 1:
+            r.error(doc["version"], f"unsupported policy version {version}; this gateway reads 1")
+    environment = "development"
+    if "environment" in doc:
+        environment = r.string(doc["environment"], "environment") or environment
+    server = _server(r, doc["server"]) if "server" in doc else ServerSettings()
+    upstream = None
+    if "upstream" not in doc:
+        r.error(root, "missing required key 'upstream'")
+    else:
+        upstream = _upstream(r, doc["upstream"])
+    routes: tuple[Route, ...] = ()
+    if "routes" not in doc:
+        r.error(root, "missing required key 'routes'")
+    else:
+        routes = _routes(r, doc["routes"])
+    if version is None or server is None or upstream is None:
+        return None
+    return Policy(version=version, environment=environment, server=server, upstream=upstream,
+                  routes=routes, source_files=(file,))
+
+
+def _address(r: Reader, node: yaml.Node, what: str) -> Address | None:
+    text = r.string(node, what)
+    if text is None:
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        r.error(node, f"{what} must be HOST:PORT (for example 0.0.0.0:8080 or [::1]:8080)")
+        return None
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            r.error(node, f"{what}: {host!r} is not an IP address")
+            return None
+    return Address(host, int(port))
+
+
+def _server(r: Reader, node: yaml.Node) -> ServerSettings | None:
+    keys = ("listen", "admin_listen", "workers", "trusted_proxies", "timeouts", "limits")
+    m = r.mapping(node, keys, "server")
+    if m is None:
+        return None
+    d = ServerSettings()
+    listen = _address(r, m["listen"], "server.listen") if "listen" in m else d.listen
+    admin = _address(r, m["admin_listen"], "server.admin_listen") if "admin_listen" in m \
+        else d.admin_listen
+    workers = r.integer(m["workers"], "server.workers", 1, 256) if "workers" in m else d.workers
+    trusted = d.trusted_proxies
+    if "trusted_proxies" in m:
+        nets = []
+        for item, text in r.string_list(m["trusted_proxies"], "server.trusted_proxies") or ():
+            try:
+                nets.append(ipaddress.ip_network(text, strict=True))
+            except ValueError as exc:
+                r.error(item, f"server.trusted_proxies: {text!r} is not a CIDR ({exc})")
+        trusted = tuple(nets)
+    timeouts = d.timeouts
+    if "timeouts" in m:
+        tm = r.mapping(m["timeouts"], ("header", "idle", "body", "shutdown"), "server.timeouts")
+        if tm is not None:
+            values = {k: r.duration(v, f"server.timeouts.{k}") for k, v in tm.items()}
+            timeouts = ServerTimeouts(**{k: v for k, v in values.items() if v is not None})
+    limits = d.limits
+    if "limits" in m:
+        lm = r.mapping(m["limits"], ("max_body_size", "max_header_size", "max_headers"),
+                       "server.limits")
+        if lm is not None:
+            values = {}
+            for key in ("max_body_size", "max_header_size"):
+                if key in lm:
+                    values[key] = r.size(lm[key], f"server.limits.{key}")
+            if "max_headers" in lm:
+                values["max_headers"] = r.integer(lm["max_headers"], "server.limits.max_headers",
+                                                  1, 1000)
+            limits = ServerLimits(**{k: v for k, v in values.items() if v is not None})
+    if listen is None or admin is None or workers is None:
+        return None
+    if listen == admin:
+        r.error(m.get("admin_listen"), "server.admin_listen must differ from server.listen")
+    return ServerSettings(listen=listen, admin_listen=admin, workers=workers,
+                          trusted_proxies=trusted, timeouts=timeouts, limits=limits)
+
+
+def _target(r: Reader, node: yaml.Node, what: str) -> UpstreamTarget | None:
+    text = r.string(node, what)
+    if text is None:
+        return None
+    try:
+        url = URL(text)
+    except ValueError as exc:
+        r.error(node, f"{what}: {text!r} is not a URL ({exc})")
+        return None
+    if url.scheme not in ("http", "https") or not url.host:
+        r.error(node, f"{what} must be an http:// or https:// URL with a host, got {text!r}")
+        return None
+    if url.path not in ("", "/") or url.query_string or url.fragment or url.user:
+        r.error(node, f"{what} must be scheme://host[:port] only (no path, query or userinfo)")
+        return None
+    return UpstreamTarget(url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+
+
+def _upstream(r: Reader, node: yaml.Node) -> UpstreamSettings | None:
+    keys = ("url", "targets", "timeouts", "max_connections", "retries", "preserve_host")
+    m = r.mapping(node, keys, "upstream")
+    if m is None:
+        return None
+    targets: list[UpstreamTarget] = []
+    if ("url" in m) == ("targets" in m):
+        r.error(node, "upstream needs exactly one of 'url' or 'targets'")
+    elif "url" in m:
+        t = _target(r, m["url"], "upstream.url")
+        targets = [t] if t else []
+    else:
+        for item in r.sequence(m["targets"], "upstream.targets") or ():
+            t = _target(r, item, "each entry of upstream.targets")
+            if t:
+                targets.append(t)
+        if not targets:
+            r.error(m["targets"], "upstream.targets must list at least one URL")
+    d = UpstreamSettings(targets=())
+    values: dict[str, object] = {}
+    if "timeouts" in m:
+        tm = r.mapping(m["timeouts"], ("connect", "read"), "upstream.timeouts")
+        for key, value in (tm or {}).items():
+            values[f"{key}_timeout"] = r.duration(value, f"upstream.timeouts.{key}")
+    if "max_connections" in m:
+        values["max_connections"] = r.integer(m["max_connections"], "upstream.max_connections",
+                                              1, 100_000)
+    if "retries" in m:
+        values["retries"] = r.integer(m["retries"], "upstream.retries", 0, 10)
+    if "preserve_host" in m:
+        values["preserve_host"] = r.boolean(m["preserve_host"], "upstream.preserve_host")
+    if not targets:
+        return None
+    fields = {k: v for k, v in values.items() if v is not None}
+    return UpstreamSettings(targets=tuple(targets), **{**_defaults(d), **fields})
+
+
+def _defaults(d: UpstreamSettings) -> dict[str, object]:
+    return {"connect_timeout": d.connect_timeout, "read_timeout": d.read_timeout,
+            "max_connections": d.max_connections, "retries": d.retries,
+            "preserve_host": d.preserve_host}
+
+
+def _route_path(r: Reader, node: yaml.Node, what: str) -> str | None:
+    text = r.string(node, what)
+    if text is None:
+        return None
+    if not text.startswith("/"):
+        r.error(node, f"{what} must start with '/'")
+        return None
+    try:
+        normal = normalize_path(text)
+    except PathRejected as exc:
+        r.error(node, f"{what}: {exc}")
+        return None
+    if normal != text:
+        r.error(node, f"{what} {text!r} is not in normalized form; requests arrive as {normal!r}")
+        return None
+    return text
+
+
+def _match(r: Reader, node: yaml.Node, where: str) -> RouteMatch | None:
+    m = r.mapping(node, ("path", "path_prefix", "methods", "host"), f"{where}.match")
+    if m is None:
+        return None
+    if "path" in m and "path_prefix" in m:
+        r.error(node, f"{where}.match takes 'path' or 'path_prefix', not both")
+        return None
+    path = _route_path(r, m["path"], f"{where}.match.path") if "path" in m else None
+    prefix = _route_path(r, m["path_prefix"], f"{where}.match.path_prefix") \
+        if "path_prefix" in m else None
+    methods = None
+    if "methods" in m:
+        found = set()
+        for item, text in r.string_list(m["methods"], f"{where}.match.methods") or ():
+            if not _METHOD.fullmatch(text):
+                r.error(item, f"{where}.match.methods: {text!r} is not an upper-case method name")
+            else:
+                found.add(text)
+        methods = frozenset(found)
+        if "GET" in methods:
+            methods = methods | {"HEAD"}  # HEAD is GET without the body (RFC 9110 9.3.2)
+    host = None
+    if "host" in m:
+        host = r.string(m["host"], f"{where}.match.host")
+        if host is not None and not _HOSTNAME.fullmatch(host):
+            r.error(m["host"], f"{where}.match.host {host!r} must be a lower-case host name, "
+                    "optionally starting with '*.'")
+            host = None
+    return RouteMatch(path=path, path_prefix=prefix, methods=methods, host=host)
+
+
+def _routes(r: Reader, node: yaml.Node) -> tuple[Route, ...]:
+    items = r.sequence(node, "routes")
+    if items is None:
+        return ()
+    if not items:
+        r.error(node, "routes must list at least one route")
+    routes: list[Route] = []
+    name_nodes: dict[str, yaml.Node] = {}
+    route_nodes: list[yaml.Node] = []
+    for i, item in enumerate(items):
+        where = f"routes[{i}]"
+        m = r.mapping(item, ("name", "match", "websocket"), where)
+        if m is None:
+            continue
+        name = None
+        if "name" not in m:
+            r.error(item, f"{where} needs a 'name'")
+        else:
+            name = r.string(m["name"], f"{where}.name")
+            if name is not None and not _ROUTE_NAME.fullmatch(name):
+                r.error(m["name"], f"route name {name!r} must be letters, digits, '-', '_' or '.'")
+                name = None
+            elif name in name_nodes:
+                first = name_nodes[name].start_mark.line + 1
+                r.error(m["name"], f"duplicate route name {name!r} (first defined on line {first})")
+                name = None
+        match = _match(r, m["match"], where) if "match" in m else RouteMatch()
+        websocket = r.boolean(m["websocket"], f"{where}.websocket") if "websocket" in m else False
+        if name is None or match is None or websocket is None:
+            continue
+        name_nodes[name] = m["name"]
+        routes.append(Route(name=name, match=match, websocket=websocket))
+        route_nodes.append(item)
+    node_of = dict(zip((rt.name for rt in routes), route_nodes, strict=True))
+    for later, earlier in Router(routes).shadowed():
+        r.warn(node_of[later.name],
+               f"route {later.name!r} is shadowed by the earlier route {earlier.name!r} "
+               "and never matches")
+    return tuple(routes)

@@ -1,0 +1,94 @@
+"""The loaded policy as frozen objects: what the rest of the gateway reads, never raw YAML."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTimeouts:
+    header: float = 10.0  # whole request head must arrive within this
+    idle: float = 75.0  # keep-alive connection with no request
+    body: float = 60.0  # longest wait for the next piece of a request body
+    shutdown: float = 30.0  # grace for in-flight requests after SIGTERM
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    max_body_size: int = 10 * 1024 * 1024
+    max_header_size: int = 8 * 1024  # one header line (and the request line)
+    max_headers: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    listen: Address = Address("0.0.0.0", 8080)
+    admin_listen: Address = Address("127.0.0.1", 9090)
+    workers: int = 1
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    timeouts: ServerTimeouts = ServerTimeouts()
+    limits: ServerLimits = ServerLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget:
+    scheme: str  # http | https
+    host: str
+    port: int
+
+    @property
+    def authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://{self.authority}"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    targets: tuple[UpstreamTarget, ...]
+    connect_timeout: float = 2.0
+    read_timeout: float = 30.0
+    max_connections: int = 512
+    retries: int = 1
+    preserve_host: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    path: str | None = None  # exact, in normalized form
+    path_prefix: str | None = None  # string prefix, in normalized form
+    methods: frozenset[str] | None = None  # None: any method
+    host: str | None = None  # lower-case; a leading "*." matches any subdomain
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    match: RouteMatch
+    websocket: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    version: int
+    environment: str
+    server: ServerSettings
+    upstream: UpstreamSettings
+    routes: tuple[Route, ...]
+    source_files: tuple[str, ...] = field(default=())

@@ -1,0 +1,146 @@
+"""Typed reads from positioned YAML nodes, collecting every problem instead of stopping at one.
+
+Each section builder asks a `Reader` for the shape it expects (a mapping with known keys, a
+duration, a list of strings...). A wrong shape records a `Problem` at the node and returns
+None, so one pass reports all errors in a file.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import yaml
+from yaml.constructor import ConstructorError, SafeConstructor
+
+from gateway.config.errors import Problem
+from gateway.config.units import parse_duration, parse_size
+
+T = TypeVar("T")
+_STR_TAG = "tag:yaml.org,2002:str"
+_INT_TAG = "tag:yaml.org,2002:int"
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_NULL_TAG = "tag:yaml.org,2002:null"
+
+
+class Reader:
+    """Reads one policy file's nodes; `problems` accumulates what was wrong."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[Problem] = []
+        self._constructor = SafeConstructor()
+
+    # -- reporting -------------------------------------------------------------------------
+    def error(self, node: yaml.Node | None, message: str) -> None:
+        self._add(node, message, warning=False)
+
+    def warn(self, node: yaml.Node | None, message: str) -> None:
+        self._add(node, message, warning=True)
+
+    def _add(self, node: yaml.Node | None, message: str, *, warning: bool) -> None:
+        line, col = (node.start_mark.line + 1, node.start_mark.column + 1) if node else (1, 1)
+        self.problems.append(Problem(self.file, line, col, message, warning))
+
+    # -- shapes ----------------------------------------------------------------------------
+    def mapping(
+        self, node: yaml.Node, known: Iterable[str], what: str
+    ) -> dict[str, yaml.Node] | None:
+        """Keys to value nodes; unknown and repeated keys are errors (with a near-miss hint)."""
+        if not isinstance(node, yaml.MappingNode):
+            self.error(node, f"{what} must be a mapping")
+            return None
+        known = tuple(known)
+        out: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.error(key_node, f"keys in {what} must be plain strings")
+                continue
+            key = key_node.value
+            if key in out:
+                self.error(key_node, f"duplicate key {key!r} in {what}")
+            elif key not in known:
+                hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+                suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
+                allowed = ", ".join(known)
+                self.error(key_node, f"unknown key {key!r} in {what}{suffix}; allowed: {allowed}")
+            else:
+                out[key] = value_node
+        return out
+
+    def sequence(self, node: yaml.Node, what: str) -> list[yaml.Node] | None:
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(node, f"{what} must be a list")
+            return None
+        return list(node.value)
+
+    def _scalar(self, node: yaml.Node) -> Any:
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except ConstructorError as exc:
+            self.error(node, f"cannot read value: {exc.problem}")
+            return None
+
+    def string(self, node: yaml.Node, what: str) -> str | None:
+        if not isinstance(node, yaml.ScalarNode) or node.tag != _STR_TAG:
+            self.error(node, f"{what} must be a string")
+            return None
+        return node.value
+
+    def integer(
+        self, node: yaml.Node, what: str, minimum: int | None = None, maximum: int | None = None
+    ) -> int | None:
+        if not isinstance(node, yaml.ScalarNode) or node.tag != _INT_TAG:
+            self.error(node, f"{what} must be an integer")
+            return None
+        value = self._scalar(node)
+        if value is None:
+            return None
+        if minimum is not None and value < minimum:
+            self.error(node, f"{what} must be at least {minimum}")
+            return None
+        if maximum is not None and value > maximum:
+            self.error(node, f"{what} must be at most {maximum}")
+            return None
+        return value
+
+    def boolean(self, node: yaml.Node, what: str) -> bool | None:
+        if not isinstance(node, yaml.ScalarNode) or node.tag != _BOOL_TAG:
+            self.error(node, f"{what} must be true or false")
+            return None
+        return self._scalar(node)
+
+    def duration(self, node: yaml.Node, what: str, positive: bool = True) -> float | None:
+        return self._parsed(node, what, parse_duration, "a duration such as 500ms, 1s or 15m",
+                            positive)
+
+    def size(self, node: yaml.Node, what: str) -> int | None:
+        return self._parsed(node, what, parse_size, "a size such as 8KiB or 10MiB", True)
+
+    def _parsed(
+        self, node: yaml.Node, what: str, parse: Callable[[str], T], example: str, positive: bool
+    ) -> T | None:
+        if not isinstance(node, yaml.ScalarNode) or node.tag == _NULL_TAG:
+            self.error(node, f"{what} must be {example}")
+            return None
+        try:
+            value = parse(node.value)
+        except ValueError as exc:
+            self.error(node, f"{what}: {exc}")
+            return None
+        if positive and not value > 0:  # type: ignore[operator]
+            self.error(node, f"{what} must be greater than zero")
+            return None
+        return value
+
+    def string_list(self, node: yaml.Node, what: str) -> list[tuple[yaml.Node, str]] | None:
+        items = self.sequence(node, what)
+        if items is None:
+            return None
+        out = []
+        for item in items:
+            value = self.string(item, f"each entry of {what}")
+            if value is not None:
+                out.append((item, value))
+        return out

@@ -1,0 +1,1 @@
+"""HTTP decisions that need no server: path normalization, client IP, forwarding headers."""

@@ -1,0 +1,101 @@
+"""Header rewriting between client and upstream: hop-by-hop removal, X-Forwarded-*, Via.
+
+Pure functions from header multidicts to header multidicts; the forwarder calls them once per
+request. The trusted-proxy decision is made by the caller (see client_ip.py) and passed in.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+# RFC 9110 7.6.1 plus the proxy credentials, which belong to this hop only.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+    "upgrade", "proxy-authorization", "proxy-authenticate",
+})
+# Client-supplied forwarding facts, believed only from a trusted proxy.
+_FORWARDING = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Port",
+               "X-Real-IP", "Forwarded", "X-Request-ID")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+VIA_PSEUDONYM = "gateway"
+
+
+def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    """Lower-case names the `Connection` header declares hop-by-hop."""
+    names: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        names.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return names
+
+
+def _end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    drop = HOP_BY_HOP | connection_listed(headers) if "Connection" in headers else HOP_BY_HOP
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+def choose_request_id(headers: CIMultiDictProxy[str], peer_trusted: bool) -> str:
+    """The incoming X-Request-ID when a trusted proxy sent a well-formed one, else a new one."""
+    if peer_trusted:
+        incoming = headers.get("X-Request-ID")
+        if incoming is not None and _REQUEST_ID.fullmatch(incoming):
+            return incoming
+    return str(uuid.uuid4())
+
+
+def _via(headers: CIMultiDictProxy[str], version: tuple[int, int]) -> str:
+    mine = f"{version[0]}.{version[1]} {VIA_PSEUDONYM}"
+    existing = ", ".join(headers.getall("Via", ()))
+    return f"{existing}, {mine}" if existing else mine
+
+
+def upstream_request_headers(
+    incoming: CIMultiDictProxy[str],
+    *,
+    version: tuple[int, int],
+    peer: str,
+    peer_trusted: bool,
+    client_ip: str,
+    scheme: str,
+    request_id: str,
+    upstream_authority: str | None,
+) -> CIMultiDict[str]:
+    """Headers to send upstream. `upstream_authority` None keeps the client's Host."""
+    out = _end_to_end(incoming)
+    # The gateway answers Expect itself, after its policy checks.
+    out.popall("Expect", None)
+    original_host = incoming.get("Host", "")
+    prior_for = ", ".join(incoming.getall("X-Forwarded-For", ()))
+    prior_proto = incoming.get("X-Forwarded-Proto", "").lower()
+    prior_host = incoming.get("X-Forwarded-Host")
+    for name in _FORWARDING:
+        out.popall(name, None)
+    if peer_trusted:
+        out["X-Forwarded-For"] = f"{prior_for}, {peer}" if prior_for else peer
+        out["X-Forwarded-Proto"] = prior_proto if prior_proto in ("http", "https") else scheme
+        out["X-Forwarded-Host"] = prior_host or original_host
+        for name in ("Forwarded",):
+            for value in incoming.getall(name, ()):
+                out.add(name, value)
+    else:
+        out["X-Forwarded-For"] = peer
+        out["X-Forwarded-Proto"] = scheme
+        out["X-Forwarded-Host"] = original_host
+    out["X-Real-IP"] = client_ip
+    out["X-Request-ID"] = request_id
+    out["Via"] = _via(incoming, version)
+    if upstream_authority is not None:
+        out["Host"] = upstream_authority
+    return out
+
+
+def downstream_response_headers(
+    upstream: CIMultiDictProxy[str], *, version: tuple[int, int], request_id: str
+) -> CIMultiDict[str]:
+    """Headers to return to the client from an upstream response."""
+    out = _end_to_end(upstream)
+    out["Via"] = _via(upstream, version)
+    out["X-Request-ID"] = request_id
+    return out

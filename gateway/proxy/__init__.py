@@ -1,0 +1,1 @@
+"""Talking to the upstream: connection pool, streaming forwarder, WebSocket relay, error mapping."""

@@ -1,0 +1,173 @@
+"""Lifecycle of a gateway process, in the order it happens.
+
+    start: check the C parser -> load policy -> bind public + admin listeners -> serve
+    SIGHUP: load the policy again; swap it in whole if valid, keep the running one if not
+    SIGTERM/SIGINT: readiness fails at once -> listeners close -> WebSockets get 1001 ->
+                    in-flight requests finish (up to timeouts.shutdown) -> exit 0
+
+With `--workers N` a supervisor process starts N workers that share the port through
+SO_REUSEPORT, forwards SIGTERM/SIGHUP to them and restarts any that die.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from aiohttp import web
+
+from gateway.admin import admin_app
+from gateway.config import PolicyError, load_policy
+from gateway.config.model import Policy
+from gateway.handler import Handler, Runtime
+from gateway.http.protocol import GatewayServer
+
+log = logging.getLogger("gateway.server")
+
+
+def require_c_parser() -> None:
+    """The pure-Python parser accepts requests llhttp refuses; never serve with it."""
+    try:
+        from aiohttp import _http_parser  # noqa: F401
+    except ImportError:
+        raise SystemExit("gateway: aiohttp's C HTTP parser is not available "
+                         "(unset AIOHTTP_NO_EXTENSIONS or reinstall aiohttp)") from None
+    if os.environ.get("AIOHTTP_NO_EXTENSIONS"):
+        raise SystemExit("gateway: AIOHTTP_NO_EXTENSIONS is set; the gateway needs the C parser")
+
+
+class GatewayProcess:
+    """One serving process: public listener, admin listener, the current policy."""
+
+    def __init__(self, config_path: str, policy: Policy, reuse_port: bool) -> None:
+        self.config_path = config_path
+        self.policy = policy
+        self.reuse_port = reuse_port
+
+    async def run(self) -> None:
+        self.handler = Handler(Runtime.build(self.policy))  # the pool needs the running loop
+        self._stopping = asyncio.Event()
+        server_cfg = self.policy.server
+        limits = server_cfg.limits
+        server = GatewayServer(
+            self.handler,
+            header_timeout=server_cfg.timeouts.header,
+            keepalive_timeout=server_cfg.timeouts.idle,
+            max_line_size=limits.max_header_size,
+            max_field_size=limits.max_header_size,
+            max_headers=limits.max_headers,
+            auto_decompress=False,
+            handler_cancellation=True,
+            access_log=None,
+        )
+        public = web.ServerRunner(server, shutdown_timeout=server_cfg.timeouts.shutdown,
+                                  handle_signals=False)
+        admin = web.AppRunner(admin_app(lambda: self.handler), access_log=None,
+                              handle_signals=False, shutdown_timeout=1.0)
+        await public.setup()
+        await admin.setup()
+        listen, admin_listen = server_cfg.listen, server_cfg.admin_listen
+        await web.TCPSite(public, listen.host, listen.port, reuse_port=self.reuse_port,
+                          backlog=1024).start()
+        await web.TCPSite(admin, admin_listen.host, admin_listen.port,
+                          reuse_port=self.reuse_port).start()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        targets = ", ".join(t.base_url for t in self.policy.upstream.targets)
+        log.info("gateway pid %d listening on %s (admin %s), upstream %s, %d routes",
+                 os.getpid(), listen, admin_listen, targets, len(self.policy.routes))
+
+        await self._stopping.wait()
+
+        log.info("draining: readiness now fails, finishing in-flight requests")
+        self.handler.draining = True
+        await self.handler.websockets.close_all(message=b"gateway shutting down")
+        await public.cleanup()
+        await self.handler.runtime.pool.close()
+        await admin.cleanup()
+        log.info("stopped")
+
+    async def reload(self) -> None:
+        try:
+            loaded = load_policy(self.config_path)
+        except PolicyError as exc:
+            log.error("reload failed, keeping the running policy:\n%s", exc)
+            return
+        old = self.handler.runtime
+        self.handler.runtime = Runtime.build(loaded.policy)
+        self.policy = loaded.policy
+        log.info("policy reloaded from %s", self.config_path)
+        # requests already on the old pool keep it until they finish
+        asyncio.get_running_loop().call_later(
+            old.policy.server.timeouts.shutdown,
+            lambda: asyncio.ensure_future(old.pool.close()))
+
+
+def _event_loop_runner():  # pragma: no cover - trivial
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
+
+
+def serve(config_path: str, policy: Policy, reuse_port: bool = False) -> int:
+    require_c_parser()
+    _event_loop_runner()(GatewayProcess(config_path, policy, reuse_port).run())
+    return 0
+
+
+def supervise(config_path: str, workers: int, shutdown_timeout: float) -> int:
+    """Run `workers` worker processes on one port; forward signals; restart the ones that die."""
+    require_c_parser()
+    command = [sys.executable, "-m", "gateway", "run", "--config", config_path, "--worker"]
+    stopping = False
+    reload_pending = False
+
+    def on_stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    def on_hup(signum: int, _frame: object) -> None:
+        nonlocal reload_pending
+        reload_pending = True
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    procs = [subprocess.Popen(command) for _ in range(workers)]
+    log.info("supervisor pid %d started %d workers: %s", os.getpid(), workers,
+             " ".join(str(p.pid) for p in procs))
+    while not stopping:
+        time.sleep(0.1)
+        if reload_pending:
+            reload_pending = False
+            for p in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signal.SIGHUP)
+        for i, p in enumerate(procs):
+            if p.poll() is not None and not stopping:
+                log.error("worker %d exited with %s; starting a new one", p.pid, p.returncode)
+                time.sleep(0.5)
+                procs[i] = subprocess.Popen(command)
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError):
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + shutdown_timeout + 5
+    code = 0
+    for p in procs:
+        try:
+            rc = p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = p.wait()
+        code = code or rc
+    return code
