@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import platform
+import signal
 import sys
 
 from gateway import __version__
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from gateway import server  # imported late: `check` and `version` need no event loop
+
+    # Until the event loop installs its own handler, SIGTERM means: nothing in flight, exit 0.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
     workers = args.workers or loaded.policy.server.workers
     if args.worker or workers == 1:

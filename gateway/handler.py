@@ -121,13 +121,11 @@ class Handler:
             response = await forward(
                 request, rt.pool, method=method, path_qs=path_qs, headers=fwd_headers,
                 body=body, request_id=request_id,
-                preserve_host=upstream_settings.preserve_host)
+                preserve_host=upstream_settings.preserve_host, close=self.draining)
         except UpstreamError as exc:
             log.warning("upstream %s failed (%s): %s", exc.target, exc.failure.kind,
                         exc.failure.detail)
             return refuse(exc.failure.status, exc.failure.detail)
         except ClientBodyError as exc:
             return refuse(exc.status, exc.detail, close=True)
-        if self.draining:
-            response.force_close()
         return response

@@ -169,5 +169,8 @@ def supervise(config_path: str, workers: int, shutdown_timeout: float) -> int:
         except subprocess.TimeoutExpired:
             p.kill()
             rc = p.wait()
-        code = code or rc
+        # killed by SIGTERM itself: it had not installed its handler, so it never served
+        if rc not in (0, -signal.SIGTERM):
+            log.error("worker %d exited with %s during shutdown", p.pid, rc)
+            code = 1
     return code

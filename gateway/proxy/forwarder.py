@@ -86,6 +86,7 @@ async def forward(
     request_id: str,
     preserve_host: bool,
     finish_headers: HeaderHook | None = None,
+    close: bool = False,
 ) -> web.StreamResponse:
     """Send the request upstream and stream the answer; raise UpstreamError before headers."""
     attempts = pool.settings.retries + 1 if method in IDEMPOTENT else 1
@@ -114,7 +115,7 @@ async def forward(
                                               request_id=request_id)
             if finish_headers is not None:
                 finish_headers(out)
-            return await _relay(request, upstream, out)
+            return await _relay(request, upstream, out, close)
         finally:
             upstream.release()
     assert failure is not None
@@ -125,9 +126,12 @@ async def _relay(
     request: web.BaseRequest,
     upstream: aiohttp.ClientResponse,
     response_headers: CIMultiDict[str],
+    close: bool,
 ) -> web.StreamResponse:
     response = RelayedResponse(status=upstream.status, reason=upstream.reason,
                                headers=response_headers)
+    if close:
+        response.force_close()
     await response.prepare(request)
     try:
         async for chunk in upstream.content.iter_any():

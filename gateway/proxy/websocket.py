@@ -89,8 +89,8 @@ async def relay_websocket(
     client = web.WebSocketResponse(
         protocols=(upstream.protocol,) if upstream.protocol else (),
         autoping=False, autoclose=False, max_msg_size=0, compress=False,
-        headers=response_headers,
     )
+    client.headers.update(response_headers)
     try:
         await client.prepare(request)
     except BaseException:

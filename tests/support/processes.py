@@ -62,9 +62,9 @@ class Upstream:
 def start_upstream() -> Upstream:
     port, raw_port = free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "support" / "upstream.py"),
-         "--port", str(port), "--raw-port", str(raw_port)],
-        stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "tests.support.upstream", "--port", str(port),
+         "--raw-port", str(raw_port)],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()

@@ -14,6 +14,7 @@ Raw port (asyncio): the request path picks the failure:
   /truncate            Content-Length: 1000, sends 10 bytes, closes
   /truncate-chunked    chunked, sends one chunk, closes without the last chunk
   /garbage             answers with bytes that are not HTTP
+  /bare                a minimal valid response: no Server, Content-Type or Date
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ class RawUpstream(asyncio.Protocol):
         elif path == b"/truncate-chunked":
             t.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n" + b"y" * 10
                     + b"\r\n")
+        elif path == b"/bare":  # no Server, no Content-Type, no Date
+            t.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
         elif path == b"/garbage":
             t.write(b"NOT HTTP AT ALL\r\n\r\n")
         t.close()

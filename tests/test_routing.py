@@ -1,0 +1,97 @@
+"""Route table: first match wins over exact paths, prefixes, methods and hosts."""
+
+from __future__ import annotations
+
+from gateway.config.model import Route, RouteMatch
+from gateway.routing import Router, host_matches, request_host
+
+
+def route(name: str, **match) -> Route:
+    if "methods" in match:
+        match["methods"] = frozenset(match["methods"])
+    return Route(name=name, match=RouteMatch(**match))
+
+
+ROUTES = [
+    route("health", path="/health"),
+    route("login", path="/api/auth/login", methods=["POST"]),
+    route("admin-host", path_prefix="/api/", host="admin.example.com"),
+    route("tenant", path_prefix="/api/", host="*.tenants.example.com"),
+    route("api", path_prefix="/api/"),
+    route("everything", path_prefix="/"),
+]
+router = Router(ROUTES)
+
+
+def name(method: str, host: str, path: str) -> str | None:
+    r = router.match(method, host, path)
+    return r.name if r else None
+
+
+def test_exact_path_matches() -> None:
+    assert name("GET", "x", "/health") == "health"
+
+
+def test_exact_path_does_not_match_a_longer_path() -> None:
+    assert name("GET", "x", "/health/deep") == "everything"
+
+
+def test_method_restriction_falls_through_to_later_routes() -> None:
+    assert name("POST", "x", "/api/auth/login") == "login"
+    assert name("GET", "x", "/api/auth/login") == "api"
+
+
+def test_host_restriction() -> None:
+    assert name("GET", "admin.example.com", "/api/x") == "admin-host"
+    assert name("GET", "other.example.com", "/api/x") == "api"
+
+
+def test_wildcard_host_matches_subdomains_only() -> None:
+    assert name("GET", "a.tenants.example.com", "/api/x") == "tenant"
+    assert name("GET", "a.b.tenants.example.com", "/api/x") == "tenant"
+    assert name("GET", "tenants.example.com", "/api/x") == "api"
+
+
+def test_first_match_wins_even_when_a_later_route_is_more_specific() -> None:
+    r = Router([route("broad", path_prefix="/"), route("narrow", path="/x")])
+    assert r.match("GET", "h", "/x").name == "broad"
+
+
+def test_prefix_is_a_string_prefix() -> None:
+    r = Router([route("p", path_prefix="/api")])
+    assert r.match("GET", "h", "/apix").name == "p"
+
+
+def test_no_match_returns_none() -> None:
+    r = Router([route("api", path_prefix="/api/")])
+    assert r.match("GET", "h", "/other") is None
+
+
+def test_route_without_path_matches_every_path() -> None:
+    r = Router([route("posts", methods=["POST"]), route("rest", path_prefix="/")])
+    assert r.match("POST", "h", "/anything").name == "posts"
+    assert r.match("GET", "h", "/anything").name == "rest"
+
+
+def test_shadowed_routes_are_reported() -> None:
+    r = Router([route("all", path_prefix="/"), route("api", path_prefix="/api/"),
+                route("posts", path="/p", methods=["POST"])])
+    assert [(a.name, b.name) for a, b in r.shadowed()] == [("api", "all"), ("posts", "all")]
+
+
+def test_method_restricted_route_does_not_shadow_an_unrestricted_one() -> None:
+    r = Router([route("get", path_prefix="/", methods=["GET"]), route("all", path_prefix="/")])
+    assert r.shadowed() == []
+
+
+def test_request_host_strips_port_and_case() -> None:
+    assert request_host("API.Example.com:8443") == "api.example.com"
+    assert request_host("[::1]:8080") == "[::1]"
+    assert request_host(None) == ""
+
+
+def test_host_matches() -> None:
+    assert host_matches("*.example.com", "a.example.com")
+    assert not host_matches("*.example.com", "example.com")
+    assert not host_matches("*.example.com", "evilexample.com")
+    assert host_matches(None, "anything")
