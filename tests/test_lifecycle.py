@@ -132,7 +132,8 @@ def test_refuses_to_start_without_the_c_parser(tmp_path, upstream) -> None:
     from tests.support.processes import DEFAULT_ROUTES, POLICY_TEMPLATE
     config = tmp_path / "p.yaml"
     config.write_text(POLICY_TEMPLATE.format(
-        port=free_port(), admin_port=free_port(), upstream=upstream.url, server_extra="",
+        port=free_port(), admin_port=free_port(), upstream_key="url", upstream=upstream.url,
+        server_extra="",
         upstream_extra="", routes=DEFAULT_ROUTES))
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "run", "--config", str(config)], cwd=ROOT,
@@ -144,3 +145,22 @@ def test_refuses_to_start_without_the_c_parser(tmp_path, upstream) -> None:
 
 def test_stop_helper_leaves_no_process(gateway) -> None:
     assert stop(gateway.proc) == 0
+
+
+def test_sighup_swaps_in_a_valid_policy_and_keeps_the_running_one_when_invalid(
+    gateway_factory, upstream
+) -> None:
+    gw = gateway_factory(upstream.url)
+    assert request(gw.port, "GET", "/x").status == 200
+    original = gw.config.read_text()
+    gw.config.write_text(original.replace("path_prefix: /", "path_prefix: /only/"))
+    gw.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "policy reloaded" in gw.log_text())
+    assert request(gw.port, "GET", "/x").status == 404
+    assert request(gw.port, "GET", "/only/x").status == 200
+
+    gw.config.write_text(original.replace("version: 1", "version: 1\nbogus: true"))
+    gw.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "reload failed" in gw.log_text())
+    assert "unknown key 'bogus'" in gw.log_text()
+    assert request(gw.port, "GET", "/x").status == 404  # still the last valid policy

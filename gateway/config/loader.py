@@ -31,7 +31,18 @@ from gateway.config.source import compose_file
 from gateway.http.normalize import PathRejected, normalize_path
 from gateway.routing import Router
 
-TOP_LEVEL = ("version", "environment", "server", "upstream", "routes")
+# Every mapping the policy file may contain and its keys: the loader reads these, and the test
+# suite checks that docs/policy.md documents each one.
+KEYS: dict[str, tuple[str, ...]] = {
+    "": ("version", "environment", "server", "upstream", "routes"),
+    "server": ("listen", "admin_listen", "workers", "trusted_proxies", "timeouts", "limits"),
+    "server.timeouts": ("header", "idle", "body", "shutdown"),
+    "server.limits": ("max_body_size", "max_header_size", "max_headers"),
+    "upstream": ("url", "targets", "timeouts", "max_connections", "retries", "preserve_host"),
+    "upstream.timeouts": ("connect", "read"),
+    "routes[]": ("name", "match", "websocket"),
+    "routes[].match": ("path", "path_prefix", "methods", "host"),
+}
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
 _METHOD = re.compile(r"[A-Z][A-Z0-9\-_]*")
 _HOSTNAME = re.compile(r"(\*\.)?([a-z0-9]([a-z0-9\-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9\-]*[a-z0-9])?")
@@ -59,7 +70,7 @@ def load_policy(path: str | Path) -> Loaded:
 
 
 def _build_policy(r: Reader, root: yaml.Node, file: str) -> Policy | None:
-    doc = r.mapping(root, TOP_LEVEL, "the policy file")
+    doc = r.mapping(root, KEYS[""], "the policy file")
     if doc is None:
         return None
     version = None
@@ -108,8 +119,7 @@ def _address(r: Reader, node: yaml.Node, what: str) -> Address | None:
 
 
 def _server(r: Reader, node: yaml.Node) -> ServerSettings | None:
-    keys = ("listen", "admin_listen", "workers", "trusted_proxies", "timeouts", "limits")
-    m = r.mapping(node, keys, "server")
+    m = r.mapping(node, KEYS["server"], "server")
     if m is None:
         return None
     d = ServerSettings()
@@ -128,14 +138,13 @@ def _server(r: Reader, node: yaml.Node) -> ServerSettings | None:
         trusted = tuple(nets)
     timeouts = d.timeouts
     if "timeouts" in m:
-        tm = r.mapping(m["timeouts"], ("header", "idle", "body", "shutdown"), "server.timeouts")
+        tm = r.mapping(m["timeouts"], KEYS["server.timeouts"], "server.timeouts")
         if tm is not None:
             values = {k: r.duration(v, f"server.timeouts.{k}") for k, v in tm.items()}
             timeouts = ServerTimeouts(**{k: v for k, v in values.items() if v is not None})
     limits = d.limits
     if "limits" in m:
-        lm = r.mapping(m["limits"], ("max_body_size", "max_header_size", "max_headers"),
-                       "server.limits")
+        lm = r.mapping(m["limits"], KEYS["server.limits"], "server.limits")
         if lm is not None:
             values = {}
             for key in ("max_body_size", "max_header_size"):
@@ -172,8 +181,7 @@ def _target(r: Reader, node: yaml.Node, what: str) -> UpstreamTarget | None:
 
 
 def _upstream(r: Reader, node: yaml.Node) -> UpstreamSettings | None:
-    keys = ("url", "targets", "timeouts", "max_connections", "retries", "preserve_host")
-    m = r.mapping(node, keys, "upstream")
+    m = r.mapping(node, KEYS["upstream"], "upstream")
     if m is None:
         return None
     targets: list[UpstreamTarget] = []
@@ -192,7 +200,7 @@ def _upstream(r: Reader, node: yaml.Node) -> UpstreamSettings | None:
     d = UpstreamSettings(targets=())
     values: dict[str, object] = {}
     if "timeouts" in m:
-        tm = r.mapping(m["timeouts"], ("connect", "read"), "upstream.timeouts")
+        tm = r.mapping(m["timeouts"], KEYS["upstream.timeouts"], "upstream.timeouts")
         for key, value in (tm or {}).items():
             values[f"{key}_timeout"] = r.duration(value, f"upstream.timeouts.{key}")
     if "max_connections" in m:
@@ -233,7 +241,7 @@ def _route_path(r: Reader, node: yaml.Node, what: str) -> str | None:
 
 
 def _match(r: Reader, node: yaml.Node, where: str) -> RouteMatch | None:
-    m = r.mapping(node, ("path", "path_prefix", "methods", "host"), f"{where}.match")
+    m = r.mapping(node, KEYS["routes[].match"], f"{where}.match")
     if m is None:
         return None
     if "path" in m and "path_prefix" in m:
@@ -274,7 +282,7 @@ def _routes(r: Reader, node: yaml.Node) -> tuple[Route, ...]:
     route_nodes: list[yaml.Node] = []
     for i, item in enumerate(items):
         where = f"routes[{i}]"
-        m = r.mapping(item, ("name", "match", "websocket"), where)
+        m = r.mapping(item, KEYS["routes[]"], where)
         if m is None:
             continue
         name = None

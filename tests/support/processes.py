@@ -112,7 +112,7 @@ server:
   admin_listen: 127.0.0.1:{admin_port}
 {server_extra}
 upstream:
-  url: {upstream}
+  {upstream_key}: {upstream}
 {upstream_extra}
 routes:
 {routes}
@@ -134,7 +134,7 @@ def indent(block: str, spaces: int) -> str:
 
 def start_gateway(
     tmp: Path,
-    upstream: str,
+    upstream: str | list[str],
     *,
     routes: str = DEFAULT_ROUTES,
     server_extra: str = "",
@@ -146,7 +146,9 @@ def start_gateway(
     port, admin_port = free_port(), free_port()
     config = tmp / f"policy-{port}.yaml"
     config.write_text(POLICY_TEMPLATE.format(
-        port=port, admin_port=admin_port, upstream=upstream, routes=routes.rstrip("\n"),
+        port=port, admin_port=admin_port, routes=routes.rstrip("\n"),
+        upstream_key="url" if isinstance(upstream, str) else "targets",
+        upstream=upstream if isinstance(upstream, str) else f"[{', '.join(upstream)}]",
         server_extra=indent(server_extra, 2), upstream_extra=indent(upstream_extra, 2)))
     log = tmp / f"gateway-{port}.log"
     proc = subprocess.Popen(
