@@ -59,7 +59,7 @@ class Handler:
         peer_trusted = bool(rt.trusted) and rt.trusted.trusts(parse_ip(peer))
         request_id = choose_request_id(headers, peer_trusted)
 
-        def refuse(status: int, detail: str, close: bool = False) -> web.Response:
+        def refuse(status: int, detail: str, close: bool = False) -> web.StreamResponse:
             return problem_response(status, detail, request_id=request_id,
                                     close=close or self.draining)
 

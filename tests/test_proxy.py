@@ -197,3 +197,38 @@ def test_websocket_frames_and_close_codes_are_relayed(gateway) -> None:
                 assert closing.data == 4001
 
     asyncio.run(scenario())
+
+
+def test_gateway_own_responses_do_not_advertise_its_software(gateway_factory, upstream) -> None:
+    gw = gateway_factory(upstream.url, routes="  - name: api\n    match: {path_prefix: /api/}")
+    reply = request(gw.port, "GET", "/nothing-here")
+    assert reply.status == 404
+    assert "server" not in reply.header_names()
+    doc = problem(reply)
+    assert doc["title"] == "Not Found" and doc["type"] == "about:blank"
+    assert reply.headers["X-Request-ID"]
+
+
+def test_stalled_request_body_gets_408(gateway_factory, upstream) -> None:
+    gw = gateway_factory(upstream.url, server_extra="timeouts: {body: 500ms}")
+    raw = raw_exchange(gw.port, b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n"
+                                b"only ten b", timeout=5)
+    assert raw.startswith(b"HTTP/1.1 408 ")
+
+
+def test_client_disconnect_cancels_the_upstream_request(gateway, upstream) -> None:
+    import socket as socket_module
+
+    import psutil
+
+    from tests.support.processes import wait_until
+
+    def upstream_conns() -> int:
+        return sum(1 for c in psutil.Process(gateway.proc.pid).net_connections()
+                   if c.raddr and c.raddr.port == upstream.port and c.status == "ESTABLISHED")
+
+    sock = socket_module.create_connection(("127.0.0.1", gateway.port))
+    sock.sendall(b"GET /slow/5 HTTP/1.1\r\nHost: a\r\n\r\n")
+    wait_until(lambda: upstream_conns() == 1)
+    sock.close()
+    wait_until(lambda: upstream_conns() == 0, timeout=3)

@@ -6,8 +6,9 @@ import json
 from http import HTTPStatus
 from typing import Any
 
-from aiohttp import web
 from multidict import CIMultiDict
+
+from gateway.http.response import GatewayResponse
 
 CONTENT_TYPE = "application/problem+json"
 
@@ -26,12 +27,12 @@ def problem_response(
     headers: CIMultiDict[str] | None = None,
     close: bool = False,
     **extra: Any,
-) -> web.Response:
+) -> GatewayResponse:
     """A problem+json response; `close` also ends the connection (for unreadable requests)."""
     out = CIMultiDict(headers or ())
     if request_id is not None:
         out["X-Request-ID"] = request_id
-    resp = web.Response(status=status, body=problem_body(status, detail, **extra), headers=out,
+    resp = GatewayResponse(status=status, body=problem_body(status, detail, **extra), headers=out,
                         content_type=CONTENT_TYPE)
     if close:
         resp.force_close()

@@ -18,9 +18,9 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.http.forwarding import downstream_response_headers
+from gateway.http.response import RelayedResponse
 from gateway.proxy.errors import UpstreamFailure, classify
 from gateway.proxy.pool import UpstreamPool
-from gateway.proxy.response import RelayedResponse
 
 HeaderHook = Callable[[CIMultiDict[str]], None]
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
