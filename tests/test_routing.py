@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gateway.config.model import Route, RouteMatch
 from gateway.routing import Router, host_matches, request_host
 
@@ -95,3 +98,81 @@ def test_host_matches() -> None:
     assert not host_matches("*.example.com", "example.com")
     assert not host_matches("*.example.com", "evilexample.com")
     assert host_matches(None, "anything")
+
+
+def test_prefix_ending_inside_a_segment_is_a_string_prefix() -> None:
+    r = Router([route("v", path_prefix="/api/v1/us"), route("rest", path_prefix="/")])
+    assert r.match("GET", "h", "/api/v1/users").name == "v"
+    assert r.match("GET", "h", "/api/v1/us").name == "v"
+    assert r.match("GET", "h", "/api/v1/u").name == "rest"
+    assert r.match("GET", "h", "/api/v2/users").name == "rest"
+
+
+def test_prefix_with_trailing_slash_needs_the_slash() -> None:
+    r = Router([route("api", path_prefix="/api/")])
+    assert r.match("GET", "h", "/api/") is not None
+    assert r.match("GET", "h", "/api") is None
+
+
+def test_exact_host_index_keeps_policy_order_with_wildcards() -> None:
+    r = Router([route("wild", path_prefix="/", host="*.example.com"),
+                route("exact", path_prefix="/", host="a.example.com"),
+                route("exact-first", path_prefix="/", host="b.example.com"),
+                route("wild-later", path_prefix="/", host="*.example.com")])
+    assert r.match("GET", "a.example.com", "/x").name == "wild"
+    r2 = Router([route("exact", path_prefix="/", host="a.example.com", methods=["POST"]),
+                 route("wild", path_prefix="/", host="*.example.com")])
+    assert r2.match("POST", "a.example.com", "/x").name == "exact"
+    assert r2.match("GET", "a.example.com", "/x").name == "wild"
+
+
+# -- differential: the index must agree with a plain first-match scan ----------------------
+
+def linear_match(routes: list[Route], method: str, host: str, path: str) -> Route | None:
+    for r in routes:
+        m = r.match
+        if m.path is not None and m.path != path:
+            continue
+        if m.path is None and not path.startswith(m.path_prefix or "/"):
+            continue
+        if m.methods is not None and method not in m.methods:
+            continue
+        if not host_matches(m.host, host):
+            continue
+        return r
+    return None
+
+
+_segments = st.sampled_from(["a", "ab", "abc", "b", "v1", "x"])
+_paths = st.lists(_segments, min_size=0, max_size=4).flatmap(
+    lambda segs: st.sampled_from(["/" + "/".join(segs), "/" + "/".join(segs) + "/"]))
+_hosts = st.sampled_from(["a.example.com", "b.example.com", "example.com", "x.a.example.com"])
+
+
+@st.composite
+def _route_tables(draw) -> list[Route]:
+    n = draw(st.integers(1, 12))
+    routes = []
+    for i in range(n):
+        path = draw(_paths)
+        kind = draw(st.sampled_from(["path", "prefix", "partial", "any"]))
+        match: dict = {}
+        if kind == "path":
+            match["path"] = path
+        elif kind == "prefix":
+            match["path_prefix"] = path
+        elif kind == "partial":
+            match["path_prefix"] = path.rstrip("/") + "/" + draw(st.sampled_from(["a", "ab", "v"]))
+        if draw(st.booleans()):
+            match["methods"] = draw(st.sampled_from([["GET"], ["POST"], ["GET", "POST"]]))
+        if draw(st.booleans()):
+            match["host"] = draw(st.sampled_from(["a.example.com", "*.example.com",
+                                                  "*.a.example.com", "b.example.com"]))
+        routes.append(route(f"r{i}", **match))
+    return routes
+
+
+@settings(max_examples=300, deadline=None)
+@given(_route_tables(), st.sampled_from(["GET", "POST", "PUT"]), _hosts, _paths)
+def test_index_agrees_with_a_linear_first_match_scan(routes, method, host, path) -> None:
+    assert Router(routes).match(method, host, path) == linear_match(routes, method, host, path)
