@@ -64,9 +64,15 @@ class GatewayRequestHandler(RequestHandler):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self._head_timer is None and (
-            self._last_payload is None or self._last_payload.is_eof()
-        ) and not self._upgraded:
+        # aiohttp calls data_received(b"") itself when it resumes reading a body, and bytes
+        # arriving while a request is handled are pipelined: neither starts a new head.
+        if (
+            data
+            and self._head_timer is None
+            and not self._request_in_progress
+            and not self._upgraded
+            and (self._last_payload is None or self._last_payload.is_eof())
+        ):
             self._arm_head_timer()
         if self._head_timer is not None and not self._line_done:
             newline = data.find(b"\n")
