@@ -232,3 +232,15 @@ def test_client_disconnect_cancels_the_upstream_request(gateway, upstream) -> No
     wait_until(lambda: upstream_conns() == 1)
     sock.close()
     wait_until(lambda: upstream_conns() == 0, timeout=3)
+
+
+def test_gzip_request_body_reaches_the_upstream_byte_for_byte(gateway) -> None:
+    import gzip
+    import hashlib
+
+    compressed = gzip.compress(b"compress me " * 500, mtime=0)
+    reply = request(gateway.port, "POST", "/upload", body=compressed,
+                    headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"})
+    assert reply.json()["body_length"] == len(compressed)
+    assert reply.json()["body_sha256"] == hashlib.sha256(compressed).hexdigest()
+    assert upstream_saw(reply)["content-encoding"] == ["gzip"]

@@ -12,18 +12,14 @@ class UpstreamFailure:
     status: int  # 502 or 504
     kind: str  # connect | timeout | reset | protocol
     detail: str
-
-    @property
-    def retryable(self) -> bool:
-        """Only a failed connect is known to have sent nothing upstream."""
-        return self.kind == "connect"
+    retryable: bool = False  # True only when nothing can have reached the upstream
 
 
 def classify(exc: BaseException) -> UpstreamFailure:
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return UpstreamFailure(504, "timeout", "timed out connecting to the upstream")
+        return UpstreamFailure(504, "timeout", "timed out connecting to the upstream", True)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamFailure(502, "connect", "could not connect to the upstream")
+        return UpstreamFailure(502, "connect", "could not connect to the upstream", True)
     if isinstance(exc, TimeoutError):  # includes aiohttp.SocketTimeoutError
         return UpstreamFailure(504, "timeout", "the upstream did not answer in time")
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | ConnectionError):
