@@ -7,7 +7,9 @@ gateway does not know yet is an unknown key: nothing in a policy file is silentl
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,14 +29,14 @@ from gateway.config.model import (
     UpstreamTarget,
 )
 from gateway.config.reader import Reader
-from gateway.config.source import compose_file
+from gateway.config.source import Document, read_document
 from gateway.http.normalize import PathRejected, normalize_path
 from gateway.routing import Router
 
 # Every mapping the policy file may contain and its keys: the loader reads these, and the test
 # suite checks that docs/policy.md documents each one.
 KEYS: dict[str, tuple[str, ...]] = {
-    "": ("version", "environment", "server", "upstream", "routes"),
+    "": ("version", "extends", "environment", "server", "upstream", "routes"),
     "server": ("listen", "admin_listen", "workers", "trusted_proxies", "timeouts", "limits"),
     "server.timeouts": ("header", "idle", "body", "shutdown"),
     "server.limits": ("max_body_size", "max_header_size", "max_headers"),
@@ -52,24 +54,27 @@ _HOSTNAME = re.compile(r"(\*\.)?([a-z0-9]([a-z0-9\-]*[a-z0-9])?\.)*[a-z0-9]([a-z
 class Loaded:
     policy: Policy
     warnings: tuple[Problem, ...]
+    document: Document  # the merged, interpolated YAML the policy was built from
 
 
-def load_policy(path: str | Path) -> Loaded:
-    """The policy in `path` with its warnings; raises PolicyError listing every error."""
+def load_policy(path: str | Path, environ: Mapping[str, str] | None = None) -> Loaded:
+    """The policy in `path` (and what it extends) with its warnings.
+
+    Raises PolicyError listing every error. `environ` defaults to the process environment.
+    """
     path = Path(path)
-    root = compose_file(path)
     reader = Reader(str(path))
-    if root is None:
-        reader.error(None, "policy file is empty")
-        raise PolicyError(reader.problems)
-    policy = _build_policy(reader, root, str(path))
+    document = read_document(path, os.environ if environ is None else environ, reader)
+    policy = None
+    if document is not None:
+        policy = _build_policy(reader, document.root, document.files)
     errors = [p for p in reader.problems if not p.warning]
-    if errors or policy is None:
+    if errors or policy is None or document is None:
         raise PolicyError(errors)
-    return Loaded(policy, tuple(p for p in reader.problems if p.warning))
+    return Loaded(policy, tuple(p for p in reader.problems if p.warning), document)
 
 
-def _build_policy(r: Reader, root: yaml.Node, file: str) -> Policy | None:
+def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy | None:
     doc = r.mapping(root, KEYS[""], "the policy file")
     if doc is None:
         return None
@@ -97,7 +102,7 @@ def _build_policy(r: Reader, root: yaml.Node, file: str) -> Policy | None:
     if version is None or server is None or upstream is None:
         return None
     return Policy(version=version, environment=environment, server=server, upstream=upstream,
-                  routes=routes, source_files=(file,))
+                  routes=routes, source_files=files)
 
 
 def _address(r: Reader, node: yaml.Node, what: str) -> Address | None:

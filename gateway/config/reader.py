@@ -28,20 +28,25 @@ class Reader:
     """Reads one policy file's nodes; `problems` accumulates what was wrong."""
 
     def __init__(self, file: str) -> None:
-        self.file = file
+        self.file = file  # used only when a problem has no node to point at
         self.problems: list[Problem] = []
         self._constructor = SafeConstructor()
 
     # -- reporting -------------------------------------------------------------------------
-    def error(self, node: yaml.Node | None, message: str) -> None:
-        self._add(node, message, warning=False)
+    def error(self, node: yaml.Node | None, message: str, file: str | None = None) -> None:
+        self._add(node, message, warning=False, file=file)
 
     def warn(self, node: yaml.Node | None, message: str) -> None:
         self._add(node, message, warning=True)
 
-    def _add(self, node: yaml.Node | None, message: str, *, warning: bool) -> None:
-        line, col = (node.start_mark.line + 1, node.start_mark.column + 1) if node else (1, 1)
-        self.problems.append(Problem(self.file, line, col, message, warning))
+    def _add(
+        self, node: yaml.Node | None, message: str, *, warning: bool, file: str | None = None
+    ) -> None:
+        if node is None:
+            self.problems.append(Problem(file or self.file, 1, 1, message, warning))
+            return
+        mark = node.start_mark
+        self.problems.append(Problem(mark.name, mark.line + 1, mark.column + 1, message, warning))
 
     # -- shapes ----------------------------------------------------------------------------
     def mapping(

@@ -1,31 +1,51 @@
-"""Reading a policy file into YAML nodes that remember where they came from.
+"""From policy files to one YAML node tree: read, check keys, interpolate, follow `extends`.
 
-The loader works on `yaml.compose()` nodes rather than plain Python values so that every
-problem can point at FILE:LINE:COL, including keys that appear twice in one mapping (which
-PyYAML would otherwise silently overwrite).
+The loader works on `yaml.compose()` nodes rather than plain values so that every problem can
+point at FILE:LINE:COL, also for a value that came from an extended file (each node's mark
+names the file it was written in) or from `${VAR}` interpolation (the mark of the scalar that
+held the reference).
+
+`extends: other.yaml` (relative to the file that says it) deep-merges this file over the other:
+mappings merge key by key, anything else (lists included) replaces. Chains are allowed; a cycle
+is an error at the `extends` that closes it.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from gateway.config.errors import PolicyError, Problem
+from gateway.config.interpolate import interpolate
+from gateway.config.reader import Reader
 
 
-def compose_file(path: Path) -> yaml.Node | None:
-    """The document's root node, or None for an empty file; syntax errors become PolicyError."""
+@dataclass(frozen=True, slots=True)
+class Document:
+    root: yaml.MappingNode
+    files: tuple[str, ...]  # every file read, the base of the chain first
+    digest: str  # sha256 over the files' contents, in that order
+
+
+def compose_file(path: Path) -> tuple[yaml.Node | None, bytes]:
+    """A file's root node (None when empty) and its bytes; syntax errors become PolicyError."""
     name = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+        text = data.decode("utf-8")
     except OSError as exc:
         problem = Problem(name, 1, 1, f"cannot read policy file: {exc.strerror}")
         raise PolicyError([problem]) from exc
     except UnicodeDecodeError as exc:
         raise PolicyError([Problem(name, 1, 1, "policy file is not UTF-8")]) from exc
+    loader = yaml.SafeLoader(text)
+    loader.name = name  # marks, and so every problem, carry the file name
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        return loader.get_single_node(), data
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -33,3 +53,103 @@ def compose_file(path: Path) -> yaml.Node | None:
         raise PolicyError([Problem(name, line, col, f"YAML syntax: {message}")]) from exc
     except yaml.YAMLError as exc:
         raise PolicyError([Problem(name, 1, 1, f"YAML syntax: {exc}")]) from exc
+    finally:
+        loader.dispose()
+
+
+def read_document(path: Path, environ: Mapping[str, str], reader: Reader) -> Document | None:
+    """The merged, interpolated tree of `path` and what it extends; None when unusable."""
+    files: list[str] = []
+    contents: list[bytes] = []
+    root = _read_chain(path, environ, reader, files, contents, ())
+    if root is None:
+        return None
+    digest = hashlib.sha256(b"\0".join(contents)).hexdigest()
+    return Document(root, tuple(files), digest)
+
+
+def _read_chain(
+    path: Path,
+    environ: Mapping[str, str],
+    reader: Reader,
+    files: list[str],
+    contents: list[bytes],
+    chain: tuple[Path, ...],
+) -> yaml.MappingNode | None:
+    node, data = compose_file(path)
+    if node is None:
+        reader.error(None, "policy file is empty", file=str(path))
+        return None
+    if not isinstance(node, yaml.MappingNode):
+        reader.error(node, "a policy file must be a mapping of keys")
+        return None
+    _check_duplicate_keys(node, reader)
+    interpolate(node, environ, reader)
+    extends_node = None
+    pairs = []
+    for key, value in node.value:
+        if isinstance(key, yaml.ScalarNode) and key.value == "extends":
+            extends_node = value
+        else:
+            pairs.append((key, value))
+    own = yaml.MappingNode(node.tag, pairs, node.start_mark, node.end_mark)
+    if extends_node is None:
+        files.append(str(path))
+        contents.append(data)
+        return own
+    target = reader.string(extends_node, "extends")
+    if target is None:
+        return None
+    base_path = (path.parent / target).resolve()
+    here = (*chain, path.resolve())
+    if base_path in here:
+        cycle = " -> ".join(str(p) for p in (*here, base_path))
+        reader.error(extends_node, f"extends cycle: {cycle}")
+        return None
+    if not base_path.is_file():
+        reader.error(extends_node, f"extends: no such policy file {str(base_path)!r}")
+        return None
+    try:
+        base = _read_chain(base_path, environ, reader, files, contents, here)
+    except PolicyError as exc:  # a syntax error in the base file: report it, keep going
+        reader.problems.extend(exc.problems)
+        return None
+    files.append(str(path))
+    contents.append(data)
+    return merge(base, own) if base is not None else None
+
+
+def merge(base: yaml.Node, over: yaml.Node) -> yaml.Node:
+    """`over` deep-merged onto `base`: mappings merge, everything else is replaced."""
+    if not (isinstance(base, yaml.MappingNode) and isinstance(over, yaml.MappingNode)):
+        return over
+    merged: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for key, value in base.value:
+        merged[key.value] = (key, value)
+    for key, value in over.value:
+        if key.value in merged:
+            merged[key.value] = (key, merge(merged[key.value][1], value))
+        else:
+            merged[key.value] = (key, value)
+    return yaml.MappingNode(over.tag, list(merged.values()), over.start_mark, over.end_mark)
+
+
+def _check_duplicate_keys(node: yaml.Node, reader: Reader) -> None:
+    """Repeated keys are errors (PyYAML would keep the last silently); also dropped here."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        kept = []
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                reader.error(key, "mapping keys must be plain strings")
+                continue
+            if key.value in seen:
+                reader.error(key, f"duplicate key {key.value!r}")
+                continue
+            seen.add(key.value)
+            kept.append((key, value))
+            _check_duplicate_keys(value, reader)
+        node.value = kept
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_duplicate_keys(item, reader)
