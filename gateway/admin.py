@@ -1,13 +1,17 @@
-"""The admin listener: /health and /ready, on their own port, never on the public one."""
+"""The admin listener: /health, /ready, /config and /metrics, never on the public port."""
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import __version__
+from gateway.config.render import policy_data
 from gateway.handler import Handler
+from gateway.observability.metrics import REGISTRY
 
 
 def admin_app(handler_of: Callable[[], Handler]) -> web.Application:
@@ -25,7 +29,25 @@ def admin_app(handler_of: Callable[[], Handler]) -> web.Application:
             return web.json_response({"status": "not ready", "reason": problem}, status=503)
         return web.json_response({"status": "ready"})
 
+    async def config(_: web.Request) -> web.Response:
+        rt = handler_of().runtime
+        document = rt.loaded.document
+        loaded_at = datetime.datetime.fromtimestamp(rt.loaded_at, datetime.UTC)
+        return web.json_response({
+            "policy": policy_data(document),
+            "source_files": list(document.files),
+            "digest": document.digest,
+            "loaded_at": loaded_at.isoformat(timespec="seconds"),
+        })
+
+    async def metrics(_: web.Request) -> web.Response:
+        resp = web.Response(body=generate_latest(REGISTRY))
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
     app = web.Application()
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
+    app.router.add_get("/config", config)
+    app.router.add_get("/metrics", metrics)
     return app

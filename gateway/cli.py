@@ -15,6 +15,7 @@ import sys
 
 from gateway import __version__
 from gateway.config import Loaded, PolicyError, load_policy
+from gateway.config.render import policy_yaml
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a policy file")
     check.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG"), help=config_help)
+    check.add_argument("--print", action="store_true", dest="print_policy",
+                       help="print the merged, interpolated policy (secrets redacted)")
 
     sub.add_parser("version", help="print the version")
     return parser
@@ -60,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(loaded, int):
         return loaded
     if args.command == "check":
-        print(f"{args.config}: ok ({len(loaded.policy.routes)} routes)")
+        if args.print_policy:
+            print(policy_yaml(loaded.document), end="")
+        else:
+            print(f"{args.config}: ok ({len(loaded.policy.routes)} routes)")
         return 0
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.workers or loaded.policy.server.workers
     if args.worker or workers == 1:
         try:
-            return server.serve(args.config, loaded.policy, reuse_port=args.worker)
+            return server.serve(args.config, loaded, reuse_port=args.worker)
         except OSError as exc:
             print(f"gateway: cannot listen: {exc}", file=sys.stderr)
             return 1

@@ -2,48 +2,29 @@
 
     harden target -> route -> upgrade check -> body limits -> Expect -> forward (or relay)
 
-Everything the handler needs from the policy is compiled once into a `Runtime` when the policy
-is loaded; a request reads one Runtime reference at its start, so a reload can never give it
-half of the old policy and half of the new.
+Everything the handler needs from the policy is compiled once into a `Runtime` (runtime.py)
+when the policy is loaded; a request reads the Runtime reference once, at its start.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.config.model import Policy
-from gateway.http.client_ip import TrustedProxies, client_ip, parse_ip
+from gateway.http.client_ip import client_ip, parse_ip
 from gateway.http.forwarding import choose_request_id, connection_listed, upstream_request_headers
 from gateway.http.normalize import PathRejected, normalize_target
 from gateway.http.problem import problem_response
 from gateway.proxy.forwarder import ClientBodyError, RequestBody, UpstreamError, forward
-from gateway.proxy.pool import UpstreamPool
 from gateway.proxy.websocket import WebSocketRegistry, relay_websocket
-from gateway.routing import Router, request_host
+from gateway.routing import request_host
+from gateway.runtime import Runtime
 
 log = logging.getLogger("gateway.handler")
 # CONNECT would make the gateway a tunnel; TRACE/TRACK echo credentials (cross-site tracing).
 REFUSED_METHODS = frozenset({"CONNECT", "TRACE", "TRACK"})
-
-
-@dataclass(frozen=True, slots=True)
-class Runtime:
-    """A policy compiled for the hot path."""
-
-    policy: Policy
-    router: Router
-    trusted: TrustedProxies
-    pool: UpstreamPool
-
-    @classmethod
-    def build(cls, policy: Policy) -> Runtime:
-        return cls(policy=policy, router=Router(policy.routes),
-                   trusted=TrustedProxies(policy.server.trusted_proxies),
-                   pool=UpstreamPool(policy.upstream))
 
 
 class Handler:

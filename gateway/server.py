@@ -1,7 +1,8 @@
 """Lifecycle of a gateway process, in the order it happens.
 
     start: check the C parser -> load policy -> bind public + admin listeners -> serve
-    SIGHUP: load the policy again; swap it in whole if valid, keep the running one if not
+    SIGHUP, or a policy file changed on disk: load the policy again; swap it in whole if
+            valid, keep the running one if not (reload.py)
     SIGTERM/SIGINT: readiness fails at once -> listeners close -> WebSockets get 1001 ->
                     in-flight requests finish (up to timeouts.shutdown) -> exit 0
 
@@ -23,10 +24,11 @@ import time
 from aiohttp import web
 
 from gateway.admin import admin_app
-from gateway.config import PolicyError, load_policy
-from gateway.config.model import Policy
-from gateway.handler import Handler, Runtime
+from gateway.config import Loaded
+from gateway.handler import Handler
 from gateway.http.protocol import GatewayServer
+from gateway.reload import PolicyReloader
+from gateway.runtime import Runtime
 
 log = logging.getLogger("gateway.server")
 
@@ -45,15 +47,17 @@ def require_c_parser() -> None:
 class GatewayProcess:
     """One serving process: public listener, admin listener, the current policy."""
 
-    def __init__(self, config_path: str, policy: Policy, reuse_port: bool) -> None:
+    def __init__(self, config_path: str, loaded: Loaded, reuse_port: bool) -> None:
         self.config_path = config_path
-        self.policy = policy
+        self.loaded = loaded
         self.reuse_port = reuse_port
 
     async def run(self) -> None:
-        self.handler = Handler(Runtime.build(self.policy))  # the pool needs the running loop
+        self.handler = Handler(Runtime.build(self.loaded))  # the pool needs the running loop
         self._stopping = asyncio.Event()
-        server_cfg = self.policy.server
+        reloader = PolicyReloader(self.config_path, self.loaded, self._apply)
+        policy = self.loaded.policy
+        server_cfg = policy.server
         limits = server_cfg.limits
         server = GatewayServer(
             self.handler,
@@ -80,13 +84,18 @@ class GatewayProcess:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
         loop.add_signal_handler(signal.SIGINT, self._stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
-        targets = ", ".join(t.base_url for t in self.policy.upstream.targets)
+        loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
+        watcher = None
+        if server_cfg.watch:
+            watcher = asyncio.create_task(reloader.watch(server_cfg.watch_interval))
+        targets = ", ".join(t.base_url for t in policy.upstream.targets)
         log.info("gateway pid %d listening on %s (admin %s), upstream %s, %d routes",
-                 os.getpid(), listen, admin_listen, targets, len(self.policy.routes))
+                 os.getpid(), listen, admin_listen, targets, len(policy.routes))
 
         await self._stopping.wait()
 
+        if watcher is not None:
+            watcher.cancel()
         log.info("draining: readiness now fails, finishing in-flight requests")
         self.handler.draining = True
         await self.handler.websockets.close_all(message=b"gateway shutting down")
@@ -95,20 +104,18 @@ class GatewayProcess:
         await admin.cleanup()
         log.info("stopped")
 
-    async def reload(self) -> None:
-        try:
-            loaded = load_policy(self.config_path)
-        except PolicyError as exc:
-            log.error("reload failed, keeping the running policy:\n%s", exc)
-            return
+    def _apply(self, loaded: Loaded) -> None:
+        """Swap in a validated policy: one reference assignment, seen by the next request."""
         old = self.handler.runtime
-        self.handler.runtime = Runtime.build(loaded.policy)
-        self.policy = loaded.policy
-        log.info("policy reloaded from %s", self.config_path)
-        # requests already on the old pool keep it until they finish
-        asyncio.get_running_loop().call_later(
-            old.policy.server.timeouts.shutdown,
-            lambda: asyncio.ensure_future(old.pool.close()))
+        self.handler.runtime = new = Runtime.build(loaded, previous=old)
+        if new.policy.server.listen != old.policy.server.listen or \
+                new.policy.server.admin_listen != old.policy.server.admin_listen:
+            log.warning("listener addresses changed in the policy; they apply after a restart")
+        if new.pool is not old.pool:
+            # requests already on the old pool keep it until they finish
+            asyncio.get_running_loop().call_later(
+                old.policy.server.timeouts.shutdown,
+                lambda: asyncio.ensure_future(old.pool.close()))
 
 
 def _event_loop_runner():  # pragma: no cover - trivial
@@ -119,9 +126,9 @@ def _event_loop_runner():  # pragma: no cover - trivial
     return uvloop.run
 
 
-def serve(config_path: str, policy: Policy, reuse_port: bool = False) -> int:
+def serve(config_path: str, loaded: Loaded, reuse_port: bool = False) -> int:
     require_c_parser()
-    _event_loop_runner()(GatewayProcess(config_path, policy, reuse_port).run())
+    _event_loop_runner()(GatewayProcess(config_path, loaded, reuse_port).run())
     return 0
 
 

@@ -37,7 +37,8 @@ from gateway.routing import Router
 # suite checks that docs/policy.md documents each one.
 KEYS: dict[str, tuple[str, ...]] = {
     "": ("version", "extends", "environment", "server", "upstream", "routes"),
-    "server": ("listen", "admin_listen", "workers", "trusted_proxies", "timeouts", "limits"),
+    "server": ("listen", "admin_listen", "workers", "trusted_proxies", "timeouts", "limits",
+               "watch", "watch_interval"),
     "server.timeouts": ("header", "idle", "body", "shutdown"),
     "server.limits": ("max_body_size", "max_header_size", "max_headers"),
     "upstream": ("url", "targets", "timeouts", "max_connections", "retries", "preserve_host"),
@@ -159,12 +160,16 @@ def _server(r: Reader, node: yaml.Node) -> ServerSettings | None:
                 values["max_headers"] = r.integer(lm["max_headers"], "server.limits.max_headers",
                                                   1, 1000)
             limits = ServerLimits(**{k: v for k, v in values.items() if v is not None})
-    if listen is None or admin is None or workers is None:
+    watch = r.boolean(m["watch"], "server.watch") if "watch" in m else d.watch
+    interval = r.duration(m["watch_interval"], "server.watch_interval") \
+        if "watch_interval" in m else d.watch_interval
+    if listen is None or admin is None or workers is None or watch is None or interval is None:
         return None
     if listen == admin:
         r.error(m.get("admin_listen"), "server.admin_listen must differ from server.listen")
     return ServerSettings(listen=listen, admin_listen=admin, workers=workers,
-                          trusted_proxies=trusted, timeouts=timeouts, limits=limits)
+                          trusted_proxies=trusted, timeouts=timeouts, limits=limits,
+                          watch=watch, watch_interval=interval)
 
 
 def _target(r: Reader, node: yaml.Node, what: str) -> UpstreamTarget | None:

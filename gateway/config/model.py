@@ -40,6 +40,8 @@ class ServerSettings:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     timeouts: ServerTimeouts = ServerTimeouts()
     limits: ServerLimits = ServerLimits()
+    watch: bool = True  # reload when a policy file changes on disk
+    watch_interval: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
