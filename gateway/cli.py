@@ -1,21 +1,32 @@
-"""The command line: `gateway run | check | version`.
+"""The command line: `gateway run | check | explain | test | version`.
 
-Exit codes: 0 success, 2 an invalid policy (each problem printed as FILE:LINE:COL: message),
-1 anything else, with one line on stderr saying what.
+Exit codes: 0 success, 2 an invalid policy or cases file (each problem printed as
+FILE:LINE:COL: message), 1 a failed policy test case or anything else, with one line on stderr
+saying what.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import logging
 import os
 import platform
 import signal
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
 from gateway import __version__
 from gateway.config import Loaded, PolicyError, load_policy
 from gateway.config.render import policy_yaml
+from gateway.explain import DEFAULT_PEER, DescribedRequest, explain, format_report
+from gateway.policytest import check_case, load_cases
+from gateway.runtime import Runtime
+
+T = TypeVar("T")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +44,19 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG"), help=config_help)
     check.add_argument("--print", action="store_true", dest="print_policy",
                        help="print the merged, interpolated policy (secrets redacted)")
+
+    explain = sub.add_parser("explain", help="what the gateway would do with one request")
+    explain.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG"), help=config_help)
+    explain.add_argument("--client-ip", default=DEFAULT_PEER,
+                         help=f"the TCP peer the request comes from (default {DEFAULT_PEER})")
+    explain.add_argument("-H", "--header", action="append", default=[], metavar="'Name: value'")
+    explain.add_argument("--json", action="store_true", help="print the report as JSON")
+    explain.add_argument("method")
+    explain.add_argument("url", help="a path (/api/x?y=1) or an absolute URL")
+
+    test = sub.add_parser("test", help="run declarative policy test cases")
+    test.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG"), help=config_help)
+    test.add_argument("cases", help="a YAML file of cases")
 
     sub.add_parser("version", help="print the version")
     return parser
@@ -54,6 +78,54 @@ def _load(path: str | None) -> Loaded | int:
     return loaded
 
 
+def _with_runtime(loaded: Loaded, work: Callable[[Runtime], T]) -> T:
+    """Run `work` against the policy compiled exactly as `gateway run` compiles it."""
+
+    async def inside_loop() -> T:
+        rt = Runtime.build(loaded)
+        try:
+            return work(rt)
+        finally:
+            await rt.pool.close()
+
+    return asyncio.run(inside_loop())
+
+
+def _explain(args: argparse.Namespace, loaded: Loaded) -> int:
+    headers = []
+    for text in args.header:
+        name, sep, value = text.partition(":")
+        if not sep or not name.strip():
+            print(f"gateway: -H wants 'Name: value', got {text!r}", file=sys.stderr)
+            return 1
+        headers.append((name.strip(), value.strip()))
+    request = DescribedRequest(args.method, args.url, tuple(headers), args.client_ip)
+    report = _with_runtime(loaded, lambda rt: explain(rt, request))
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _test(args: argparse.Namespace, loaded: Loaded) -> int:
+    try:
+        cases = load_cases(Path(args.cases))
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    results = _with_runtime(loaded, lambda rt: [(c, check_case(rt, c)) for c in cases])
+    failed = 0
+    for case, failures in results:
+        if failures:
+            failed += 1
+            print(f"FAIL {case.name}")
+            for failure in failures:
+                print(f"     {failure}")
+        else:
+            print(f"ok   {case.name}")
+    print(f"{len(cases) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "version":
@@ -62,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     loaded = _load(args.config)
     if isinstance(loaded, int):
         return loaded
+    if args.command == "explain":
+        return _explain(args, loaded)
+    if args.command == "test":
+        return _test(args, loaded)
     if args.command == "check":
         if args.print_policy:
             print(policy_yaml(loaded.document), end="")

@@ -7,4 +7,4 @@ bash scripts/setup.sh
 .venv/bin/python -m upstream serve --port 8000 &
 upstream_pid=$!
 trap 'kill "$upstream_pid" 2>/dev/null || true' EXIT
-.venv/bin/gateway run --config "${GATEWAY_CONFIG:-policies/gateway.yaml}"
+.venv/bin/gateway run --config "${GATEWAY_CONFIG:-policies/development.yaml}"

@@ -156,3 +156,8 @@ def test_digest_changes_with_any_file_of_the_chain(tmp_path: Path) -> None:
     first = load_policy(child, {}).document.digest
     base.write_text(BASE.replace("5s", "6s"))
     assert load_policy(child, {}).document.digest != first
+
+
+def test_empty_required_variable_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "p.yaml", BASE.replace("${ENVIRONMENT:-development}", "${ENVIRONMENT}"))
+    assert "environment variable ENVIRONMENT is empty" in problems(path, {"ENVIRONMENT": ""})[0]

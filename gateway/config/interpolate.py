@@ -1,10 +1,11 @@
 """`${VAR}` and `${VAR:-default}` in policy values, resolved from the environment at load time.
 
 Every scalar value may hold references; `$${` writes a literal `${`. `${VAR:-default}` uses the
-default when VAR is unset or empty (as in a POSIX shell). An unset VAR without a default is an
-error at the scalar that names it. A plain (unquoted) scalar is typed after substitution, so
-`workers: ${WORKERS:-2}` is the integer 2; a quoted one stays a string. Keys are not
-interpolated.
+default when VAR is unset or empty (as in a POSIX shell). `${VAR}` needs VAR set and not empty
+(an empty required value is almost always a deployment mistake; write `${VAR:-}` to allow
+empty); otherwise it is an error at the scalar that names it. A plain (unquoted) scalar is
+typed after substitution, so `workers: ${WORKERS:-2}` is the integer 2; a quoted one stays a
+string. Keys are not interpolated.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def substitute(node: yaml.ScalarNode, environ: Mapping[str, str], reader: Reader
         value = environ.get(name)
         if m.group(2) is not None:  # ${NAME:-default}
             return value if value else m.group(3)
-        if value is None:
-            reader.error(node, f"environment variable {name} is not set "
+        if not value:
+            state = "is not set" if value is None else "is empty"
+            reader.error(node, f"environment variable {name} {state} "
                          f"(write ${{{name}:-default}} to give a default)")
             failed = True
             return text

@@ -30,6 +30,7 @@ class Reader:
     def __init__(self, file: str) -> None:
         self.file = file  # used only when a problem has no node to point at
         self.problems: list[Problem] = []
+        self._faulty: set[int] = set()  # scalars already reported: one error per value
         self._constructor = SafeConstructor()
 
     # -- reporting -------------------------------------------------------------------------
@@ -45,6 +46,10 @@ class Reader:
         if node is None:
             self.problems.append(Problem(file or self.file, 1, 1, message, warning))
             return
+        if not warning and isinstance(node, yaml.ScalarNode):
+            if id(node) in self._faulty:
+                return  # e.g. an unset ${VAR}: its value is not also "not a URL"
+            self._faulty.add(id(node))
         mark = node.start_mark
         self.problems.append(Problem(mark.name, mark.line + 1, mark.column + 1, message, warning))
 

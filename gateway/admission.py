@@ -1,0 +1,92 @@
+"""Admission: every decision about a request that can be made from its head alone.
+
+    target form -> path normalization -> method -> route -> upgrade -> body size -> Expect
+
+A pure function of the request head and the compiled policy, used by the request handler and,
+unchanged, by `gateway explain` and `gateway test`, so what they report is what the gateway
+does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from multidict import CIMultiDictProxy
+
+from gateway.config.model import Route
+from gateway.http.forwarding import connection_listed
+from gateway.http.normalize import PathRejected, normalize_target
+from gateway.routing import request_host
+from gateway.runtime import Runtime
+
+# CONNECT would make the gateway a tunnel; TRACE/TRACK echo credentials (cross-site tracing).
+REFUSED_METHODS = frozenset({"CONNECT", "TRACE", "TRACK"})
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The gateway answers the request itself."""
+
+    status: int
+    detail: str
+    close: bool = False  # the rest of the request cannot be trusted or read
+    route: Route | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The request goes upstream on `route`, with exactly this path."""
+
+    route: Route
+    path: str
+    query: str | None
+    websocket: bool
+    send_continue: bool  # answer `Expect: 100-continue` before reading the body
+
+    @property
+    def path_qs(self) -> str:
+        return self.path if self.query is None else f"{self.path}?{self.query}"
+
+
+def admit(
+    rt: Runtime,
+    method: str,
+    target: str,
+    headers: CIMultiDictProxy[str],
+    content_length: int | None,
+    has_body: bool,
+) -> Admission | Refusal:
+    try:
+        path, query = normalize_target(target)
+    except PathRejected as exc:
+        return Refusal(400, str(exc), close=True)
+    if method in REFUSED_METHODS:
+        return Refusal(405, f"{method} is not allowed through this gateway", path=path)
+    route = rt.router.match(method, request_host(headers.get("Host")), path)
+    if route is None:
+        return Refusal(404, "no route matches this request", path=path)
+
+    websocket = False
+    if "Upgrade" in headers:
+        wants_ws = (headers["Upgrade"].strip().lower() == "websocket"
+                    and "upgrade" in connection_listed(headers))
+        if wants_ws and method == "GET":
+            if not route.websocket:
+                return Refusal(403, "WebSocket upgrade is not allowed on this route",
+                               route=route, path=path)
+            websocket = True
+        # any other upgrade (h2c, ...) is hop-by-hop and is not forwarded
+
+    max_body = rt.policy.server.limits.max_body_size
+    if content_length is not None and content_length > max_body:
+        return Refusal(413, f"request body exceeds {max_body} bytes", close=True, route=route,
+                       path=path)
+    send_continue = False
+    expect = headers.get("Expect")
+    if expect is not None:
+        if expect.lower() != "100-continue":
+            return Refusal(417, "only 'Expect: 100-continue' is supported", route=route,
+                           path=path)
+        send_continue = has_body
+    return Admission(route, path, query, websocket, send_continue)

@@ -1,0 +1,157 @@
+"""`gateway explain`: what the gateway would do with one request, and why.
+
+Runs the same admission, client-IP and header-rewriting code as the request handler against a
+described request (nothing is sent anywhere) and reports the outcome as data; `format_report`
+renders it for people, `--json` prints the data for tools.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.admission import Admission, admit
+from gateway.config.model import Route, RouteMatch
+from gateway.http.client_ip import client_ip, forwarded_hops, parse_ip
+from gateway.http.forwarding import HOP_BY_HOP, upstream_request_headers
+from gateway.runtime import Runtime
+
+DEFAULT_PEER = "192.0.2.10"  # a documentation address: "some client on the internet"
+REQUEST_ID = "(generated)"
+
+
+@dataclass(frozen=True)
+class DescribedRequest:
+    method: str
+    url: str  # a path (/api/x?y) or an absolute URL (https://host/api/x)
+    headers: Sequence[tuple[str, str]] = ()
+    peer: str = DEFAULT_PEER  # the TCP peer the request arrives from
+
+
+def split_url(url: str) -> tuple[str, str | None, str]:
+    """(scheme, host or None, request target) without normalizing anything."""
+    for scheme in ("http", "https"):
+        prefix = f"{scheme}://"
+        if url.lower().startswith(prefix):
+            rest = url[len(prefix):]
+            cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+            target = rest[cut:] or "/"
+            return scheme, rest[:cut], target if target.startswith("/") else "/" + target
+    return "http", None, url
+
+
+def describe_match(match: RouteMatch) -> list[str]:
+    out = []
+    if match.path is not None:
+        out.append(f"path is exactly {match.path}")
+    elif match.path_prefix:
+        out.append(f"path starts with {match.path_prefix}")
+    else:
+        out.append("any path")
+    out.append("method in " + ", ".join(sorted(match.methods)) if match.methods else "any method")
+    out.append(f"host is {match.host}" if match.host else "any host")
+    return out
+
+
+def explain(rt: Runtime, req: DescribedRequest) -> dict[str, Any]:
+    scheme, url_host, target = split_url(req.url)
+    incoming = CIMultiDict(req.headers)
+    if url_host is not None and "Host" not in incoming:
+        incoming["Host"] = url_host
+    headers = CIMultiDictProxy(incoming)
+    length_text = headers.get("Content-Length")
+    length = int(length_text) if length_text and length_text.isdigit() else None
+    has_body = length not in (None, 0) or "chunked" in headers.get("Transfer-Encoding", "")
+
+    peer_ip = parse_ip(req.peer)
+    peer_trusted = bool(rt.trusted) and rt.trusted.trusts(peer_ip)
+    xff = headers.getall("X-Forwarded-For", ())
+    client = client_ip(req.peer, xff, rt.trusted)
+    if not peer_trusted:
+        why_ip = f"peer {req.peer} is not a trusted proxy, so forwarding headers are ignored"
+    elif not forwarded_hops(xff):
+        why_ip = f"peer {req.peer} is a trusted proxy but sent no X-Forwarded-For"
+    else:
+        why_ip = (f"peer {req.peer} is a trusted proxy; X-Forwarded-For walked right to left, "
+                  "skipping trusted hops")
+
+    report: dict[str, Any] = {
+        "request": {"method": req.method, "target": target, "host": headers.get("Host"),
+                    "scheme": scheme, "peer": req.peer},
+        "client_ip": {"address": client, "why": why_ip},
+    }
+    verdict = admit(rt, req.method, target, headers, length, has_body)
+    report["path"] = verdict.path
+    report["route"] = _route(verdict.route)
+    if not isinstance(verdict, Admission):
+        report["outcome"] = {"action": "answer", "status": verdict.status,
+                             "detail": verdict.detail}
+        report["response_headers"] = {"added": {"X-Request-ID": REQUEST_ID,
+                                                "Content-Type": "application/problem+json"},
+                                      "removed": []}
+        return report
+
+    report["query"] = verdict.query
+    target_url = rt.policy.upstream.targets[0]
+    out = upstream_request_headers(
+        headers, version=(1, 1), peer=req.peer, peer_trusted=peer_trusted, client_ip=client,
+        scheme=scheme, request_id=REQUEST_ID,
+        upstream_authority=None if rt.policy.upstream.preserve_host else target_url.authority)
+    sent = {k.lower(): v for k, v in out.items()}
+    report["outcome"] = {
+        "action": "relay websocket" if verdict.websocket else "forward",
+        "upstream": target_url.base_url + verdict.path_qs,
+        "continue": verdict.send_continue,
+    }
+    report["upstream_request"] = {
+        "set": {k: v for k, v in out.items() if headers.get(k) != v},
+        "removed": sorted({k for k in headers if k.lower() not in sent}),
+    }
+    report["response_headers"] = {
+        "added": {"Via": "1.1 gateway", "X-Request-ID": REQUEST_ID},
+        "removed": [*sorted(n.title() for n in HOP_BY_HOP), "(any named in Connection)"],
+    }
+    return report
+
+
+def _route(route: Route | None) -> dict[str, Any] | None:
+    if route is None:
+        return None
+    return {"name": route.name, "matched_because": describe_match(route.match),
+            "websocket": route.websocket}
+
+
+def format_report(report: dict[str, Any]) -> str:
+    req = report["request"]
+    lines = [f"{req['method']} {req['target']}  (host {req['host'] or '-'}, "
+             f"peer {req['peer']}, {req['scheme']})"]
+    lines.append(f"  normalized path: {report['path'] or '(rejected)'}")
+    ip = report["client_ip"]
+    lines.append(f"  client ip:       {ip['address']}  ({ip['why']})")
+    route = report["route"]
+    if route is None:
+        lines.append("  route:           none")
+    else:
+        lines.append(f"  route:           {route['name']}  ("
+                     + "; ".join(route["matched_because"]) + ")")
+    outcome = report["outcome"]
+    if outcome["action"] == "answer":
+        lines.append(f"  outcome:         the gateway answers {outcome['status']}: "
+                     f"{outcome['detail']}")
+    else:
+        extra = ", after 100 Continue" if outcome["continue"] else ""
+        lines.append(f"  outcome:         {outcome['action']} to {outcome['upstream']}{extra}")
+        up = report["upstream_request"]
+        for name, value in up["set"].items():
+            lines.append(f"  upstream header: {name}: {value}")
+        if up["removed"]:
+            lines.append("  not forwarded:   " + ", ".join(up["removed"]))
+    resp = report["response_headers"]
+    for name, value in resp["added"].items():
+        lines.append(f"  response adds:   {name}: {value}")
+    if resp["removed"]:
+        lines.append("  response drops:  " + ", ".join(resp["removed"]))
+    return "\n".join(lines)

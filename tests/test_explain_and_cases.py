@@ -1,0 +1,122 @@
+"""`gateway explain` and `gateway test`, and the shipped policies with their shipped cases."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_policy
+from tests.support.processes import ROOT
+
+POLICIES = ROOT / "policies"
+CASES = POLICIES / "cases" / "gateway.yaml"
+
+
+def gateway(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def explain_json(*args: str) -> dict:
+    result = gateway("explain", "--config", str(POLICIES / "development.yaml"), "--json", *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_explain_reports_route_path_client_ip_and_upstream() -> None:
+    report = explain_json("POST", "http://shop.example/api/x/%2e%2e/auth/login")
+    assert report["path"] == "/api/auth/login"
+    assert report["route"]["name"] == "login"
+    assert report["route"]["matched_because"][0] == "path is exactly /api/auth/login"
+    assert report["outcome"] == {"action": "forward", "continue": False,
+                                 "upstream": "http://127.0.0.1:8000/api/auth/login"}
+    assert report["upstream_request"]["set"]["X-Forwarded-Host"] == "shop.example"
+
+
+def test_explain_client_ip_follows_the_trusted_proxy_rule() -> None:
+    trusted = explain_json("--client-ip", "127.0.0.1", "-H", "X-Forwarded-For: 6.6.6.6",
+                           "GET", "/")
+    assert trusted["client_ip"]["address"] == "127.0.0.1"  # development trusts no proxy
+
+
+def test_explain_with_a_trusting_policy_believes_forwarded_for(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(f"extends: {POLICIES / 'development.yaml'}\n"
+                      "server: {trusted_proxies: [10.0.0.0/8]}\n")
+    result = gateway("explain", "--config", str(policy), "--json", "--client-ip", "10.0.0.2",
+                     "-H", "X-Forwarded-For: 198.51.100.4, 10.0.0.9", "GET", "/api/campaigns")
+    report = json.loads(result.stdout)
+    assert report["client_ip"]["address"] == "198.51.100.4"
+    assert "trusted proxy" in report["client_ip"]["why"]
+
+
+def test_explain_refusal_names_status_and_reason() -> None:
+    report = explain_json("GET", "/a%2Fb")
+    assert report["outcome"] == {"action": "answer", "status": 400,
+                                 "detail": "encoded slash (%2F) in path"}
+    assert report["route"] is None
+
+
+def test_explain_human_output_is_readable() -> None:
+    result = gateway("explain", "--config", str(POLICIES / "development.yaml"), "GET", "/health")
+    assert result.returncode == 0
+    assert "route:           health" in result.stdout
+    assert "normalized path: /health" in result.stdout
+
+
+def test_explain_rejects_a_malformed_header_argument() -> None:
+    result = gateway("explain", "--config", str(POLICIES / "development.yaml"), "-H", "nocolon",
+                     "GET", "/")
+    assert result.returncode == 1 and "Name: value" in result.stderr
+
+
+@pytest.mark.parametrize("policy", ["gateway.yaml", "development.yaml", "production.yaml"])
+def test_shipped_cases_pass_on_every_shipped_policy(policy: str) -> None:
+    result = gateway("test", "--config", str(POLICIES / policy), str(CASES),
+                     env={"UPSTREAM_URL": "http://10.0.0.9:8000"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith(" passed, 0 failed")
+
+
+def test_a_failing_case_exits_1_and_is_named(tmp_path: Path) -> None:
+    cases = tmp_path / "cases.yaml"
+    cases.write_text("cases:\n  - name: health is the api route\n"
+                     "    request: {method: GET, url: /health}\n"
+                     "    expect: {route: api}\n"
+                     "  - name: still fine\n    request: {url: /health}\n"
+                     "    expect: {route: health}\n")
+    result = gateway("test", "--config", str(POLICIES / "development.yaml"), str(cases))
+    assert result.returncode == 1
+    assert "FAIL health is the api route" in result.stdout
+    assert "route: expected 'api', got 'health'" in result.stdout
+    assert "ok   still fine" in result.stdout
+    assert "1 passed, 1 failed" in result.stdout
+
+
+def test_a_malformed_cases_file_exits_2_with_positions(tmp_path: Path) -> None:
+    cases = tmp_path / "cases.yaml"
+    cases.write_text("cases:\n  - name: x\n    request: {url: /}\n    expect: {rout: api}\n")
+    result = gateway("test", "--config", str(POLICIES / "development.yaml"), str(cases))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"{cases}:4:14: unknown key 'rout'")
+
+
+def test_production_requires_upstream_url() -> None:
+    result = gateway("check", "--config", str(POLICIES / "production.yaml"),
+                     env={"UPSTREAM_URL": ""})
+    assert result.returncode == 2
+    assert "UPSTREAM_URL" in result.stderr
+
+
+def test_development_and_production_differ_as_documented() -> None:
+    dev = load_policy(POLICIES / "development.yaml", {}).policy
+    prod = load_policy(POLICIES / "production.yaml", {"UPSTREAM_URL": "http://app:8000"}).policy
+    assert (dev.environment, prod.environment) == ("development", "production")
+    assert dev.server.trusted_proxies == () and prod.server.trusted_proxies
+    assert prod.upstream.targets[0].host == "app"
+    assert [r.name for r in dev.routes] == [r.name for r in prod.routes]
