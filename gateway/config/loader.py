@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import yaml
 from yarl import URL
@@ -31,20 +32,23 @@ from gateway.config.model import (
 from gateway.config.reader import Reader
 from gateway.config.source import Document, read_document
 from gateway.http.normalize import PathRejected, normalize_path
+from gateway.ratelimit import config as ratelimit_config
 from gateway.routing import Router
 
 # Every mapping the policy file may contain and its keys: the loader reads these, and the test
 # suite checks that docs/policy.md documents each one.
 KEYS: dict[str, tuple[str, ...]] = {
-    "": ("version", "extends", "environment", "server", "upstream", "routes"),
+    "": ("version", "extends", "environment", "server", "upstream", "redis", "rate_limits",
+         "routes"),
     "server": ("listen", "admin_listen", "workers", "trusted_proxies", "timeouts", "limits",
                "watch", "watch_interval"),
     "server.timeouts": ("header", "idle", "body", "shutdown"),
     "server.limits": ("max_body_size", "max_header_size", "max_headers"),
     "upstream": ("url", "targets", "timeouts", "max_connections", "retries", "preserve_host"),
     "upstream.timeouts": ("connect", "read"),
-    "routes[]": ("name", "match", "websocket"),
+    "routes[]": ("name", "match", "websocket", "rate_limits"),
     "routes[].match": ("path", "path_prefix", "methods", "host"),
+    **ratelimit_config.KEYS,
 }
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
 _METHOD = re.compile(r"[A-Z][A-Z0-9\-_]*")
@@ -95,15 +99,20 @@ def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy 
         r.error(root, "missing required key 'upstream'")
     else:
         upstream = _upstream(r, doc["upstream"])
+    redis = ratelimit_config.read_redis(r, doc["redis"]) if "redis" in doc \
+        else ratelimit_config.RedisSettings()
+    limits = ratelimit_config.read_rate_limits(r, doc["rate_limits"]) \
+        if "rate_limits" in doc else {}
     routes: tuple[Route, ...] = ()
     if "routes" not in doc:
         r.error(root, "missing required key 'routes'")
     else:
-        routes = _routes(r, doc["routes"])
-    if version is None or server is None or upstream is None:
+        routes = _routes(r, doc["routes"], limits)
+    if version is None or server is None or upstream is None or redis is None:
         return None
     return Policy(version=version, environment=environment, server=server, upstream=upstream,
-                  routes=routes, source_files=files)
+                  routes=routes, source_files=files, redis=redis,
+                  rate_limits=MappingProxyType(limits))
 
 
 def _address(r: Reader, node: yaml.Node, what: str) -> Address | None:
@@ -281,7 +290,22 @@ def _match(r: Reader, node: yaml.Node, where: str) -> RouteMatch | None:
     return RouteMatch(path=path, path_prefix=prefix, methods=methods, host=host)
 
 
-def _routes(r: Reader, node: yaml.Node) -> tuple[Route, ...]:
+def _route_limits(r: Reader, node: yaml.Node, where: str,
+                  limits: Mapping[str, object]) -> tuple[str, ...] | None:
+    names = []
+    for item, name in r.string_list(node, f"{where}.rate_limits") or ():
+        if name not in limits:
+            known = ", ".join(limits) or "none are defined"
+            r.error(item, f"{where}.rate_limits: unknown rate limit {name!r} (defined: {known})")
+            return None
+        if name in names:
+            r.error(item, f"{where}.rate_limits: {name!r} is listed twice")
+            return None
+        names.append(name)
+    return tuple(names)
+
+
+def _routes(r: Reader, node: yaml.Node, limits: Mapping[str, object]) -> tuple[Route, ...]:
     items = r.sequence(node, "routes")
     if items is None:
         return ()
@@ -309,10 +333,13 @@ def _routes(r: Reader, node: yaml.Node) -> tuple[Route, ...]:
                 name = None
         match = _match(r, m["match"], where) if "match" in m else RouteMatch()
         websocket = r.boolean(m["websocket"], f"{where}.websocket") if "websocket" in m else False
-        if name is None or match is None or websocket is None:
+        route_limits = _route_limits(r, m["rate_limits"], where, limits) \
+            if "rate_limits" in m else ()
+        if name is None or match is None or websocket is None or route_limits is None:
             continue
         name_nodes[name] = m["name"]
-        routes.append(Route(name=name, match=match, websocket=websocket))
+        routes.append(Route(name=name, match=match, websocket=websocket,
+                            rate_limits=route_limits))
         route_nodes.append(item)
     node_of = dict(zip((rt.name for rt in routes), route_nodes, strict=True))
     for later, earlier in Router(routes).shadowed():

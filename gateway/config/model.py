@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from gateway.ratelimit.config import RateLimitPolicy, RedisSettings
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -84,6 +88,7 @@ class Route:
     name: str
     match: RouteMatch
     websocket: bool = False
+    rate_limits: tuple[str, ...] = ()  # names from Policy.rate_limits, checked in this order
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,3 +99,6 @@ class Policy:
     upstream: UpstreamSettings
     routes: tuple[Route, ...]
     source_files: tuple[str, ...] = field(default=())
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    rate_limits: Mapping[str, RateLimitPolicy] = field(
+        default_factory=lambda: MappingProxyType({}))

@@ -1,0 +1,178 @@
+"""The `rate_limits` and `redis` policy sections: read and validated through the loader's Reader.
+
+    rate_limits:
+      api:   {limit: 100, per: 1m, key: client_ip}
+      login: {limit: 5, per: 15m, key: client_ip, algorithm: fixed_window}
+      tenant: {limit: 50, per: 1s, key: "client_ip+header:X-Tenant", algorithm: token_bucket,
+               burst: 100, mode: shadow}
+    redis: {url: "${REDIS_URL:-}", timeout: 100ms, failure_mode: open, key_prefix: "gw:"}
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import yaml
+
+if TYPE_CHECKING:  # the loader imports this module; the Reader only arrives as an argument
+    from gateway.config.reader import Reader
+
+ALGORITHMS = ("sliding_window", "fixed_window", "token_bucket")
+MODES = ("enforce", "shadow")
+FAILURE_MODES = ("open", "closed")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field-name
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
+
+KEYS = {
+    "rate_limits.*": ("limit", "per", "key", "algorithm", "burst", "mode"),
+    "redis": ("url", "timeout", "failure_mode", "key_prefix"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPart:
+    kind: str  # client_ip | header | global
+    header: str | None = None  # lower-case field name, for kind == "header"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitPolicy:
+    name: str
+    limit: int
+    period_ms: int
+    key: tuple[KeyPart, ...] = (KeyPart("client_ip"),)
+    algorithm: str = "sliding_window"
+    burst: int | None = None  # token_bucket capacity; defaults to `limit`
+    mode: str = "enforce"
+
+    @property
+    def enforced(self) -> bool:
+        return self.mode == "enforce"
+
+    @property
+    def capacity(self) -> int:
+        return self.burst if self.burst is not None else self.limit
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    url: str = ""  # empty: in-process counters, one instance only
+    timeout: float = 0.1
+    failure_mode: str = "open"
+    key_prefix: str = "gw:"
+
+
+def parse_key(text: str) -> tuple[KeyPart, ...] | str:
+    """Key parts from `client_ip+header:X-Tenant`, or an error message."""
+    parts: list[KeyPart] = []
+    for raw in text.split("+"):
+        item = raw.strip()
+        if item in ("client_ip", "global"):
+            parts.append(KeyPart(item))
+        elif item.startswith("header:"):
+            name = item[len("header:"):].strip()
+            if not _TOKEN.fullmatch(name):
+                return f"{name!r} is not a valid header name"
+            parts.append(KeyPart("header", name.lower()))
+        else:
+            return f"unknown key part {item!r} (use client_ip, header:<Name> or global)"
+    if len(set(parts)) != len(parts):
+        return "a key part is repeated"
+    if KeyPart("global") in parts and len(parts) > 1:
+        return "'global' cannot be combined with other key parts"
+    return tuple(parts)
+
+
+def read_rate_limits(r: Reader, node: yaml.Node) -> dict[str, RateLimitPolicy]:
+    out: dict[str, RateLimitPolicy] = {}
+    if not isinstance(node, yaml.MappingNode):
+        r.error(node, "rate_limits must be a mapping of names to limits")
+        return out
+    names = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
+    entries = r.mapping(node, names, "rate_limits") or {}
+    for name, value in entries.items():
+        if not _NAME.fullmatch(name):
+            r.error(value, f"rate limit name {name!r} must be letters, digits, '-', '_' or '.'")
+            continue
+        policy = _read_one(r, name, value)
+        if policy is not None:
+            out[name] = policy
+    return out
+
+
+def _read_one(r: Reader, name: str, node: yaml.Node) -> RateLimitPolicy | None:
+    where = f"rate_limits.{name}"
+    m = r.mapping(node, KEYS["rate_limits.*"], where)
+    if m is None:
+        return None
+    for required in ("limit", "per"):
+        if required not in m:
+            r.error(node, f"{where} needs '{required}'")
+    limit = r.integer(m["limit"], f"{where}.limit", 1, 10**9) if "limit" in m else None
+    per = r.duration(m["per"], f"{where}.per") if "per" in m else None
+    if per is not None and per < 0.001:
+        r.error(m["per"], f"{where}.per must be at least 1ms")
+        per = None
+    key: tuple[KeyPart, ...] | None = (KeyPart("client_ip"),)
+    if "key" in m:
+        text = r.string(m["key"], f"{where}.key")
+        parsed = parse_key(text) if text is not None else None
+        if isinstance(parsed, str):
+            r.error(m["key"], f"{where}.key: {parsed}")
+            key = None
+        else:
+            key = parsed
+    algorithm = _choice(r, m, "algorithm", ALGORITHMS, "sliding_window", where)
+    mode = _choice(r, m, "mode", MODES, "enforce", where)
+    burst = None
+    if "burst" in m:
+        burst = r.integer(m["burst"], f"{where}.burst", 1, 10**9)
+        if algorithm is not None and algorithm != "token_bucket":
+            r.error(m["burst"], f"{where}.burst applies only to algorithm token_bucket")
+            burst = None
+    if None in (limit, per, key, algorithm, mode):
+        return None
+    return RateLimitPolicy(name=name, limit=limit, period_ms=round(per * 1000), key=key,
+                           algorithm=algorithm, burst=burst, mode=mode)
+
+
+def _choice(r: Reader, m: dict[str, yaml.Node], key: str, allowed: tuple[str, ...],
+            default: str, where: str) -> str | None:
+    if key not in m:
+        return default
+    value = r.string(m[key], f"{where}.{key}")
+    if value is not None and value not in allowed:
+        r.error(m[key], f"{where}.{key} must be one of {', '.join(allowed)}; got {value!r}")
+        return None
+    return value
+
+
+def read_redis(r: Reader, node: yaml.Node) -> RedisSettings | None:
+    m = r.mapping(node, KEYS["redis"], "redis")
+    if m is None:
+        return None
+    d = RedisSettings()
+    url = d.url
+    if "url" in m:
+        url = r.string(m["url"], "redis.url") if not _is_null(m["url"]) else ""
+        if url and not url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://",
+                                       "redis+cluster://")):
+            r.error(m["url"], "redis.url must start with redis://, rediss://, unix://, "
+                    "redis+sentinel:// or redis+cluster:// (or be empty)")
+            url = None
+    timeout = r.duration(m["timeout"], "redis.timeout") if "timeout" in m else d.timeout
+    failure_mode = _choice(r, m, "failure_mode", FAILURE_MODES, d.failure_mode, "redis")
+    prefix = r.string(m["key_prefix"], "redis.key_prefix") if "key_prefix" in m \
+        else d.key_prefix
+    if prefix is not None and ("{" in prefix or "}" in prefix):
+        r.error(m["key_prefix"], "redis.key_prefix must not contain '{' or '}' (hash tags)")
+        prefix = None
+    if None in (url, timeout, failure_mode, prefix):
+        return None
+    return RedisSettings(url=url, timeout=timeout, failure_mode=failure_mode, key_prefix=prefix)
+
+
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"

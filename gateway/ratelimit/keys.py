@@ -1,0 +1,53 @@
+"""Which counter a request counts against: the key of a rate limit, as a Redis hash tag.
+
+A key is built from the policy's parts (client_ip, header:<Name>, global). A request without
+a header its key needs is keyed by its client IP instead, never left unlimited, and the
+returned note says so (shown by `gateway explain`). Values that are long or could break a
+Redis hash tag are replaced by a digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from multidict import CIMultiDictProxy
+
+from gateway.ratelimit.algorithms import CODES
+from gateway.ratelimit.config import RateLimitPolicy
+
+_PLAIN = re.compile(r"[A-Za-z0-9.:_\-]{1,64}")
+
+
+def _safe(value: str) -> str:
+    if _PLAIN.fullmatch(value):
+        return value
+    return "#" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+
+
+def limit_tag(
+    policy: RateLimitPolicy, client_ip: str, headers: CIMultiDictProxy[str]
+) -> tuple[str, str | None]:
+    """(hash-tag text, note when a header was missing and the client IP stood in)."""
+    parts: list[str] = []
+    note = None
+    for part in policy.key:
+        if part.kind == "global":
+            parts.append("global")
+        elif part.kind == "client_ip":
+            parts.append(f"ip={_safe(client_ip)}")
+        else:
+            value = headers.get(part.header or "")
+            if value:
+                parts.append(f"h.{part.header}={_safe(value)}")
+            else:
+                note = f"header {part.header} missing: keyed by client IP"
+                parts.append(f"ip={_safe(client_ip)}")
+    # the same client IP twice (client_ip+header with the header missing) is one part
+    return "|".join(dict.fromkeys(parts)), note
+
+
+def storage_key(prefix: str, policy: RateLimitPolicy, tag: str) -> str:
+    """`gw:{ip=1.2.3.4}:login:s900000`; the period and algorithm are part of the key so a
+    changed policy starts fresh counters instead of misreading old ones."""
+    return f"{prefix}{{{tag}}}:{policy.name}:{CODES[policy.algorithm]}{policy.period_ms}"
