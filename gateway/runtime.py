@@ -12,7 +12,18 @@ from dataclasses import dataclass
 from gateway.config import Loaded, Policy
 from gateway.http.client_ip import TrustedProxies
 from gateway.proxy.pool import UpstreamPool
+from gateway.ratelimit.config import RateLimitPolicy
+from gateway.ratelimit.headers import policy_header
+from gateway.ratelimit.limiter import Limiter
 from gateway.routing import Router
+
+
+@dataclass(frozen=True, slots=True)
+class RouteLimits:
+    """A route's rate limits in check order, and its RateLimit-Policy header value."""
+
+    policies: tuple[RateLimitPolicy, ...]
+    policy_header: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +32,8 @@ class Runtime:
     router: Router
     trusted: TrustedProxies
     pool: UpstreamPool
+    limiter: Limiter
+    route_limits: dict[str, RouteLimits]  # by route name; routes without limits are absent
     loaded_at: float  # wall-clock time of the load
 
     @property
@@ -29,12 +42,22 @@ class Runtime:
 
     @classmethod
     def build(cls, loaded: Loaded, previous: Runtime | None = None) -> Runtime:
-        """Compile `loaded`; the upstream pool is kept when the upstream settings did not change."""
+        """Compile `loaded`. The upstream pool and the Redis connection are kept when their
+        settings did not change; in-process rate-limit counters are always carried over."""
         policy = loaded.policy
         if previous is not None and previous.policy.upstream == policy.upstream:
             pool = previous.pool
         else:
             pool = UpstreamPool(policy.upstream)
+        if previous is not None and previous.policy.redis == policy.redis:
+            limiter = previous.limiter
+        else:
+            limiter = Limiter(policy.redis, previous.limiter.memory if previous else None)
+        route_limits = {}
+        for route in policy.routes:
+            if route.rate_limits:
+                policies = tuple(policy.rate_limits[name] for name in route.rate_limits)
+                route_limits[route.name] = RouteLimits(policies, policy_header(policies))
         return cls(loaded=loaded, router=Router(policy.routes),
                    trusted=TrustedProxies(policy.server.trusted_proxies), pool=pool,
-                   loaded_at=time.time())
+                   limiter=limiter, route_limits=route_limits, loaded_at=time.time())

@@ -24,7 +24,8 @@ import time
 from aiohttp import web
 
 from gateway.admin import admin_app
-from gateway.config import Loaded
+from gateway.config import Loaded, Policy
+from gateway.config.render import redact
 from gateway.handler import Handler
 from gateway.http.protocol import GatewayServer
 from gateway.reload import PolicyReloader
@@ -91,6 +92,7 @@ class GatewayProcess:
         targets = ", ".join(t.base_url for t in policy.upstream.targets)
         log.info("gateway pid %d listening on %s (admin %s), upstream %s, %d routes",
                  os.getpid(), listen, admin_listen, targets, len(policy.routes))
+        log.info("rate limits: %s", describe_limiter(policy))
 
         await self._stopping.wait()
 
@@ -101,6 +103,7 @@ class GatewayProcess:
         await self.handler.websockets.close_all(message=b"gateway shutting down")
         await public.cleanup()
         await self.handler.runtime.pool.close()
+        await self.handler.runtime.limiter.close()
         await admin.cleanup()
         log.info("stopped")
 
@@ -111,11 +114,24 @@ class GatewayProcess:
         if new.policy.server.listen != old.policy.server.listen or \
                 new.policy.server.admin_listen != old.policy.server.admin_listen:
             log.warning("listener addresses changed in the policy; they apply after a restart")
+        # requests still using the old pool or Redis connection keep them until they finish
+        later = asyncio.get_running_loop().call_later
+        grace = old.policy.server.timeouts.shutdown
         if new.pool is not old.pool:
-            # requests already on the old pool keep it until they finish
-            asyncio.get_running_loop().call_later(
-                old.policy.server.timeouts.shutdown,
-                lambda: asyncio.ensure_future(old.pool.close()))
+            later(grace, lambda: asyncio.ensure_future(old.pool.close()))
+        if new.limiter is not old.limiter:
+            log.info("rate limits: %s", describe_limiter(new.policy))
+            later(grace, lambda: asyncio.ensure_future(old.limiter.close()))
+
+
+def describe_limiter(policy: Policy) -> str:
+    if not policy.rate_limits:
+        return "none configured"
+    if not policy.redis.url:
+        return ("in-process counters (no redis.url): correct for ONE gateway instance only; "
+                "replicas would each allow the full limit")
+    where = redact(policy.redis.url)
+    return f"shared through Redis at {where} (failure_mode {policy.redis.failure_mode})"
 
 
 def _event_loop_runner():  # pragma: no cover - trivial

@@ -13,7 +13,7 @@ import pytest
 
 from gateway.config import load_policy
 from tests.support.client import request
-from tests.support.processes import ROOT, free_port, start_gateway, stop, wait_for_port
+from tests.support.processes import ROOT, free_port, run_shipped, stop, wait_for_port
 
 SHIPPED = ROOT / "policies" / "gateway.yaml"
 
@@ -35,9 +35,8 @@ def demo(tmp_path: Path):
     stop(proc)
 
 
-def test_demo_api_through_the_shipped_routes(tmp_path: Path, demo: str) -> None:
-    routes = SHIPPED.read_text().split("routes:", 1)[1].split("\n", 1)[1]
-    gw = start_gateway(tmp_path, demo, routes=routes)
+def test_demo_api_through_the_shipped_development_policy(tmp_path: Path, demo: str) -> None:
+    gw = run_shipped("development.yaml", demo, tmp_path)
     try:
         campaigns = request(gw.port, "GET", "/api/campaigns")
         assert campaigns.status == 200 and campaigns.json()[0]["name"] == "Spring outreach"

@@ -133,7 +133,7 @@ def test_refuses_to_start_without_the_c_parser(tmp_path, upstream) -> None:
     config = tmp_path / "p.yaml"
     config.write_text(POLICY_TEMPLATE.format(
         port=free_port(), admin_port=free_port(), upstream_key="url", upstream=upstream.url,
-        server_extra="",
+        server_extra="", top_extra="",
         upstream_extra="", routes=DEFAULT_ROUTES))
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "run", "--config", str(config)], cwd=ROOT,

@@ -116,6 +116,7 @@ upstream:
 {upstream_extra}
 routes:
 {routes}
+{top_extra}
 """
 
 DEFAULT_ROUTES = """\
@@ -139,6 +140,7 @@ def start_gateway(
     routes: str = DEFAULT_ROUTES,
     server_extra: str = "",
     upstream_extra: str = "",
+    top_extra: str = "",
     args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     wait_ready: bool = True,
@@ -149,7 +151,8 @@ def start_gateway(
         port=port, admin_port=admin_port, routes=routes.rstrip("\n"),
         upstream_key="url" if isinstance(upstream, str) else "targets",
         upstream=upstream if isinstance(upstream, str) else f"[{', '.join(upstream)}]",
-        server_extra=indent(server_extra, 2), upstream_extra=indent(upstream_extra, 2)))
+        server_extra=indent(server_extra, 2), upstream_extra=indent(upstream_extra, 2),
+        top_extra=top_extra))
     log = tmp / f"gateway-{port}.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "run", "--config", str(config), *args],
@@ -166,6 +169,36 @@ def start_gateway(
         stop(proc)
         raise RuntimeError("gateway did not start:\n" + gw.log_text()) from None
     return gw
+
+
+def run_gateway(config: Path, port: int, admin_port: int, log: Path,
+                env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> Gateway:
+    """Start `gateway run` on an existing policy file and wait until it is healthy."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", "--config", str(config), *args],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+    gw = Gateway(port, admin_port, proc, config, log)
+    try:
+        wait_for_port(admin_port, proc)
+        wait_for_port(port, proc)
+        wait_until(lambda: _health_ok(gw))
+    except Exception:
+        stop(proc)
+        raise RuntimeError("gateway did not start:\n" + gw.log_text()) from None
+    return gw
+
+
+def run_shipped(policy: str, upstream_url: str, tmp: Path,
+                env: dict[str, str] | None = None) -> Gateway:
+    """A shipped policy file as is, placed on free ports through its ${VAR}s."""
+    port, admin_port = free_port(), free_port()
+    return run_gateway(ROOT / "policies" / policy, port, admin_port,
+                       tmp / f"gateway-{port}.log",
+                       env={"GATEWAY_LISTEN": f"127.0.0.1:{port}",
+                            "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
+                            "UPSTREAM_URL": upstream_url, **(env or {})})
 
 
 def _health_ok(gw: Gateway) -> bool:

@@ -1,0 +1,107 @@
+"""The limiter: decides a request's rate limits, through Redis or in-process, and stays up
+when Redis does not.
+
+- No `redis.url`: the in-process backend decides (one instance only).
+- With Redis: every call is bounded by `redis.timeout`. A failure or timeout counts against a
+  circuit breaker; after 3 in a row the breaker opens and Redis is not asked for 500 ms, so
+  requests stop paying the timeout; then one request probes it, and success closes the breaker.
+  While Redis is unavailable, `failure_mode: open` decides in-process (the same limits, per
+  instance), `closed` refuses with 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.observability.metrics import REDIS_DURATION, REDIS_ERRORS
+from gateway.ratelimit.algorithms import Outcome
+from gateway.ratelimit.config import RateLimitPolicy, RedisSettings
+from gateway.ratelimit.memory import Item, MemoryBackend
+from gateway.ratelimit.redis_backend import RedisBackend
+
+log = logging.getLogger("gateway.ratelimit")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    admitted: bool  # no enforced limit was exceeded
+    results: tuple[tuple[RateLimitPolicy, Outcome], ...]
+    source: str  # redis | memory | fallback
+
+
+class RateLimitUnavailable(Exception):
+    """Redis is down and `failure_mode` is closed."""
+
+
+class Breaker:
+    """Consecutive-failure circuit breaker with a single probe after a cooldown."""
+
+    def __init__(self, threshold: int = 3, cooldown: float = 0.5) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.failures = 0
+        self.open_until = 0.0
+        self.probing = False
+
+    def allow(self) -> bool:
+        if self.failures < self.threshold:
+            return True
+        if self.probing or time.monotonic() < self.open_until:
+            return False
+        self.probing = True  # this caller is the probe
+        return True
+
+    def success(self) -> None:
+        if self.failures >= self.threshold:
+            log.info("redis is back; rate limits are shared again")
+        self.failures = 0
+        self.probing = False
+
+    def failure(self) -> None:
+        self.failures += 1
+        self.probing = False
+        if self.failures >= self.threshold:
+            if self.failures == self.threshold:
+                log.error("redis unavailable; rate limits fall back (breaker open)")
+            self.open_until = time.monotonic() + self.cooldown
+
+
+class Limiter:
+    def __init__(self, settings: RedisSettings, memory: MemoryBackend | None = None) -> None:
+        self.settings = settings
+        self.memory = memory or MemoryBackend()
+        self.redis = RedisBackend(settings.url, settings.timeout) if settings.url else None
+        self.breaker = Breaker()
+
+    async def decide(self, items: Sequence[Item]) -> Decision:
+        if self.redis is None:
+            admitted, outcomes = self.memory.check(items)
+            return Decision(admitted, tuple(zip((p for p, _ in items), outcomes, strict=True)),
+                            "memory")
+        if self.breaker.allow():
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(self.settings.timeout):
+                    admitted, outcomes = await self.redis.check(items)
+            except Exception as exc:  # timeout, connection refused, reset, script error...
+                self.breaker.failure()
+                REDIS_ERRORS.labels("ratelimit").inc()
+                log.debug("redis rate-limit call failed: %r", exc)
+            else:
+                self.breaker.success()
+                REDIS_DURATION.observe(time.perf_counter() - started)
+                return Decision(admitted, tuple(zip((p for p, _ in items), outcomes,
+                                                    strict=True)), "redis")
+        if self.settings.failure_mode == "closed":
+            raise RateLimitUnavailable
+        admitted, outcomes = self.memory.check(items)
+        return Decision(admitted, tuple(zip((p for p, _ in items), outcomes, strict=True)),
+                        "fallback")
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.close()

@@ -1,0 +1,172 @@
+"""Rate limits through real gateway processes and a real Redis: exact across replicas, the
+shipped limits end to end, and client keys that a spoofed X-Forwarded-For cannot change."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.support.client import request
+from tests.support.processes import ROOT, Gateway, run_shipped, start_gateway, stop, wait_until
+from tests.support.redis_server import RedisServer, start_redis
+
+ALGOS = ["sliding_window", "fixed_window", "token_bucket"]
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory) -> RedisServer:
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+async def burst(urls: list[str], total: int, concurrency: int = 48) -> list[int]:
+    """`total` GETs spread over `urls`, `concurrency` at a time; the statuses."""
+    statuses: list[int] = []
+    counter = iter(range(total))
+    connector = aiohttp.TCPConnector(limit=concurrency * 2)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def worker() -> None:
+            for i in counter:
+                async with session.get(urls[i % len(urls)]) as resp:
+                    await resp.read()
+                    statuses.append(resp.status)
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return statuses
+
+
+def limited_gateway(tmp_path: Path, upstream_url: str, limit_yaml: str, redis_url: str = "",
+                    routes_limits: str = "[shared]", **kwargs) -> Gateway:
+    return start_gateway(
+        tmp_path, upstream_url,
+        routes=f"  - name: all\n    match: {{path_prefix: /}}\n    rate_limits: {routes_limits}",
+        top_extra=f"redis: {{url: \"{redis_url}\", timeout: 500ms}}\n"
+                  f"rate_limits:\n{limit_yaml}", **kwargs)
+
+
+@pytest.mark.parametrize("algorithm", ALGOS)
+@pytest.mark.parametrize("limit", [5, 100, 1000])
+def test_two_replicas_admit_exactly_the_limit(tmp_path, upstream, redis_server, algorithm: str,
+                                              limit: int) -> None:
+    # a day-long window: no refill or window edge can fall inside the burst
+    limit_yaml = (f"  shared: {{limit: {limit}, per: 24h, key: global, algorithm: {algorithm},"
+                  f" }}\n")
+    redis_server.command("FLUSHALL")
+    gateways = [limited_gateway(tmp_path, upstream.url, limit_yaml, redis_server.url)
+                for _ in range(2)]
+    try:
+        urls = [f"{gw.url}/x" for gw in gateways]
+        statuses = asyncio.run(burst(urls, limit * 3))
+        assert statuses.count(200) == limit
+        assert statuses.count(429) == limit * 2
+    finally:
+        for gw in gateways:
+            stop(gw.proc)
+
+
+def shipped_with_short_windows(tmp_path: Path) -> Path:
+    """The shipped development policy with only the login and api windows shortened."""
+    child = tmp_path / "short-windows.yaml"
+    child.write_text(f"extends: {ROOT / 'policies' / 'development.yaml'}\n"
+                     "rate_limits:\n  login: {per: 2s}\n  api: {per: 4s}\n")
+    return child
+
+
+@pytest.mark.parametrize("backend", ["in-process", "redis"])
+def test_shipped_login_and_api_limits_hold_and_recover(tmp_path, upstream, redis_server,
+                                                       backend: str) -> None:
+    from tests.support.processes import free_port, run_gateway
+    redis_server.command("FLUSHALL")
+    port, admin = free_port(), free_port()
+    gw = run_gateway(shipped_with_short_windows(tmp_path), port, admin, tmp_path / "gw.log", env={
+        "GATEWAY_LISTEN": f"127.0.0.1:{port}", "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+        "UPSTREAM_URL": upstream.url,
+        "REDIS_URL": redis_server.url if backend == "redis" else ""})
+    try:
+        logins = [request(port, "POST", "/api/auth/login", body=b"{}") for _ in range(6)]
+        assert [r.status for r in logins] == [200] * 5 + [429]
+        refused = logins[-1]
+        assert json.loads(refused.body)["violated-policies"] == ["login"]
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert refused.headers["RateLimit-Policy"] == \
+            '"login";q=5;w=2, "api";q=100;w=4, "global";q=1000;w=3600'
+
+        statuses = asyncio.run(burst([f"http://127.0.0.1:{port}/api/campaigns"], 101, 8))
+        # the 5 login requests that were admitted count against api too
+        assert statuses.count(200) == 95 and statuses.count(429) == 6
+
+        wait_until(lambda: request(port, "POST", "/api/auth/login", body=b"{}").status == 200,
+                   timeout=10, interval=0.2)
+        wait_until(lambda: request(port, "GET", "/api/campaigns").status == 200,
+                   timeout=12, interval=0.2)
+    finally:
+        stop(gw.proc)
+
+
+def test_every_response_of_a_limited_route_carries_the_headers(tmp_path, upstream) -> None:
+    gw = run_shipped("development.yaml", upstream.url, tmp_path)
+    try:
+        reply = request(gw.port, "GET", "/api/campaigns")
+        assert reply.status == 200
+        assert reply.headers["RateLimit-Policy"] == '"api";q=100;w=60, "global";q=1000;w=3600'
+        assert reply.headers["RateLimit"] == '"api";r=99;t=' + reply.headers["X-RateLimit-Reset"]
+        assert reply.headers["X-RateLimit-Limit"] == "100"
+        assert reply.headers["X-RateLimit-Remaining"] == "99"
+    finally:
+        stop(gw.proc)
+
+
+def test_spoofed_forwarded_for_from_an_untrusted_peer_does_not_change_the_key(
+    tmp_path, upstream
+) -> None:
+    gw = limited_gateway(tmp_path, upstream.url, "  shared: {limit: 2, per: 1h}\n")
+    try:
+        assert [request(gw.port, "GET", "/x").status for _ in range(2)] == [200, 200]
+        spoofed = [request(gw.port, "GET", "/x", headers={"X-Forwarded-For": f"10.9.9.{i}"})
+                   for i in range(3)]
+        assert [r.status for r in spoofed] == [429] * 3
+    finally:
+        stop(gw.proc)
+
+
+def test_forwarded_for_from_a_trusted_proxy_keys_each_client(tmp_path, upstream) -> None:
+    gw = limited_gateway(tmp_path, upstream.url, "  shared: {limit: 2, per: 1h}\n",
+                         server_extra="trusted_proxies: [127.0.0.0/8]")
+    try:
+        for client in ("198.51.100.1", "198.51.100.2"):
+            statuses = [request(gw.port, "GET", "/x", headers={"X-Forwarded-For": client})
+                        .status for _ in range(3)]
+            assert statuses == [200, 200, 429]
+    finally:
+        stop(gw.proc)
+
+
+def test_header_key_falls_back_to_client_ip_when_missing(tmp_path, upstream) -> None:
+    gw = limited_gateway(tmp_path, upstream.url,
+                         "  shared: {limit: 1, per: 1h, key: \"header:X-Tenant\"}\n")
+    try:
+        assert request(gw.port, "GET", "/x", headers={"X-Tenant": "a"}).status == 200
+        assert request(gw.port, "GET", "/x", headers={"X-Tenant": "b"}).status == 200
+        assert request(gw.port, "GET", "/x", headers={"X-Tenant": "a"}).status == 429
+        assert request(gw.port, "GET", "/x").status == 200  # no header: its own (IP) counter
+        assert request(gw.port, "GET", "/x").status == 429
+    finally:
+        stop(gw.proc)
+
+
+def test_shadow_limit_lets_traffic_through_and_counts_it(tmp_path, upstream) -> None:
+    gw = limited_gateway(tmp_path, upstream.url,
+                         "  shared: {limit: 1, per: 1h, mode: shadow}\n")
+    try:
+        assert [request(gw.port, "GET", "/x").status for _ in range(3)] == [200] * 3
+        import urllib.request
+        metrics = urllib.request.urlopen(gw.admin_url + "/metrics", timeout=5).read().decode()
+        assert ('gateway_ratelimit_decisions_total{decision="shadow_limited",policy="shared",'
+                'route="all"} 2.0') in metrics
+        assert "shadow rate limit shared would refuse" in gw.log_text()
+    finally:
+        stop(gw.proc)
