@@ -1,8 +1,9 @@
 """`gateway explain`: what the gateway would do with one request, and why.
 
-Runs the same admission, client-IP and header-rewriting code as the request handler against a
-described request (nothing is sent anywhere) and reports the outcome as data; `format_report`
-renders it for people, `--json` prints the data for tools.
+Runs the same admission, client-IP, rate-limit key and header-rewriting code as the request
+handler against a described request (nothing is sent anywhere, no counter is touched) and
+reports the outcome as data; `format_report` renders it for people, `--json` prints the data
+for tools.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from gateway.admission import Admission, admit
 from gateway.config.model import Route, RouteMatch
 from gateway.http.client_ip import client_ip, forwarded_hops, parse_ip
 from gateway.http.forwarding import HOP_BY_HOP, upstream_request_headers
+from gateway.ratelimit.keys import limit_tag, storage_key
 from gateway.runtime import Runtime
 
 DEFAULT_PEER = "192.0.2.10"  # a documentation address: "some client on the internet"
@@ -95,6 +97,7 @@ def explain(rt: Runtime, req: DescribedRequest) -> dict[str, Any]:
         return report
 
     report["query"] = verdict.query
+    report["rate_limits"] = _limits(rt, verdict.route.name, client, headers)
     target_url = rt.policy.upstream.targets[0]
     out = upstream_request_headers(
         headers, version=(1, 1), peer=req.peer, peer_trusted=peer_trusted, client_ip=client,
@@ -115,6 +118,19 @@ def explain(rt: Runtime, req: DescribedRequest) -> dict[str, Any]:
         "removed": [*sorted(n.title() for n in HOP_BY_HOP), "(any named in Connection)"],
     }
     return report
+
+
+def _limits(rt: Runtime, route: str, client: str,
+            headers: CIMultiDictProxy[str]) -> list[dict[str, Any]]:
+    route_limits = rt.route_limits.get(route)
+    out = []
+    for p in route_limits.policies if route_limits else ():
+        tag, note = limit_tag(p, client, headers)
+        out.append({"name": p.name, "limit": p.limit, "per_ms": p.period_ms,
+                    "algorithm": p.algorithm, "mode": p.mode,
+                    "key": storage_key(rt.policy.redis.key_prefix, p, tag),
+                    "note": note})
+    return out
 
 
 def _route(route: Route | None) -> dict[str, Any] | None:
@@ -144,6 +160,11 @@ def format_report(report: dict[str, Any]) -> str:
     else:
         extra = ", after 100 Continue" if outcome["continue"] else ""
         lines.append(f"  outcome:         {outcome['action']} to {outcome['upstream']}{extra}")
+        for lim in report["rate_limits"]:
+            note = f"; {lim['note']}" if lim["note"] else ""
+            shadow = " (shadow)" if lim["mode"] == "shadow" else ""
+            lines.append(f"  rate limit:      {lim['name']}{shadow}: {lim['limit']} per "
+                         f"{lim['per_ms'] / 1000:g}s, {lim['algorithm']}, key {lim['key']}{note}")
         up = report["upstream_request"]
         for name, value in up["set"].items():
             lines.append(f"  upstream header: {name}: {value}")

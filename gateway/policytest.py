@@ -12,6 +12,7 @@ A cases file:
           path: /api/auth/login   # the normalized path
           client_ip: 203.0.113.7
           upstream_headers: {X-Forwarded-For: 203.0.113.7}   # these, at least
+          rate_limits: [login, api, global]                    # checked, in this order
 
 Each case runs through `explain`, i.e. the gateway's own decision code. Every `expect` key is
 optional; a case checks what it names.
@@ -31,7 +32,7 @@ from gateway.config.source import compose_file
 from gateway.explain import DEFAULT_PEER, DescribedRequest, explain
 from gateway.runtime import Runtime
 
-EXPECT_KEYS = ("route", "outcome", "path", "client_ip", "upstream_headers")
+EXPECT_KEYS = ("route", "outcome", "path", "client_ip", "upstream_headers", "rate_limits")
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ def check_case(rt: Runtime, case: Case) -> list[str]:
         else ("websocket" if outcome["action"] == "relay websocket" else "forward"),
         "path": report["path"],
         "client_ip": report["client_ip"]["address"],
+        "rate_limits": [lim["name"] for lim in report.get("rate_limits", ())],
     }
     failures = []
     for key, wanted in case.expect.items():

@@ -120,3 +120,27 @@ def test_development_and_production_differ_as_documented() -> None:
     assert dev.server.trusted_proxies == () and prod.server.trusted_proxies
     assert prod.upstream.targets[0].host == "app"
     assert [r.name for r in dev.routes] == [r.name for r in prod.routes]
+
+
+def test_explain_lists_each_rate_limit_with_its_key() -> None:
+    report = explain_json("--client-ip", "203.0.113.9", "POST", "/api/auth/login")
+    assert [(lim["name"], lim["key"]) for lim in report["rate_limits"]] == [
+        ("login", "gw:{ip=203.0.113.9}:login:s900000"),
+        ("api", "gw:{ip=203.0.113.9}:api:s60000"),
+        ("global", "gw:{ip=203.0.113.9}:global:s3600000")]
+
+
+def test_explain_says_when_a_missing_header_key_falls_back_to_the_client_ip(
+    tmp_path: Path,
+) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(f"extends: {POLICIES / 'development.yaml'}\n"
+                      "rate_limits:\n  api: {key: \"header:X-Tenant\"}\n")
+    result = gateway("explain", "--config", str(policy), "--json", "GET", "/api/campaigns")
+    api = json.loads(result.stdout)["rate_limits"][0]
+    assert api["key"] == "gw:{ip=192.0.2.10}:api:s60000"
+    assert api["note"] == "header x-tenant missing: keyed by client IP"
+    with_header = gateway("explain", "--config", str(policy), "--json", "-H", "X-Tenant: acme",
+                          "GET", "/api/campaigns")
+    assert json.loads(with_header.stdout)["rate_limits"][0]["key"] == \
+        "gw:{h.x-tenant=acme}:api:s60000"
