@@ -127,6 +127,13 @@ return out
 """
 
 
+def hash_tag(key: str) -> str:
+    """The part of a key Redis Cluster hashes: the text inside the first `{...}`."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start + 1:end] if start >= 0 and end > start + 1 else key
+
+
 def connect(url: str, timeout: float) -> tuple[Any, bool]:
     """(client, is_cluster) for redis://, rediss://, unix://, redis+sentinel://, redis+cluster://.
 
@@ -167,7 +174,26 @@ class RedisBackend:
         self.last_duration = 0.0
 
     async def check(self, items: Sequence[Item], now_ms: int = 0) -> tuple[bool, list[Outcome]]:
-        """(admitted, one outcome per item), decided by one Lua call on Redis."""
+        """(admitted, one outcome per item), decided by one Lua call on Redis.
+
+        On a cluster, items whose keys carry different hash tags live in different slots and
+        are decided by one call per tag (concurrently); see docs/ratelimiting.md.
+        """
+        if self.cluster:
+            groups: dict[str, list[int]] = {}
+            for i, (_, key) in enumerate(items):
+                groups.setdefault(hash_tag(key), []).append(i)
+            if len(groups) > 1:
+                parts = await asyncio.gather(*(self._call([items[i] for i in idx], now_ms)
+                                               for idx in groups.values()))
+                outcomes: list[Outcome | None] = [None] * len(items)
+                for idx, (_, got) in zip(groups.values(), parts, strict=True):
+                    for i, outcome in zip(idx, got, strict=True):
+                        outcomes[i] = outcome
+                return all(admitted for admitted, _ in parts), outcomes  # type: ignore[return-value]
+        return await self._call(items, now_ms)
+
+    async def _call(self, items: Sequence[Item], now_ms: int) -> tuple[bool, list[Outcome]]:
         keys = [key for _, key in items]
         args = [str(now_ms)]
         for policy, _ in items:
