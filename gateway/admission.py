@@ -2,6 +2,10 @@
 
     target form -> path normalization -> method -> route -> upgrade -> body size -> Expect
 
+A CORS preflight (OPTIONS with Origin and Access-Control-Request-Method) is routed by the
+method it asks about, so it meets the same route, CORS policy and rate limits as the request
+it prepares; when that route has a CORS policy the gateway answers it and never forwards it.
+
 A pure function of the request head and the compiled policy, used by the request handler and,
 unchanged, by `gateway explain` and `gateway test`, so what they report is what the gateway
 does.
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 from multidict import CIMultiDictProxy
 
 from gateway.config.model import Route
+from gateway.cors import is_preflight
 from gateway.http.forwarding import connection_listed
 from gateway.http.normalize import PathRejected, normalize_target
 from gateway.routing import request_host
@@ -43,6 +48,7 @@ class Admission:
     query: str | None
     websocket: bool
     send_continue: bool  # answer `Expect: 100-continue` before reading the body
+    preflight: bool = False  # a CORS preflight: answered by the gateway
 
     @property
     def path_qs(self) -> str:
@@ -63,7 +69,13 @@ def admit(
         return Refusal(400, str(exc), close=True)
     if method in REFUSED_METHODS:
         return Refusal(405, f"{method} is not allowed through this gateway", path=path)
-    route = rt.router.match(method, request_host(headers.get("Host")), path)
+    host = request_host(headers.get("Host"))
+    if is_preflight(method, headers):
+        route = rt.router.match(headers["Access-Control-Request-Method"], host, path)
+        if route is not None and route.cors is not None:
+            return Admission(route, path, query, False, False, preflight=True)
+        # no CORS policy there: an ordinary OPTIONS request, which the upstream may answer
+    route = rt.router.match(method, host, path)
     if route is None:
         return Refusal(404, "no route matches this request", path=path)
 

@@ -1,8 +1,11 @@
 """The request handler: orchestrates the pure decisions and the forwarder, in pipeline order.
 
     admit (admission.py: target, route, upgrade, body size, Expect) -> client IP
-    -> rate limits (ratelimit/: 429 or headers for every response) -> 100 Continue
-    -> forward (or relay a WebSocket)
+    -> rate limits (ratelimit/: 429 or headers for every response) -> CORS preflight answer
+    -> 100 Continue -> forward (or relay a WebSocket)
+
+Every response, the gateway's own included, goes through `decorate`: CORS headers from the
+route's policy (the upstream's Access-Control-* removed), rate-limit headers, security headers.
 
 Everything the handler needs from the policy is compiled once into a `Runtime` (runtime.py)
 when the policy is loaded; a request reads the Runtime reference once, at its start.
@@ -16,9 +19,13 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.admission import Refusal, admit
+from gateway.cors import actual as actual_cors
+from gateway.cors import add_vary
+from gateway.cors import preflight as cors_preflight
 from gateway.http.client_ip import client_ip, parse_ip
 from gateway.http.forwarding import choose_request_id, upstream_request_headers
 from gateway.http.problem import problem_response
+from gateway.http.response import GatewayResponse
 from gateway.observability.metrics import RATELIMIT_DECISIONS
 from gateway.proxy.forwarder import ClientBodyError, RequestBody, UpstreamError, forward
 from gateway.proxy.websocket import WebSocketRegistry, relay_websocket
@@ -26,6 +33,7 @@ from gateway.ratelimit.headers import rate_limit_headers, retry_after, violated
 from gateway.ratelimit.keys import limit_tag, storage_key
 from gateway.ratelimit.limiter import Decision, RateLimitUnavailable
 from gateway.runtime import RouteLimits, Runtime
+from gateway.security_headers import apply as apply_security_headers
 
 log = logging.getLogger("gateway.handler")
 
@@ -36,22 +44,51 @@ class Handler:
         self.websockets = WebSocketRegistry()
         self.draining = False
 
+    def error_headers(self) -> CIMultiDict[str]:
+        """Headers for answers to requests too broken to route: the default security headers."""
+        out: CIMultiDict[str] = CIMultiDict()
+        if self.runtime.default_headers is not None:
+            apply_security_headers(self.runtime.default_headers, out, https=False)
+        return out
+
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         rt = self.runtime  # read once: the whole request runs under this policy
         headers = request.headers
         peer = request.remote or ""
         peer_trusted = bool(rt.trusted) and rt.trusted.trusts(parse_ip(peer))
         request_id = choose_request_id(headers, peer_trusted)
-        extra: list[tuple[str, str]] = []  # headers every response of this route carries
+        https = request.secure or (
+            peer_trusted and headers.get("X-Forwarded-Proto", "").lower() == "https")
+        cors_policy = None
+        headers_policy = rt.default_headers
+        rl_headers: list[tuple[str, str]] = []
 
-        def refuse(status: int, detail: str, close: bool = False,
+        def decorate(out: CIMultiDict[str], cors: bool = True) -> None:
+            """What every response of this request gets: CORS, rate-limit and security headers."""
+            if cors_policy is not None:
+                for name in [n for n in out if n.lower().startswith("access-control-")]:
+                    out.popall(name, None)  # only the policy speaks CORS
+                if cors:
+                    out.extend(actual_cors(cors_policy, headers))
+                out["Vary"] = add_vary(out.getall("Vary", ()), "Origin")
+            for name, value in rl_headers:
+                out[name] = value
+            if headers_policy is not None:
+                apply_security_headers(headers_policy, out, https)
+
+        def refuse(status: int, detail: str, close: bool = False, cors: bool = True,
                    **fields: object) -> web.StreamResponse:
-            return problem_response(status, detail, request_id=request_id,
-                                    headers=CIMultiDict(extra), close=close or self.draining,
-                                    **fields)
+            out: CIMultiDict[str] = CIMultiDict()
+            decorate(out, cors)
+            return problem_response(status, detail, request_id=request_id, headers=out,
+                                    close=close or self.draining, **fields)
 
         verdict = admit(rt, request.method, request.raw_path, headers, request.content_length,
                         request.body_exists)
+        route = verdict.route
+        if route is not None:
+            cors_policy = rt.route_cors.get(route.name)
+            headers_policy = rt.route_headers.get(route.name)
         if isinstance(verdict, Refusal):
             return refuse(verdict.status, verdict.detail, verdict.close)
         client = client_ip(peer, headers.getall("X-Forwarded-For", ()), rt.trusted)
@@ -63,12 +100,25 @@ class Handler:
                                                     headers)
             except RateLimitUnavailable:
                 return refuse(503, "rate limiting is unavailable")
-            extra = rate_limit_headers(route_limits.policy_header, decision.results)
+            rl_headers = rate_limit_headers(route_limits.policy_header, decision.results)
             if not decision.admitted:
-                extra.append(("Retry-After", str(retry_after(decision.results))))
+                rl_headers.append(("Retry-After", str(retry_after(decision.results))))
                 names = violated(decision.results)
                 return refuse(429, "rate limit exceeded: " + ", ".join(names),
                               **{"violated-policies": names})
+
+        if verdict.preflight:
+            assert cors_policy is not None
+            answer = cors_preflight(cors_policy, headers)
+            if not answer.allowed:
+                return refuse(403, f"CORS preflight refused: {answer.reason}", cors=False)
+            out = CIMultiDict(answer.headers)
+            decorate(out, cors=False)
+            out["X-Request-ID"] = request_id
+            response = GatewayResponse(status=204, headers=out)
+            if self.draining:
+                response.force_close()
+            return response
 
         if verdict.send_continue and request.version >= (1, 1):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -87,15 +137,10 @@ class Handler:
         )
         path_qs = verdict.path_qs
         limits = rt.policy.server.limits
-
-        def finish_headers(out: CIMultiDict[str]) -> None:
-            for name, value in extra:
-                out[name] = value
-
         try:
             if verdict.websocket:
                 ws_headers = CIMultiDict({"X-Request-ID": request_id})
-                finish_headers(ws_headers)
+                decorate(ws_headers)
                 return await relay_websocket(
                     request, rt.pool, self.websockets, path_qs=path_qs, headers=fwd_headers,
                     response_headers=ws_headers, preserve_host=upstream_settings.preserve_host)
@@ -106,7 +151,7 @@ class Handler:
             return await forward(
                 request, rt.pool, method=request.method, path_qs=path_qs, headers=fwd_headers,
                 body=body, request_id=request_id, preserve_host=upstream_settings.preserve_host,
-                finish_headers=finish_headers if extra else None, close=self.draining)
+                finish_headers=decorate, close=self.draining)
         except UpstreamError as exc:
             log.warning("upstream %s failed (%s): %s", exc.target, exc.failure.kind,
                         exc.failure.detail)

@@ -10,12 +10,14 @@ import time
 from dataclasses import dataclass
 
 from gateway.config import Loaded, Policy
+from gateway.cors import CorsPolicy
 from gateway.http.client_ip import TrustedProxies
 from gateway.proxy.pool import UpstreamPool
 from gateway.ratelimit.config import RateLimitPolicy
 from gateway.ratelimit.headers import policy_header
 from gateway.ratelimit.limiter import Limiter
 from gateway.routing import Router
+from gateway.security_headers import HeadersPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,9 @@ class Runtime:
     pool: UpstreamPool
     limiter: Limiter
     route_limits: dict[str, RouteLimits]  # by route name; routes without limits are absent
+    route_cors: dict[str, CorsPolicy]  # by route name; routes without CORS are absent
+    route_headers: dict[str, HeadersPolicy]  # likewise, security headers
+    default_headers: HeadersPolicy | None  # for answers made before a route is known
     loaded_at: float  # wall-clock time of the load
 
     @property
@@ -58,6 +63,10 @@ class Runtime:
             if route.rate_limits:
                 policies = tuple(policy.rate_limits[name] for name in route.rate_limits)
                 route_limits[route.name] = RouteLimits(policies, policy_header(policies))
+        route_cors = {r.name: policy.cors[r.cors] for r in policy.routes if r.cors}
+        route_headers = {r.name: policy.headers[r.headers] for r in policy.routes if r.headers}
         return cls(loaded=loaded, router=Router(policy.routes),
                    trusted=TrustedProxies(policy.server.trusted_proxies), pool=pool,
-                   limiter=limiter, route_limits=route_limits, loaded_at=time.time())
+                   limiter=limiter, route_limits=route_limits, route_cors=route_cors,
+                   route_headers=route_headers, default_headers=policy.headers.get("default"),
+                   loaded_at=time.time())

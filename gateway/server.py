@@ -63,6 +63,7 @@ class GatewayProcess:
         server = GatewayServer(
             self.handler,
             header_timeout=server_cfg.timeouts.header,
+            error_headers=self.handler.error_headers,
             keepalive_timeout=server_cfg.timeouts.idle,
             max_line_size=limits.max_header_size,
             max_field_size=limits.max_header_size,

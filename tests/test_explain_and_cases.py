@@ -15,6 +15,8 @@ from tests.support.processes import ROOT
 
 POLICIES = ROOT / "policies"
 CASES = POLICIES / "cases" / "gateway.yaml"
+PRODUCTION_ENV = {"UPSTREAM_URL": "http://app:8000", "FRONTEND_URL": "https://app.example.com",
+                  "PRODUCTION_URL": "https://www.example.com"}
 
 
 def gateway(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -78,7 +80,7 @@ def test_explain_rejects_a_malformed_header_argument() -> None:
 @pytest.mark.parametrize("policy", ["gateway.yaml", "development.yaml", "production.yaml"])
 def test_shipped_cases_pass_on_every_shipped_policy(policy: str) -> None:
     result = gateway("test", "--config", str(POLICIES / policy), str(CASES),
-                     env={"UPSTREAM_URL": "http://10.0.0.9:8000"})
+                     env=PRODUCTION_ENV)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith(" passed, 0 failed")
 
@@ -115,7 +117,7 @@ def test_production_requires_upstream_url() -> None:
 
 def test_development_and_production_differ_as_documented() -> None:
     dev = load_policy(POLICIES / "development.yaml", {}).policy
-    prod = load_policy(POLICIES / "production.yaml", {"UPSTREAM_URL": "http://app:8000"}).policy
+    prod = load_policy(POLICIES / "production.yaml", PRODUCTION_ENV).policy
     assert (dev.environment, prod.environment) == ("development", "production")
     assert dev.server.trusted_proxies == () and prod.server.trusted_proxies
     assert prod.upstream.targets[0].host == "app"

@@ -17,6 +17,7 @@ from types import MappingProxyType
 import yaml
 from yarl import URL
 
+from gateway.config import browser
 from gateway.config.errors import PolicyError, Problem
 from gateway.config.model import (
     Address,
@@ -39,16 +40,17 @@ from gateway.routing import Router
 # suite checks that docs/policy.md documents each one.
 KEYS: dict[str, tuple[str, ...]] = {
     "": ("version", "extends", "environment", "server", "upstream", "redis", "rate_limits",
-         "routes"),
+         "cors", "headers", "routes"),
     "server": ("listen", "admin_listen", "workers", "trusted_proxies", "timeouts", "limits",
                "watch", "watch_interval"),
     "server.timeouts": ("header", "idle", "body", "shutdown"),
     "server.limits": ("max_body_size", "max_header_size", "max_headers"),
     "upstream": ("url", "targets", "timeouts", "max_connections", "retries", "preserve_host"),
     "upstream.timeouts": ("connect", "read"),
-    "routes[]": ("name", "match", "websocket", "rate_limits"),
+    "routes[]": ("name", "match", "websocket", "rate_limits", "cors", "headers"),
     "routes[].match": ("path", "path_prefix", "methods", "host"),
     **ratelimit_config.KEYS,
+    **browser.KEYS,
 }
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
 _METHOD = re.compile(r"[A-Z][A-Z0-9\-_]*")
@@ -103,16 +105,19 @@ def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy 
         else ratelimit_config.RedisSettings()
     limits = ratelimit_config.read_rate_limits(r, doc["rate_limits"]) \
         if "rate_limits" in doc else {}
+    cors = browser.read_cors(r, doc["cors"]) if "cors" in doc else {}
+    headers = browser.read_headers(r, doc["headers"]) if "headers" in doc else {}
     routes: tuple[Route, ...] = ()
     if "routes" not in doc:
         r.error(root, "missing required key 'routes'")
     else:
-        routes = _routes(r, doc["routes"], limits)
+        routes = _routes(r, doc["routes"], limits, cors, headers)
     if version is None or server is None or upstream is None or redis is None:
         return None
     return Policy(version=version, environment=environment, server=server, upstream=upstream,
                   routes=routes, source_files=files, redis=redis,
-                  rate_limits=MappingProxyType(limits))
+                  rate_limits=MappingProxyType(limits), cors=MappingProxyType(cors),
+                  headers=MappingProxyType(headers))
 
 
 def _address(r: Reader, node: yaml.Node, what: str) -> Address | None:
@@ -305,7 +310,25 @@ def _route_limits(r: Reader, node: yaml.Node, where: str,
     return tuple(names)
 
 
-def _routes(r: Reader, node: yaml.Node, limits: Mapping[str, object]) -> tuple[Route, ...]:
+def _named_policy(r: Reader, m: dict[str, yaml.Node], key: str, where: str,
+                  defined: Mapping[str, object]) -> tuple[bool, str | None]:
+    """(ok, the policy name a route uses): its own, `none`, or the section's `default`."""
+    if key not in m:
+        return True, "default" if "default" in defined else None
+    name = r.string(m[key], f"{where}.{key}")
+    if name is None:
+        return False, None
+    if name == "none":
+        return True, None
+    if name not in defined:
+        known = ", ".join(defined) or "none are defined"
+        r.error(m[key], f"{where}.{key}: unknown {key} policy {name!r} (defined: {known})")
+        return False, None
+    return True, name
+
+
+def _routes(r: Reader, node: yaml.Node, limits: Mapping[str, object],
+            cors: Mapping[str, object], headers: Mapping[str, object]) -> tuple[Route, ...]:
     items = r.sequence(node, "routes")
     if items is None:
         return ()
@@ -335,11 +358,14 @@ def _routes(r: Reader, node: yaml.Node, limits: Mapping[str, object]) -> tuple[R
         websocket = r.boolean(m["websocket"], f"{where}.websocket") if "websocket" in m else False
         route_limits = _route_limits(r, m["rate_limits"], where, limits) \
             if "rate_limits" in m else ()
-        if name is None or match is None or websocket is None or route_limits is None:
+        cors_ok, cors_name = _named_policy(r, m, "cors", where, cors)
+        headers_ok, headers_name = _named_policy(r, m, "headers", where, headers)
+        if name is None or match is None or websocket is None or route_limits is None \
+                or not cors_ok or not headers_ok:
             continue
         name_nodes[name] = m["name"]
         routes.append(Route(name=name, match=match, websocket=websocket,
-                            rate_limits=route_limits))
+                            rate_limits=route_limits, cors=cors_name, headers=headers_name))
         route_nodes.append(item)
     node_of = dict(zip((rt.name for rt in routes), route_nodes, strict=True))
     for later, earlier in Router(routes).shadowed():

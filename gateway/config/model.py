@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from gateway.cors import CorsPolicy
 from gateway.ratelimit.config import RateLimitPolicy, RedisSettings
+from gateway.security_headers import HeadersPolicy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -89,6 +91,8 @@ class Route:
     match: RouteMatch
     websocket: bool = False
     rate_limits: tuple[str, ...] = ()  # names from Policy.rate_limits, checked in this order
+    cors: str | None = None  # name in Policy.cors (the `default` one unless set), None: no CORS
+    headers: str | None = None  # name in Policy.headers, likewise
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,3 +106,5 @@ class Policy:
     redis: RedisSettings = field(default_factory=RedisSettings)
     rate_limits: Mapping[str, RateLimitPolicy] = field(
         default_factory=lambda: MappingProxyType({}))
+    cors: Mapping[str, CorsPolicy] = field(default_factory=lambda: MappingProxyType({}))
+    headers: Mapping[str, HeadersPolicy] = field(default_factory=lambda: MappingProxyType({}))

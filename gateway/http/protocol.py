@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
+from multidict import CIMultiDict
 
 from gateway.http.problem import problem_response
 
@@ -29,9 +31,11 @@ log = logging.getLogger("gateway.http")
 
 
 class GatewayRequestHandler(RequestHandler):
-    def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, *, header_timeout: float,
+                 error_headers: Callable[[], CIMultiDict[str]], **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._header_timeout = header_timeout
+        self._error_headers = error_headers
         self._head_timer: asyncio.TimerHandle | None = None
         self._last_payload: Any = None
         self._line_bytes = 0  # bytes of the current request line seen so far
@@ -109,16 +113,22 @@ class GatewayRequestHandler(RequestHandler):
         else:
             log.error("unhandled error in request handler", exc_info=exc)
             status, detail = 500, "internal gateway error"
-        return problem_response(status, detail, close=True)
+        return problem_response(status, detail, headers=self._error_headers(), close=True)
 
 
 class GatewayServer(web.Server):
-    """aiohttp's low-level server, making GatewayRequestHandler connections."""
+    """aiohttp's low-level server, making GatewayRequestHandler connections.
 
-    def __init__(self, handler: Any, *, header_timeout: float, **kwargs: Any) -> None:
+    `error_headers` gives the headers for answers to unparsable requests (the default
+    security headers of the running policy).
+    """
+
+    def __init__(self, handler: Any, *, header_timeout: float,
+                 error_headers: Callable[[], CIMultiDict[str]], **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._header_timeout = header_timeout
+        self._error_headers = error_headers
 
     def __call__(self) -> RequestHandler:
         return GatewayRequestHandler(self, loop=self._loop, header_timeout=self._header_timeout,
-                                     **self._kwargs)
+                                     error_headers=self._error_headers, **self._kwargs)
