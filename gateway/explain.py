@@ -16,10 +16,14 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.admission import Admission, admit
 from gateway.config.model import Route, RouteMatch
+from gateway.cors import CorsPolicy
+from gateway.cors import actual as actual_cors
+from gateway.cors import preflight as cors_preflight
 from gateway.http.client_ip import client_ip, forwarded_hops, parse_ip
 from gateway.http.forwarding import HOP_BY_HOP, upstream_request_headers
 from gateway.ratelimit.keys import limit_tag, storage_key
 from gateway.runtime import Runtime
+from gateway.security_headers import HeadersPolicy
 
 DEFAULT_PEER = "192.0.2.10"  # a documentation address: "some client on the internet"
 REQUEST_ID = "(generated)"
@@ -88,16 +92,25 @@ def explain(rt: Runtime, req: DescribedRequest) -> dict[str, Any]:
     verdict = admit(rt, req.method, target, headers, length, has_body)
     report["path"] = verdict.path
     report["route"] = _route(verdict.route)
+    route = verdict.route
+    cors_policy = rt.route_cors.get(route.name) if route else None
+    headers_policy = rt.route_headers.get(route.name) if route else rt.default_headers
+    https = scheme == "https" or (peer_trusted and
+                                  headers.get("X-Forwarded-Proto", "").lower() == "https")
+    report["cors"] = _cors(cors_policy, headers, preflight=getattr(verdict, "preflight", False))
+    report["response_headers"] = _security(headers_policy, https)
     if not isinstance(verdict, Admission):
         report["outcome"] = {"action": "answer", "status": verdict.status,
                              "detail": verdict.detail}
-        report["response_headers"] = {"added": {"X-Request-ID": REQUEST_ID,
-                                                "Content-Type": "application/problem+json"},
-                                      "removed": []}
         return report
 
     report["query"] = verdict.query
     report["rate_limits"] = _limits(rt, verdict.route.name, client, headers)
+    if verdict.preflight:
+        allowed = report["cors"]["outcome"] == "preflight allowed"
+        report["outcome"] = {"action": "answer", "status": 204 if allowed else 403,
+                             "detail": "CORS preflight, answered by the gateway"}
+        return report
     target_url = rt.policy.upstream.targets[0]
     out = upstream_request_headers(
         headers, version=(1, 1), peer=req.peer, peer_trusted=peer_trusted, client_ip=client,
@@ -113,11 +126,39 @@ def explain(rt: Runtime, req: DescribedRequest) -> dict[str, Any]:
         "set": {k: v for k, v in out.items() if headers.get(k) != v},
         "removed": sorted({k for k in headers if k.lower() not in sent}),
     }
-    report["response_headers"] = {
-        "added": {"Via": "1.1 gateway", "X-Request-ID": REQUEST_ID},
-        "removed": [*sorted(n.title() for n in HOP_BY_HOP), "(any named in Connection)"],
-    }
+    report["response_headers"]["removed"] += [
+        *sorted(n.title() for n in HOP_BY_HOP), "(any named in Connection)"]
     return report
+
+
+def _cors(policy: CorsPolicy | None, headers: CIMultiDictProxy[str],
+          preflight: bool) -> dict[str, Any]:
+    if policy is None:
+        return {"policy": None, "outcome": "no CORS policy on this route"}
+    origin = headers.get("Origin")
+    if origin is None:
+        return {"policy": policy.name, "outcome": "no Origin: not a cross-origin request"}
+    if preflight:
+        answer = cors_preflight(policy, headers)
+        if answer.allowed:
+            return {"policy": policy.name, "outcome": "preflight allowed",
+                    "headers": dict(answer.headers)}
+        return {"policy": policy.name, "outcome": "preflight refused", "reason": answer.reason}
+    added = actual_cors(policy, headers)
+    if added:
+        return {"policy": policy.name, "outcome": "origin allowed", "headers": dict(added)}
+    return {"policy": policy.name, "outcome": f"origin {origin!r} not allowed: no CORS headers"}
+
+
+def _security(policy: HeadersPolicy | None, https: bool) -> dict[str, Any]:
+    added: dict[str, str] = {"Via": "1.1 gateway", "X-Request-ID": REQUEST_ID}
+    if policy is None:
+        return {"policy": None, "added": added, "if_missing": {}, "removed": []}
+    added.update(policy.set)
+    if https and policy.hsts:
+        added["Strict-Transport-Security"] = policy.hsts
+    return {"policy": policy.name, "added": added, "if_missing": dict(policy.set_if_missing),
+            "removed": list(policy.remove)}
 
 
 def _limits(rt: Runtime, route: str, client: str,
@@ -153,6 +194,11 @@ def format_report(report: dict[str, Any]) -> str:
     else:
         lines.append(f"  route:           {route['name']}  ("
                      + "; ".join(route["matched_because"]) + ")")
+    for lim in report.get("rate_limits", ()):
+        note = f"; {lim['note']}" if lim["note"] else ""
+        shadow = " (shadow)" if lim["mode"] == "shadow" else ""
+        lines.append(f"  rate limit:      {lim['name']}{shadow}: {lim['limit']} per "
+                     f"{lim['per_ms'] / 1000:g}s, {lim['algorithm']}, key {lim['key']}{note}")
     outcome = report["outcome"]
     if outcome["action"] == "answer":
         lines.append(f"  outcome:         the gateway answers {outcome['status']}: "
@@ -160,19 +206,22 @@ def format_report(report: dict[str, Any]) -> str:
     else:
         extra = ", after 100 Continue" if outcome["continue"] else ""
         lines.append(f"  outcome:         {outcome['action']} to {outcome['upstream']}{extra}")
-        for lim in report["rate_limits"]:
-            note = f"; {lim['note']}" if lim["note"] else ""
-            shadow = " (shadow)" if lim["mode"] == "shadow" else ""
-            lines.append(f"  rate limit:      {lim['name']}{shadow}: {lim['limit']} per "
-                         f"{lim['per_ms'] / 1000:g}s, {lim['algorithm']}, key {lim['key']}{note}")
         up = report["upstream_request"]
         for name, value in up["set"].items():
             lines.append(f"  upstream header: {name}: {value}")
         if up["removed"]:
             lines.append("  not forwarded:   " + ", ".join(up["removed"]))
+    cors = report["cors"]
+    lines.append(f"  cors:            {cors['outcome']}"
+                 + (f" (policy {cors['policy']})" if cors["policy"] else "")
+                 + (f": {cors['reason']}" if "reason" in cors else ""))
+    for name, value in cors.get("headers", {}).items():
+        lines.append(f"  cors header:     {name}: {value}")
     resp = report["response_headers"]
     for name, value in resp["added"].items():
         lines.append(f"  response adds:   {name}: {value}")
+    for name, value in resp["if_missing"].items():
+        lines.append(f"  unless present:  {name}: {value}")
     if resp["removed"]:
         lines.append("  response drops:  " + ", ".join(resp["removed"]))
     return "\n".join(lines)

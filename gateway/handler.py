@@ -112,8 +112,10 @@ class Handler:
             answer = cors_preflight(cors_policy, headers)
             if not answer.allowed:
                 return refuse(403, f"CORS preflight refused: {answer.reason}", cors=False)
-            out = CIMultiDict(answer.headers)
+            out = CIMultiDict()
             decorate(out, cors=False)
+            for name, value in answer.headers:
+                out[name] = add_vary(out.getall(name, ()), value) if name == "Vary" else value
             out["X-Request-ID"] = request_id
             response = GatewayResponse(status=204, headers=out)
             if self.draining:

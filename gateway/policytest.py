@@ -13,6 +13,8 @@ A cases file:
           client_ip: 203.0.113.7
           upstream_headers: {X-Forwarded-For: 203.0.113.7}   # these, at least
           rate_limits: [login, api, global]                    # checked, in this order
+          cors: allowed           # allowed | refused | none (no policy, or no Origin)
+          response_headers: {X-Frame-Options: DENY}   # set by the gateway; null: must not be
 
 Each case runs through `explain`, i.e. the gateway's own decision code. Every `expect` key is
 optional; a case checks what it names.
@@ -32,7 +34,8 @@ from gateway.config.source import compose_file
 from gateway.explain import DEFAULT_PEER, DescribedRequest, explain
 from gateway.runtime import Runtime
 
-EXPECT_KEYS = ("route", "outcome", "path", "client_ip", "upstream_headers", "rate_limits")
+EXPECT_KEYS = ("route", "outcome", "path", "client_ip", "upstream_headers", "rate_limits",
+               "cors", "response_headers")
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,14 @@ def _any_key(node: yaml.Node) -> tuple[str, ...]:
     return ()
 
 
+def _cors_word(outcome: str) -> str:
+    if outcome in ("preflight allowed", "origin allowed"):
+        return "allowed"
+    if outcome == "preflight refused" or outcome.endswith("not allowed: no CORS headers"):
+        return "refused"
+    return "none"
+
+
 def check_case(rt: Runtime, case: Case) -> list[str]:
     """What differs from the case's expectations (empty when the case passes)."""
     report = explain(rt, case.request)
@@ -116,10 +127,17 @@ def check_case(rt: Runtime, case: Case) -> list[str]:
         "path": report["path"],
         "client_ip": report["client_ip"]["address"],
         "rate_limits": [lim["name"] for lim in report.get("rate_limits", ())],
+        "cors": _cors_word(report["cors"]["outcome"]),
     }
     failures = []
     for key, wanted in case.expect.items():
-        if key == "upstream_headers":
+        if key == "response_headers":
+            added = {k.lower(): v for k, v in report["response_headers"]["added"].items()}
+            for name, value in (wanted or {}).items():
+                if added.get(name.lower()) != (None if value is None else str(value)):
+                    failures.append(f"response header {name}: expected {value!r}, "
+                                    f"got {added.get(name.lower())!r}")
+        elif key == "upstream_headers":
             sent = {k.lower(): v for k, v in report.get("upstream_request", {}).get("set", {})
                     .items()}
             for name, value in (wanted or {}).items():

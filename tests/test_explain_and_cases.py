@@ -77,12 +77,22 @@ def test_explain_rejects_a_malformed_header_argument() -> None:
     assert result.returncode == 1 and "Name: value" in result.stderr
 
 
-@pytest.mark.parametrize("policy", ["gateway.yaml", "development.yaml", "production.yaml"])
-def test_shipped_cases_pass_on_every_shipped_policy(policy: str) -> None:
-    result = gateway("test", "--config", str(POLICIES / policy), str(CASES),
-                     env=PRODUCTION_ENV)
+@pytest.mark.parametrize(("policy", "cases"), [
+    ("gateway.yaml", "gateway.yaml"), ("development.yaml", "gateway.yaml"),
+    ("production.yaml", "gateway.yaml"), ("development.yaml", "development.yaml"),
+    ("production.yaml", "production.yaml")])
+def test_shipped_cases_pass_on_the_shipped_policies(policy: str, cases: str) -> None:
+    result = gateway("test", "--config", str(POLICIES / policy),
+                     str(POLICIES / "cases" / cases), env=PRODUCTION_ENV)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith(" passed, 0 failed")
+
+
+def test_environment_specific_cases_fail_on_the_other_environment() -> None:
+    result = gateway("test", "--config", str(POLICIES / "production.yaml"),
+                     str(POLICIES / "cases" / "development.yaml"), env=PRODUCTION_ENV)
+    assert result.returncode == 1
+    assert "FAIL any local front end may call the API with credentials" in result.stdout
 
 
 def test_a_failing_case_exits_1_and_is_named(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ HTTP port (aiohttp):
   /gzip                a gzip body with Content-Encoding: gzip
   /slow/<seconds>      answers after a delay
   /hop                 a response carrying hop-by-hop headers that must not reach the client
+  /cors-leak           sends its own Access-Control-* headers, Vary and X-Powered-By
   /ws                  WebSocket echo: "close:<code>" closes with that code; pings auto-ponged
   anything else        JSON: method, raw_path, version, headers (in order), body sha256/length
 Raw port (asyncio): the request path picks the failure:
@@ -54,7 +55,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     if request.path.startswith("/download/"):
         resp.content_length = size
     await resp.prepare(request)
-    sent = 0
+    sent = 0 if request.method != "HEAD" else size  # aiohttp would send a HEAD body if written
     while sent < size:
         piece = PATTERN[: min(len(PATTERN), size - sent)]
         await resp.write(piece)
@@ -84,6 +85,12 @@ async def hop(request: web.Request) -> web.Response:
         "Keep-Alive": "timeout=5", "Proxy-Authenticate": "Basic", "X-Kept": "yes",
         "Trailer": "X-Trail", "Upgrade": "h2c",
     })
+
+
+async def cors_leak(request: web.Request) -> web.Response:
+    return web.Response(text="cors", headers={
+        "Access-Control-Allow-Origin": "*", "Access-Control-Allow-Credentials": "true",
+        "Vary": "Accept-Encoding", "X-Powered-By": "Express"})
 
 
 async def ws(request: web.Request) -> web.WebSocketResponse:
@@ -132,6 +139,7 @@ def app() -> web.Application:
     application.router.add_get("/slow/{seconds}", slow)
     application.router.add_get("/hop", hop)
     application.router.add_get("/ws", ws)
+    application.router.add_route("*", "/cors-leak", cors_leak)
     application.router.add_route("*", "/{tail:.*}", echo)
     return application
 
