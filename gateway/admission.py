@@ -14,6 +14,7 @@ does.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from multidict import CIMultiDictProxy
 
@@ -22,7 +23,9 @@ from gateway.cors import is_preflight
 from gateway.http.forwarding import connection_listed
 from gateway.http.normalize import PathRejected, normalize_target
 from gateway.routing import request_host
-from gateway.runtime import Runtime
+
+if TYPE_CHECKING:  # runtime.py imports this module
+    from gateway.runtime import Runtime
 
 # CONNECT would make the gateway a tunnel; TRACE/TRACK echo credentials (cross-site tracing).
 REFUSED_METHODS = frozenset({"CONNECT", "TRACE", "TRACK"})
@@ -55,6 +58,17 @@ class Admission:
         return self.path if self.query is None else f"{self.path}?{self.query}"
 
 
+@dataclass(frozen=True, slots=True)
+class CspReport:
+    """A POST to the CSP report collector: the gateway reads and logs it."""
+
+    route: None = None
+    path: str = ""
+
+
+COLLECTOR = "(csp-reports)"  # its key in Runtime.route_limits; no route can have this name
+
+
 def admit(
     rt: Runtime,
     method: str,
@@ -62,11 +76,19 @@ def admit(
     headers: CIMultiDictProxy[str],
     content_length: int | None,
     has_body: bool,
-) -> Admission | Refusal:
+) -> Admission | Refusal | CspReport:
     try:
         path, query = normalize_target(target)
     except PathRejected as exc:
         return Refusal(400, str(exc), close=True)
+    collector = rt.policy.csp_reports
+    if collector is not None and path == collector.path:
+        if method != "POST":
+            return Refusal(405, "the CSP report collector takes POST", path=path)
+        if content_length is None or content_length > collector.max_size:
+            return Refusal(413, f"CSP reports need a Content-Length of at most "
+                           f"{collector.max_size} bytes", close=True, path=path)
+        return CspReport(path=path)
     if method in REFUSED_METHODS:
         return Refusal(405, f"{method} is not allowed through this gateway", path=path)
     host = request_host(headers.get("Host"))

@@ -14,7 +14,7 @@ from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.admission import Admission, admit
+from gateway.admission import Admission, CspReport, admit
 from gateway.config.model import Route, RouteMatch
 from gateway.cors import CorsPolicy
 from gateway.cors import actual as actual_cors
@@ -99,6 +99,10 @@ def explain(rt: Runtime, req: DescribedRequest) -> dict[str, Any]:
                                   headers.get("X-Forwarded-Proto", "").lower() == "https")
     report["cors"] = _cors(cors_policy, headers, preflight=getattr(verdict, "preflight", False))
     report["response_headers"] = _security(headers_policy, https)
+    if isinstance(verdict, CspReport):
+        report["outcome"] = {"action": "answer", "status": 204,
+                             "detail": "the CSP report collector logs and counts the report"}
+        return report
     if not isinstance(verdict, Admission):
         report["outcome"] = {"action": "answer", "status": verdict.status,
                              "detail": verdict.detail}

@@ -13,20 +13,25 @@ when the policy is loaded; a request reads the Runtime reference once, at its st
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.admission import Refusal, admit
+from gateway.admission import COLLECTOR, CspReport, Refusal, admit
 from gateway.cors import actual as actual_cors
 from gateway.cors import add_vary
 from gateway.cors import preflight as cors_preflight
+from gateway.csp_reports import CONTENT_TYPES as CSP_CONTENT_TYPES
+from gateway.csp_reports import summarize
 from gateway.http.client_ip import client_ip, parse_ip
 from gateway.http.forwarding import choose_request_id, upstream_request_headers
 from gateway.http.problem import problem_response
 from gateway.http.response import GatewayResponse
-from gateway.observability.metrics import RATELIMIT_DECISIONS
+from gateway.observability.metrics import CSP_REPORTS, RATELIMIT_DECISIONS
 from gateway.proxy.forwarder import ClientBodyError, RequestBody, UpstreamError, forward
 from gateway.proxy.websocket import WebSocketRegistry, relay_websocket
 from gateway.ratelimit.headers import rate_limit_headers, retry_after, violated
@@ -36,6 +41,7 @@ from gateway.runtime import RouteLimits, Runtime
 from gateway.security_headers import apply as apply_security_headers
 
 log = logging.getLogger("gateway.handler")
+csp_log = logging.getLogger("gateway.csp")
 
 
 class Handler:
@@ -93,10 +99,11 @@ class Handler:
             return refuse(verdict.status, verdict.detail, verdict.close)
         client = client_ip(peer, headers.getall("X-Forwarded-For", ()), rt.trusted)
 
-        route_limits = rt.route_limits.get(verdict.route.name)
+        limits_name = COLLECTOR if isinstance(verdict, CspReport) else verdict.route.name
+        route_limits = rt.route_limits.get(limits_name)
         if route_limits is not None:
             try:
-                decision = await self._check_limits(rt, verdict.route.name, route_limits, client,
+                decision = await self._check_limits(rt, limits_name, route_limits, client,
                                                     headers)
             except RateLimitUnavailable:
                 return refuse(503, "rate limiting is unavailable")
@@ -104,8 +111,14 @@ class Handler:
             if not decision.admitted:
                 rl_headers.append(("Retry-After", str(retry_after(decision.results))))
                 names = violated(decision.results)
+                if isinstance(verdict, CspReport):
+                    CSP_REPORTS.labels("limited").inc()
                 return refuse(429, "rate limit exceeded: " + ", ".join(names),
                               **{"violated-policies": names})
+
+        if isinstance(verdict, CspReport):
+            return await self._collect_csp_report(request, rt, client, refuse, decorate,
+                                                  request_id)
 
         if verdict.preflight:
             assert cors_policy is not None
@@ -160,6 +173,31 @@ class Handler:
             return refuse(exc.failure.status, exc.failure.detail)
         except ClientBodyError as exc:
             return refuse(exc.status, exc.detail, close=True)
+
+    async def _collect_csp_report(self, request: web.BaseRequest, rt: Runtime, client: str,
+                                  refuse: Callable[..., web.StreamResponse],
+                                  decorate: Callable[[CIMultiDict[str]], None],
+                                  request_id: str) -> web.StreamResponse:
+        content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type not in CSP_CONTENT_TYPES:
+            CSP_REPORTS.labels("rejected").inc()
+            return refuse(415, "CSP reports are JSON (application/csp-report or "
+                          "application/reports+json)")
+        try:
+            async with asyncio.timeout(rt.policy.server.timeouts.body):
+                body = await request.content.read()  # bounded: Content-Length was checked
+        except TimeoutError:
+            return refuse(408, "request body not received in time", close=True)
+        reports = summarize(body)
+        if reports is None:
+            CSP_REPORTS.labels("rejected").inc()
+            return refuse(400, "not a CSP violation report")
+        for report in reports:
+            CSP_REPORTS.labels("accepted").inc()
+            csp_log.warning("csp violation from %s: %s", client, json.dumps(report))
+        out: CIMultiDict[str] = CIMultiDict({"X-Request-ID": request_id})
+        decorate(out)
+        return GatewayResponse(status=204, headers=out)
 
     async def _check_limits(self, rt: Runtime, route: str, route_limits: RouteLimits,
                             client: str, headers: CIMultiDictProxy[str]) -> Decision:

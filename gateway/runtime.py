@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from gateway.admission import COLLECTOR
 from gateway.config import Loaded, Policy
 from gateway.cors import CorsPolicy
 from gateway.http.client_ip import TrustedProxies
@@ -63,6 +64,9 @@ class Runtime:
             if route.rate_limits:
                 policies = tuple(policy.rate_limits[name] for name in route.rate_limits)
                 route_limits[route.name] = RouteLimits(policies, policy_header(policies))
+        if policy.csp_reports is not None and policy.csp_reports.rate_limits:
+            policies = tuple(policy.rate_limits[n] for n in policy.csp_reports.rate_limits)
+            route_limits[COLLECTOR] = RouteLimits(policies, policy_header(policies))
         route_cors = {r.name: policy.cors[r.cors] for r in policy.routes if r.cors}
         route_headers = {r.name: policy.headers[r.headers] for r in policy.routes if r.headers}
         return cls(loaded=loaded, router=Router(policy.routes),

@@ -17,6 +17,7 @@ from types import MappingProxyType
 import yaml
 from yarl import URL
 
+from gateway import csp_reports
 from gateway.config import browser
 from gateway.config.errors import PolicyError, Problem
 from gateway.config.model import (
@@ -40,7 +41,7 @@ from gateway.routing import Router
 # suite checks that docs/policy.md documents each one.
 KEYS: dict[str, tuple[str, ...]] = {
     "": ("version", "extends", "environment", "server", "upstream", "redis", "rate_limits",
-         "cors", "headers", "routes"),
+         "cors", "headers", "csp_reports", "routes"),
     "server": ("listen", "admin_listen", "workers", "trusted_proxies", "timeouts", "limits",
                "watch", "watch_interval"),
     "server.timeouts": ("header", "idle", "body", "shutdown"),
@@ -51,6 +52,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "routes[].match": ("path", "path_prefix", "methods", "host"),
     **ratelimit_config.KEYS,
     **browser.KEYS,
+    **csp_reports.KEYS,
 }
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
 _METHOD = re.compile(r"[A-Z][A-Z0-9\-_]*")
@@ -107,6 +109,8 @@ def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy 
         if "rate_limits" in doc else {}
     cors = browser.read_cors(r, doc["cors"]) if "cors" in doc else {}
     headers = browser.read_headers(r, doc["headers"]) if "headers" in doc else {}
+    collector = csp_reports.read_csp_reports(r, doc["csp_reports"], limits) \
+        if "csp_reports" in doc else None
     routes: tuple[Route, ...] = ()
     if "routes" not in doc:
         r.error(root, "missing required key 'routes'")
@@ -117,7 +121,7 @@ def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy 
     return Policy(version=version, environment=environment, server=server, upstream=upstream,
                   routes=routes, source_files=files, redis=redis,
                   rate_limits=MappingProxyType(limits), cors=MappingProxyType(cors),
-                  headers=MappingProxyType(headers))
+                  headers=MappingProxyType(headers), csp_reports=collector)
 
 
 def _address(r: Reader, node: yaml.Node, what: str) -> Address | None:

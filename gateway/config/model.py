@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from gateway.cors import CorsPolicy
+from gateway.csp_reports import CspReports
 from gateway.ratelimit.config import RateLimitPolicy, RedisSettings
 from gateway.security_headers import HeadersPolicy
 
@@ -108,3 +109,4 @@ class Policy:
         default_factory=lambda: MappingProxyType({}))
     cors: Mapping[str, CorsPolicy] = field(default_factory=lambda: MappingProxyType({}))
     headers: Mapping[str, HeadersPolicy] = field(default_factory=lambda: MappingProxyType({}))
+    csp_reports: CspReports | None = None

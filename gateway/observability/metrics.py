@@ -23,6 +23,9 @@ REDIS_ERRORS = Counter(
 REDIS_DURATION = Histogram(
     "gateway_redis_duration_seconds", "Duration of Redis rate-limit calls", registry=REGISTRY,
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0))
+CSP_REPORTS = Counter(
+    "gateway_csp_reports_total", "CSP violation reports received, by result "
+    "(accepted | rejected | limited)", ["result"], registry=REGISTRY)
 BUILD_INFO = Gauge(
     "gateway_build_info", "Gateway version and Python version", ["version", "python"],
     registry=REGISTRY)
