@@ -40,8 +40,10 @@ class RateLimitUnavailable(Exception):
 class Breaker:
     """Consecutive-failure circuit breaker with a single probe after a cooldown."""
 
-    def __init__(self, threshold: int = 3, cooldown: float = 0.5) -> None:
+    def __init__(self, threshold: int = 3, cooldown: float = 0.5,
+                 while_open: str = "rate limits fall back to in-process counters") -> None:
         self.threshold = threshold
+        self.while_open = while_open
         self.cooldown = cooldown
         self.failures = 0
         self.open_until = 0.0
@@ -66,7 +68,7 @@ class Breaker:
         self.probing = False
         if self.failures >= self.threshold:
             if self.failures == self.threshold:
-                log.error("redis unavailable; rate limits fall back (breaker open)")
+                log.error("redis unavailable (breaker open): %s", self.while_open)
             self.open_until = time.monotonic() + self.cooldown
 
 
@@ -75,7 +77,9 @@ class Limiter:
         self.settings = settings
         self.memory = memory or MemoryBackend()
         self.redis = RedisBackend(settings.url, settings.timeout) if settings.url else None
-        self.breaker = Breaker()
+        self.breaker = Breaker(while_open="limited routes answer 503"
+                               if settings.failure_mode == "closed"
+                               else "rate limits fall back to in-process counters")
 
     async def decide(self, items: Sequence[Item]) -> Decision:
         if self.redis is None:

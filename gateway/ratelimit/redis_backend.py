@@ -20,7 +20,10 @@ from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 from gateway.ratelimit.algorithms import CODES, Outcome
@@ -142,8 +145,13 @@ def connect(url: str, timeout: float) -> tuple[Any, bool]:
     """
     # a stalled Redis must not hold sockets forever: reads give up well after the call timeout
     socket_timeout = max(1.0, timeout * 10)
+    # One retry on a connection error: after Redis restarts, every pooled connection is dead
+    # and fails once on first use; without it, each would cost a request a fallback or a 503.
+    # (A connection lost after the script ran could count that request twice; that is rare
+    # and errs on the strict side.)
     common = {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout,
-              "health_check_interval": 0}
+              "health_check_interval": 0,
+              "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))}
     if url.startswith(("redis+sentinel://", "redis+cluster://")):
         parts = urlsplit(url)
         netloc = parts.netloc.rpartition("@")[2]
