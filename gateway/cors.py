@@ -150,7 +150,8 @@ def _parse_pattern(text: str, credentials: bool, allow_public_suffix: bool,
     probe = parse_origin(f"{scheme}://{hostport}")
     if probe is None:
         raise fail("not a valid origin (bad host or port, or the default port written out)")
-    if subdomains and hostport.startswith("["):
+    if subdomains and (hostport.startswith("[") or
+                       all(label.isdigit() for label in probe.host.split("."))):
         raise fail("'*.' cannot precede an IP address")
     if credentials and scheme == "http" and not _is_loopback(probe.host) and not allow_insecure:
         raise fail("plain-http origins with credentials can be impersonated on the network; "

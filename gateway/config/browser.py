@@ -4,13 +4,14 @@ pointed at the YAML node at fault."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
 
 from gateway.config.reader import Reader
 from gateway.cors import CorsError, CorsPolicy
-from gateway.security_headers import HeadersPolicy, HeaderValueError
+from gateway.security_headers import HeadersPolicy, HeaderValueError, check_header
 
 KEYS = {
     "cors.*": ("allow_origins", "allow_methods", "allow_headers", "expose_headers",
@@ -18,6 +19,7 @@ KEYS = {
                "dangerously_allow_insecure_origins"),
     "headers.*": ("set", "set_if_missing", "remove"),
 }
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _LISTS = ("allow_origins", "allow_methods", "allow_headers", "expose_headers")
 
 
@@ -70,19 +72,20 @@ def read_cors(r: Reader, node: yaml.Node) -> dict[str, CorsPolicy]:
     return policies
 
 
-def _string_map(r: Reader, node: yaml.Node, what: str) -> dict[str, tuple[yaml.Node, str]] | None:
+def _header_map(r: Reader, node: yaml.Node, what: str
+                ) -> dict[str, tuple[yaml.Node, yaml.Node, str]] | None:
+    """Header name -> (key node, value node, value text); malformed entries are reported."""
     if not isinstance(node, yaml.MappingNode):
         r.error(node, f"{what} must be a mapping of header names to values")
         return None
-    names = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
-    m = r.mapping(node, names, what)
-    if m is None:
-        return None
     out = {}
-    for name, value in m.items():
-        if isinstance(value, yaml.ScalarNode) and value.tag in (
+    for key, value in node.value:
+        name = key.value
+        if not _HEADER_NAME.fullmatch(name):
+            r.error(key, f"{what}: {name!r} is not a header name")
+        elif isinstance(value, yaml.ScalarNode) and value.tag in (
                 "tag:yaml.org,2002:int", "tag:yaml.org,2002:str"):
-            out[name] = (value, str(value.value))
+            out[name] = (key, value, str(value.value))
         else:
             r.error(value, f"{what}.{name} must be a string")
     return out
@@ -95,28 +98,41 @@ def read_headers(r: Reader, node: yaml.Node) -> dict[str, HeadersPolicy]:
         m = r.mapping(value, KEYS["headers.*"], where)
         if m is None:
             continue
-        sets = _string_map(r, m["set"], f"{where}.set") if "set" in m else {}
-        missing = _string_map(r, m["set_if_missing"], f"{where}.set_if_missing") \
+        sets = _header_map(r, m["set"], f"{where}.set") if "set" in m else {}
+        missing = _header_map(r, m["set_if_missing"], f"{where}.set_if_missing") \
             if "set_if_missing" in m else {}
         removes = r.string_list(m["remove"], f"{where}.remove") if "remove" in m else []
         if sets is None or missing is None or removes is None:
             continue
-        # validate header by header so the error points at its value
-        ok = True
-        for section, entries in (("set", sets), ("set_if_missing", missing)):
-            for header, (vnode, text) in entries.items():
-                try:
-                    HeadersPolicy.build(name, set={header: text})
-                except HeaderValueError as exc:
-                    r.error(vnode, f"{where}.{section}.{header}: {exc}")
-                    ok = False
-        if not ok:
+        before = len(r.problems)
+        seen: dict[str, str] = {}  # lower-case name -> the list it first appeared in
+        entries = [("set", k, v, t, h) for h, (k, v, t) in sets.items()]
+        entries += [("set_if_missing", k, v, t, h) for h, (k, v, t) in missing.items()]
+        entries += [("remove", n, None, None, h) for n, h in removes]
+        for section, key_node, value_node, text, header in entries:
+            low = header.lower()
+            if low in seen:
+                first = seen[low]
+                r.error(key_node, f"{where}.{section}: {header} is already in {first}"
+                        if first != section else f"{where}.{section}: {header} is listed twice")
+                continue
+            seen[low] = section
+            if section == "remove":
+                if not _HEADER_NAME.fullmatch(header):
+                    r.error(key_node, f"{where}.remove: {header!r} is not a header name")
+                continue
+            if section == "set_if_missing" and low == "strict-transport-security":
+                r.error(key_node, f"{where}.set_if_missing: Strict-Transport-Security belongs "
+                        "in set (the gateway decides it, per request scheme)")
+                continue
+            try:
+                check_header(header, text)
+            except HeaderValueError as exc:
+                r.error(value_node, f"{where}.{section}.{header}: {exc}")
+        if len(r.problems) > before:
             continue
-        try:
-            policies[name] = HeadersPolicy.build(
-                name, set={h: t for h, (_, t) in sets.items()},
-                set_if_missing={h: t for h, (_, t) in missing.items()},
-                remove=[t for _, t in removes])
-        except HeaderValueError as exc:
-            r.error(value, f"{where}: {exc}")
+        policies[name] = HeadersPolicy.build(
+            name, set={h: t for h, (_, _, t) in sets.items()},
+            set_if_missing={h: t for h, (_, _, t) in missing.items()},
+            remove=[t for _, t in removes])
     return policies
