@@ -153,7 +153,15 @@ def start_gateway(
         upstream=upstream if isinstance(upstream, str) else f"[{', '.join(upstream)}]",
         server_extra=indent(server_extra, 2), upstream_extra=indent(upstream_extra, 2),
         top_extra=top_extra))
-    log = tmp / f"gateway-{port}.log"
+    return run_gateway(config, port, admin_port, tmp / f"gateway-{port}.log", env, args,
+                       wait_ready)
+
+
+def run_gateway(config: Path, port: int, admin_port: int, log: Path,
+                env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+                wait_ready: bool = True) -> Gateway:
+    """Start `gateway run` on an existing policy file and wait until it listens (and, with
+    `wait_ready`, answers /health)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "run", "--config", str(config), *args],
         stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
@@ -165,25 +173,6 @@ def start_gateway(
         wait_for_port(port, proc)
         if wait_ready:
             wait_until(lambda: _health_ok(gw))
-    except Exception:
-        stop(proc)
-        raise RuntimeError("gateway did not start:\n" + gw.log_text()) from None
-    return gw
-
-
-def run_gateway(config: Path, port: int, admin_port: int, log: Path,
-                env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> Gateway:
-    """Start `gateway run` on an existing policy file and wait until it is healthy."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "run", "--config", str(config), *args],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
-    gw = Gateway(port, admin_port, proc, config, log)
-    try:
-        wait_for_port(admin_port, proc)
-        wait_for_port(port, proc)
-        wait_until(lambda: _health_ok(gw))
     except Exception:
         stop(proc)
         raise RuntimeError("gateway did not start:\n" + gw.log_text()) from None
