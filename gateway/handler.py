@@ -31,7 +31,7 @@ from gateway.http.client_ip import client_ip, parse_ip
 from gateway.http.forwarding import choose_request_id, upstream_request_headers
 from gateway.http.problem import problem_response
 from gateway.http.response import GatewayResponse
-from gateway.observability.metrics import CSP_REPORTS, RATELIMIT_DECISIONS
+from gateway.observability.metrics import CSP_REPORTS
 from gateway.proxy.forwarder import ClientBodyError, RequestBody, UpstreamError, forward
 from gateway.proxy.websocket import WebSocketRegistry, relay_websocket
 from gateway.ratelimit.headers import rate_limit_headers, retry_after, violated
@@ -214,5 +214,5 @@ class Handler:
                 label = "shadow_limited"
                 log.info("shadow rate limit %s would refuse client %s on route %s",
                          policy.name, client, route)
-            RATELIMIT_DECISIONS.labels(route, policy.name, label).inc()
+            route_limits.counters[policy.name, label].inc()
         return decision

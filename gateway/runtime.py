@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.admission import COLLECTOR
 from gateway.config import Loaded, Policy
 from gateway.cors import CorsPolicy
 from gateway.http.client_ip import TrustedProxies
+from gateway.observability.metrics import RATELIMIT_DECISIONS
 from gateway.proxy.pool import UpstreamPool
 from gateway.ratelimit.config import RateLimitPolicy
 from gateway.ratelimit.headers import policy_header
@@ -27,6 +29,8 @@ class RouteLimits:
 
     policies: tuple[RateLimitPolicy, ...]
     policy_header: str
+    # gateway_ratelimit_decisions_total children by (policy, decision), resolved once
+    counters: dict[tuple[str, str], Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +67,10 @@ class Runtime:
         for route in policy.routes:
             if route.rate_limits:
                 policies = tuple(policy.rate_limits[name] for name in route.rate_limits)
-                route_limits[route.name] = RouteLimits(policies, policy_header(policies))
+                route_limits[route.name] = _route_limits(route.name, policies)
         if policy.csp_reports is not None and policy.csp_reports.rate_limits:
             policies = tuple(policy.rate_limits[n] for n in policy.csp_reports.rate_limits)
-            route_limits[COLLECTOR] = RouteLimits(policies, policy_header(policies))
+            route_limits[COLLECTOR] = _route_limits(COLLECTOR, policies)
         route_cors = {r.name: policy.cors[r.cors] for r in policy.routes if r.cors}
         route_headers = {r.name: policy.headers[r.headers] for r in policy.routes if r.headers}
         return cls(loaded=loaded, router=Router(policy.routes),
@@ -74,3 +78,9 @@ class Runtime:
                    limiter=limiter, route_limits=route_limits, route_cors=route_cors,
                    route_headers=route_headers, default_headers=policy.headers.get("default"),
                    loaded_at=time.time())
+
+
+def _route_limits(route: str, policies: tuple[RateLimitPolicy, ...]) -> RouteLimits:
+    counters = {(p.name, decision): RATELIMIT_DECISIONS.labels(route, p.name, decision)
+                for p in policies for decision in ("allowed", "limited", "shadow_limited")}
+    return RouteLimits(policies, policy_header(policies), counters)

@@ -17,3 +17,15 @@ def test_bench_routing_quick_runs() -> None:
     assert any(line.startswith("ratio 1000/10:") for line in result.stdout.splitlines()), (
         result.stdout
     )
+
+
+def test_bench_ratelimit_quick_runs() -> None:
+    # starts the test upstream, a Redis and three gateways; a few seconds of load each
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "loadtests" / "bench_ratelimit.py"), "--quick"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("ratio redis/off:") for line in lines), result.stdout
+    assert any(line.startswith("ratio memory/off:") for line in lines), result.stdout

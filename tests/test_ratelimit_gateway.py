@@ -1,10 +1,12 @@
-"""Rate limits through real gateway processes and a real Redis: exact across replicas, the
-shipped limits end to end, and client keys that a spoofed X-Forwarded-For cannot change."""
+"""Rate limits through real gateway processes and a real Redis (one server, then a 3-node
+cluster): exact across replicas, the shipped limits end to end, and client keys that a
+spoofed X-Forwarded-For cannot change."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -12,16 +14,31 @@ import pytest
 
 from tests.support.client import request
 from tests.support.processes import ROOT, Gateway, run_shipped, start_gateway, stop, wait_until
+from tests.support.redis_cluster import RedisCluster, start_redis_cluster
 from tests.support.redis_server import RedisServer, start_redis
 
 ALGOS = ["sliding_window", "fixed_window", "token_bucket"]
 
 
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory) -> RedisServer:
+def redis_standalone(tmp_path_factory) -> Iterator[RedisServer]:
     server = start_redis(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory) -> Iterator[RedisCluster]:
+    cluster = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module", params=["standalone", "cluster"])
+def redis_server(request) -> RedisServer | RedisCluster:
+    """The Redis a test's gateways use: one server, then a 3-node cluster (same `.url`, and
+    `.command` runs on every node of the cluster, so FLUSHALL empties all of it)."""
+    return request.getfixturevalue(f"redis_{request.param}")
 
 
 async def burst(urls: list[str], total: int, concurrency: int = 48) -> list[int]:
@@ -66,6 +83,44 @@ def test_two_replicas_admit_exactly_the_limit(tmp_path, upstream, redis_server, 
     finally:
         for gw in gateways:
             stop(gw.proc)
+
+
+def test_cluster_holds_the_counters_sharded_by_client_key(tmp_path, upstream,
+                                                         redis_cluster) -> None:
+    # the gateway falls back to in-process limits when Redis fails (failure_mode: open), so the
+    # statuses alone would not show that the cluster decided: the keys must be on its nodes
+    import redis
+    from redis.cluster import ClusterNode
+    from redis.cluster import RedisCluster as ClusterClient
+
+    redis_cluster.command("FLUSHALL")
+    tenants = [f"tenant-{i}" for i in range(24)]
+    gw = limited_gateway(tmp_path, upstream.url,
+                         "  shared: {limit: 2, per: 1h, key: \"header:X-Tenant\"}\n",
+                         redis_cluster.url)
+    try:
+        for tenant in tenants:
+            statuses = [request(gw.port, "GET", "/x", headers={"X-Tenant": tenant}).status
+                        for _ in range(3)]
+            assert statuses == [200, 200, 429], tenant
+    finally:
+        stop(gw.proc)
+    per_node = {}
+    for port in redis_cluster.ports:
+        with redis.Redis(host="127.0.0.1", port=port) as node:
+            per_node[port] = sorted(k.decode() for k in node.keys("gw:*"))
+    # the header name is lower-cased in the key
+    expected = sorted(f"gw:{{h.x-tenant={t}}}:shared:s3600000" for t in tenants)
+    assert sorted(k for keys in per_node.values() for k in keys) == expected, per_node
+    assert sum(1 for keys in per_node.values() if keys) >= 2, per_node
+    client = ClusterClient(startup_nodes=[ClusterNode("127.0.0.1", p) for p in redis_cluster.ports])
+    try:
+        for key in expected:  # each key sits on the node that owns its slot
+            assert client.hget(key, "b") == b"2", key
+    finally:
+        client.close()
+    assert "redis rate-limit call failed" not in gw.log_text()
+    assert "breaker open" not in gw.log_text()
 
 
 def shipped_with_short_windows(tmp_path: Path) -> Path:

@@ -112,9 +112,6 @@ for i = 1, #KEYS do
   out[#out + 1] = remaining
   out[#out + 1] = reset
   out[#out + 1] = retry
-  out[#out + 1] = na
-  out[#out + 1] = nb
-  out[#out + 1] = nc
 end
 if admitted then
   for i = 1, #KEYS do
@@ -216,8 +213,9 @@ class RedisBackend:
         raw = await future
         outcomes = []
         for i in range(len(items)):
-            allowed, remaining, reset, retry, a, b, c = raw[2 + 7 * i: 9 + 7 * i]
-            outcomes.append(Outcome(bool(allowed), remaining, reset, retry, (a, b, c), 0))
+            allowed, remaining, reset, retry = raw[2 + 4 * i: 6 + 4 * i]
+            # the state stays in Redis; Outcome.state is only the in-process backend's
+            outcomes.append(Outcome(bool(allowed), remaining, reset, retry, (0, 0, 0), 0))
         return bool(raw[0]), outcomes
 
     def _flush(self) -> None:
