@@ -6,12 +6,11 @@ import datetime
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import __version__
 from gateway.config.render import policy_data
 from gateway.handler import Handler
-from gateway.observability.metrics import REGISTRY
+from gateway.observability.metrics import exposition
 
 
 def admin_app(handler_of: Callable[[], Handler]) -> web.Application:
@@ -40,9 +39,10 @@ def admin_app(handler_of: Callable[[], Handler]) -> web.Application:
             "loaded_at": loaded_at.isoformat(timespec="seconds"),
         })
 
-    async def metrics(_: web.Request) -> web.Response:
-        resp = web.Response(body=generate_latest(REGISTRY))
-        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    async def metrics(request: web.Request) -> web.Response:
+        body, content_type = exposition(request.headers.get("Accept", ""))
+        resp = web.Response(body=body)
+        resp.headers["Content-Type"] = content_type
         return resp
 
     app = web.Application()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 
 from aiohttp import web
@@ -31,7 +32,15 @@ from gateway.http.client_ip import client_ip, parse_ip
 from gateway.http.forwarding import choose_request_id, upstream_request_headers
 from gateway.http.problem import problem_response
 from gateway.http.response import GatewayResponse
-from gateway.observability.metrics import CSP_REPORTS
+from gateway.observability import access_log
+from gateway.observability.access_log import RequestRecord
+from gateway.observability.metrics import (
+    CSP_REPORTS,
+    IN_FLIGHT,
+    RequestMetrics,
+    method_label,
+    upstream_error,
+)
 from gateway.proxy.forwarder import ClientBodyError, RequestBody, UpstreamError, forward
 from gateway.proxy.websocket import WebSocketRegistry, relay_websocket
 from gateway.ratelimit.headers import rate_limit_headers, retry_after, violated
@@ -49,6 +58,11 @@ class Handler:
         self.runtime = runtime
         self.websockets = WebSocketRegistry()
         self.draining = False
+        self.metrics = RequestMetrics()
+
+    def protocol_error(self, status: int) -> None:
+        """Count an answer to a request the parser refused (it never reaches the handler)."""
+        self.metrics.observe("unmatched", "OTHER", status, "gateway", 0.0)
 
     def error_headers(self) -> CIMultiDict[str]:
         """Headers for answers to requests too broken to route: the default security headers."""
@@ -58,11 +72,38 @@ class Handler:
         return out
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Handle one request, and account for it: metrics and the access log."""
+        started = time.perf_counter()
+        record = RequestRecord(method=request.method)
+        IN_FLIGHT.inc()
+        status = 499  # the client went away (or the connection broke) before an answer
+        response = None
+        try:
+            response = await self._handle(request, record)
+            status = response.status
+            return response
+        finally:
+            IN_FLIGHT.dec()
+            elapsed = time.perf_counter() - started
+            self.metrics.observe(record.route, method_label(record.method), status,
+                                 record.source, elapsed)
+            settings = self.runtime.policy.observability.access_log
+            if settings.enabled and record.route not in settings.exclude_routes:
+                body = getattr(response, "body", None)
+                bytes_out = len(body) if isinstance(body, bytes) else \
+                    getattr(response, "body_length", 0)
+                access_log.write(record, status, request.content_length or 0, bytes_out,
+                                 elapsed)
+
+    async def _handle(self, request: web.BaseRequest,
+                      record: RequestRecord) -> web.StreamResponse:
         rt = self.runtime  # read once: the whole request runs under this policy
         headers = request.headers
         peer = request.remote or ""
         peer_trusted = bool(rt.trusted) and rt.trusted.trusts(parse_ip(peer))
         request_id = choose_request_id(headers, peer_trusted)
+        record.request_id = request_id
+        record.client_ip = peer
         https = request.secure or (
             peer_trusted and headers.get("X-Forwarded-Proto", "").lower() == "https")
         cors_policy = None
@@ -92,12 +133,15 @@ class Handler:
         verdict = admit(rt, request.method, request.raw_path, headers, request.content_length,
                         request.body_exists)
         route = verdict.route
+        record.path = verdict.path
         if route is not None:
+            record.route = route.name
             cors_policy = rt.route_cors.get(route.name)
             headers_policy = rt.route_headers.get(route.name)
         if isinstance(verdict, Refusal):
             return refuse(verdict.status, verdict.detail, verdict.close)
         client = client_ip(peer, headers.getall("X-Forwarded-For", ()), rt.trusted)
+        record.client_ip = client
 
         limits_name = COLLECTOR if isinstance(verdict, CspReport) else verdict.route.name
         route_limits = rt.route_limits.get(limits_name)
@@ -111,6 +155,7 @@ class Handler:
             if not decision.admitted:
                 rl_headers.append(("Retry-After", str(retry_after(decision.results))))
                 names = violated(decision.results)
+                record.limited_by = tuple(names)
                 if isinstance(verdict, CspReport):
                     CSP_REPORTS.labels("limited").inc()
                 return refuse(429, "rate limit exceeded: " + ", ".join(names),
@@ -152,6 +197,7 @@ class Handler:
         )
         path_qs = verdict.path_qs
         limits = rt.policy.server.limits
+        record.source = "upstream"
         try:
             if verdict.websocket:
                 ws_headers = CIMultiDict({"X-Request-ID": request_id})
@@ -166,12 +212,15 @@ class Handler:
             return await forward(
                 request, rt.pool, method=request.method, path_qs=path_qs, headers=fwd_headers,
                 body=body, request_id=request_id, preserve_host=upstream_settings.preserve_host,
-                finish_headers=decorate, close=self.draining)
+                finish_headers=decorate, close=self.draining, record=record)
         except UpstreamError as exc:
+            record.source = "gateway"
+            upstream_error(exc.target, exc.failure.kind)
             log.warning("upstream %s failed (%s): %s", exc.target, exc.failure.kind,
                         exc.failure.detail)
             return refuse(exc.failure.status, exc.failure.detail)
         except ClientBodyError as exc:
+            record.source = "gateway"
             return refuse(exc.status, exc.detail, close=True)
 
     async def _collect_csp_report(self, request: web.BaseRequest, rt: Runtime, client: str,

@@ -16,18 +16,22 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from aiohttp import web
+from prometheus_client.multiprocess import mark_process_dead
 
 from gateway.admin import admin_app
 from gateway.config import Loaded, Policy
 from gateway.config.render import redact
 from gateway.handler import Handler
 from gateway.http.protocol import GatewayServer
+from gateway.observability import access_log
 from gateway.reload import PolicyReloader
 from gateway.runtime import Runtime
 
@@ -55,6 +59,7 @@ class GatewayProcess:
 
     async def run(self) -> None:
         self.handler = Handler(Runtime.build(self.loaded))  # the pool needs the running loop
+        access_log.configure(self.loaded.policy.observability.access_log.format)
         self._stopping = asyncio.Event()
         reloader = PolicyReloader(self.config_path, self.loaded, self._apply)
         policy = self.loaded.policy
@@ -64,6 +69,7 @@ class GatewayProcess:
             self.handler,
             header_timeout=server_cfg.timeouts.header,
             error_headers=self.handler.error_headers,
+            count_error=self.handler.protocol_error,
             keepalive_timeout=server_cfg.timeouts.idle,
             max_line_size=limits.max_header_size,
             max_field_size=limits.max_header_size,
@@ -112,6 +118,7 @@ class GatewayProcess:
         """Swap in a validated policy: one reference assignment, seen by the next request."""
         old = self.handler.runtime
         self.handler.runtime = new = Runtime.build(loaded, previous=old)
+        access_log.configure(loaded.policy.observability.access_log.format)
         if new.policy.server.listen != old.policy.server.listen or \
                 new.policy.server.admin_listen != old.policy.server.admin_listen:
             log.warning("listener addresses changed in the policy; they apply after a restart")
@@ -153,6 +160,9 @@ def supervise(config_path: str, workers: int, shutdown_timeout: float) -> int:
     """Run `workers` worker processes on one port; forward signals; restart the ones that die."""
     require_c_parser()
     command = [sys.executable, "-m", "gateway", "run", "--config", config_path, "--worker"]
+    # workers keep their metrics in files here, and any of them serves the sum on /metrics
+    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     stopping = False
     reload_pending = False
 
@@ -180,6 +190,7 @@ def supervise(config_path: str, workers: int, shutdown_timeout: float) -> int:
         for i, p in enumerate(procs):
             if p.poll() is not None and not stopping:
                 log.error("worker %d exited with %s; starting a new one", p.pid, p.returncode)
+                mark_process_dead(p.pid, metrics_dir)  # its live gauges go; counters stay
                 time.sleep(0.5)
                 procs[i] = subprocess.Popen(command)
     for p in procs:
@@ -197,4 +208,5 @@ def supervise(config_path: str, workers: int, shutdown_timeout: float) -> int:
         if rc not in (0, -signal.SIGTERM):
             log.error("worker %d exited with %s during shutdown", p.pid, rc)
             code = 1
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return code

@@ -161,3 +161,9 @@ def test_digest_changes_with_any_file_of_the_chain(tmp_path: Path) -> None:
 def test_empty_required_variable_is_an_error(tmp_path: Path) -> None:
     path = write(tmp_path, "p.yaml", BASE.replace("${ENVIRONMENT:-development}", "${ENVIRONMENT}"))
     assert "environment variable ENVIRONMENT is empty" in problems(path, {"ENVIRONMENT": ""})[0]
+
+
+def test_a_control_character_is_a_syntax_error_with_its_position(tmp_path: Path) -> None:
+    path = write(tmp_path, "p.yaml", "version: 1\nenvironment: a\x00b\n")
+    assert problems(path, {}) == [
+        f"{path}:2:15: YAML syntax: character U+0000 is not allowed in YAML"]

@@ -21,7 +21,9 @@ from gateway import csp_reports
 from gateway.config import browser
 from gateway.config.errors import PolicyError, Problem
 from gateway.config.model import (
+    AccessLog,
     Address,
+    Observability,
     Policy,
     Route,
     RouteMatch,
@@ -41,7 +43,7 @@ from gateway.routing import Router
 # suite checks that docs/policy.md documents each one.
 KEYS: dict[str, tuple[str, ...]] = {
     "": ("version", "extends", "environment", "server", "upstream", "redis", "rate_limits",
-         "cors", "headers", "csp_reports", "routes"),
+         "cors", "headers", "csp_reports", "observability", "routes"),
     "server": ("listen", "admin_listen", "workers", "trusted_proxies", "timeouts", "limits",
                "watch", "watch_interval"),
     "server.timeouts": ("header", "idle", "body", "shutdown"),
@@ -53,6 +55,8 @@ KEYS: dict[str, tuple[str, ...]] = {
     **ratelimit_config.KEYS,
     **browser.KEYS,
     **csp_reports.KEYS,
+    "observability": ("access_log",),
+    "observability.access_log": ("enabled", "format", "exclude_routes"),
 }
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
 _METHOD = re.compile(r"[A-Z][A-Z0-9\-_]*")
@@ -111,6 +115,8 @@ def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy 
     headers = browser.read_headers(r, doc["headers"]) if "headers" in doc else {}
     collector = csp_reports.read_csp_reports(r, doc["csp_reports"], limits) \
         if "csp_reports" in doc else None
+    observability = _observability(r, doc["observability"]) if "observability" in doc \
+        else Observability()
     routes: tuple[Route, ...] = ()
     if "routes" not in doc:
         r.error(root, "missing required key 'routes'")
@@ -121,7 +127,32 @@ def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy 
     return Policy(version=version, environment=environment, server=server, upstream=upstream,
                   routes=routes, source_files=files, redis=redis,
                   rate_limits=MappingProxyType(limits), cors=MappingProxyType(cors),
-                  headers=MappingProxyType(headers), csp_reports=collector)
+                  headers=MappingProxyType(headers), csp_reports=collector,
+                  observability=observability or Observability())
+
+
+def _observability(r: Reader, node: yaml.Node) -> Observability | None:
+    m = r.mapping(node, KEYS["observability"], "observability")
+    if m is None or "access_log" not in m:
+        return None if m is None else Observability()
+    a = r.mapping(m["access_log"], KEYS["observability.access_log"], "observability.access_log")
+    if a is None:
+        return None
+    d = AccessLog()
+    enabled = r.boolean(a["enabled"], "observability.access_log.enabled") \
+        if "enabled" in a else d.enabled
+    fmt = r.string(a["format"], "observability.access_log.format") if "format" in a \
+        else d.format
+    if fmt is not None and fmt not in ("json", "text"):
+        r.error(a["format"], "observability.access_log.format must be json or text")
+        fmt = None
+    exclude = d.exclude_routes
+    if "exclude_routes" in a:
+        items = r.string_list(a["exclude_routes"], "observability.access_log.exclude_routes")
+        exclude = frozenset(t for _, t in items) if items is not None else None
+    if enabled is None or fmt is None or exclude is None:
+        return None
+    return Observability(AccessLog(enabled, fmt, exclude))
 
 
 def _address(r: Reader, node: yaml.Node, what: str) -> Address | None:

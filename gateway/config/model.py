@@ -97,6 +97,18 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessLog:
+    enabled: bool = True
+    format: str = "json"  # json | text
+    exclude_routes: frozenset[str] = frozenset({"health"})
+
+
+@dataclass(frozen=True, slots=True)
+class Observability:
+    access_log: AccessLog = AccessLog()
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     version: int
     environment: str
@@ -110,3 +122,4 @@ class Policy:
     cors: Mapping[str, CorsPolicy] = field(default_factory=lambda: MappingProxyType({}))
     headers: Mapping[str, HeadersPolicy] = field(default_factory=lambda: MappingProxyType({}))
     csp_reports: CspReports | None = None
+    observability: Observability = Observability()

@@ -42,7 +42,14 @@ def compose_file(path: Path) -> tuple[yaml.Node | None, bytes]:
         raise PolicyError([problem]) from exc
     except UnicodeDecodeError as exc:
         raise PolicyError([Problem(name, 1, 1, "policy file is not UTF-8")]) from exc
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # checks every character: may raise ReaderError
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        problem = Problem(name, line, col, f"YAML syntax: character U+{exc.character:04X} is "
+                          "not allowed in YAML")
+        raise PolicyError([problem]) from exc
     loader.name = name  # marks, and so every problem, carry the file name
     try:
         return loader.get_single_node(), data

@@ -32,10 +32,12 @@ log = logging.getLogger("gateway.http")
 
 class GatewayRequestHandler(RequestHandler):
     def __init__(self, manager: web.Server, *, header_timeout: float,
-                 error_headers: Callable[[], CIMultiDict[str]], **kwargs: Any) -> None:
+                 error_headers: Callable[[], CIMultiDict[str]],
+                 count_error: Callable[[int], None], **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._header_timeout = header_timeout
         self._error_headers = error_headers
+        self._count_error = count_error
         self._head_timer: asyncio.TimerHandle | None = None
         self._last_payload: Any = None
         self._line_bytes = 0  # bytes of the current request line seen so far
@@ -113,6 +115,7 @@ class GatewayRequestHandler(RequestHandler):
         else:
             log.error("unhandled error in request handler", exc_info=exc)
             status, detail = 500, "internal gateway error"
+        self._count_error(status)
         return problem_response(status, detail, headers=self._error_headers(), close=True)
 
 
@@ -124,11 +127,14 @@ class GatewayServer(web.Server):
     """
 
     def __init__(self, handler: Any, *, header_timeout: float,
-                 error_headers: Callable[[], CIMultiDict[str]], **kwargs: Any) -> None:
+                 error_headers: Callable[[], CIMultiDict[str]],
+                 count_error: Callable[[int], None], **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._header_timeout = header_timeout
         self._error_headers = error_headers
+        self._count_error = count_error
 
     def __call__(self) -> RequestHandler:
         return GatewayRequestHandler(self, loop=self._loop, header_timeout=self._header_timeout,
-                                     error_headers=self._error_headers, **self._kwargs)
+                                     error_headers=self._error_headers,
+                                     count_error=self._count_error, **self._kwargs)

@@ -1,15 +1,54 @@
-"""Prometheus metrics, with the names and labels fixed in DESIGN.md ("Metrics")."""
+"""Prometheus metrics, with the names and labels fixed in DESIGN.md ("Metrics").
+
+Labels are bounded: `route` is a route name from the policy or `unmatched`, `method` a standard
+method or `OTHER`, `source` says whether the gateway or the upstream made the response.
+
+With several workers (`--workers N`) the supervisor sets PROMETHEUS_MULTIPROC_DIR before the
+workers start, prometheus-client keeps each worker's values in files there, and a scrape of any
+worker sums them all (MultiProcessCollector). A worker that dies leaves its counter files in
+place, so a replacement never makes a counter go down within a scrape series.
+"""
 
 from __future__ import annotations
 
+import os
 import platform
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
 from gateway import __version__
 
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 REGISTRY = CollectorRegistry(auto_describe=True)
+# request latency buckets include the SLO edges 0.2 s and 1 s
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.5, 5.0, 10.0)
+STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS",
+                              "CONNECT", "TRACE"})
 
+HTTP_REQUESTS = Counter(
+    "gateway_http_requests_total", "Requests answered, by route, method, status and source",
+    ["route", "method", "code", "source"], registry=REGISTRY)
+HTTP_DURATION = Histogram(
+    "gateway_http_request_duration_seconds", "Time from request head to the end of the response",
+    ["route", "method"], buckets=LATENCY_BUCKETS, registry=REGISTRY)
+IN_FLIGHT = Gauge(
+    "gateway_http_requests_in_flight", "Requests being handled now", registry=REGISTRY,
+    multiprocess_mode="livesum")
+UPSTREAM_DURATION = Histogram(
+    "gateway_upstream_request_duration_seconds", "Time until the upstream's response headers",
+    ["upstream"], buckets=LATENCY_BUCKETS, registry=REGISTRY)
+UPSTREAM_ERRORS = Counter(
+    "gateway_upstream_errors_total", "Upstream failures by kind (connect|timeout|reset|protocol)",
+    ["upstream", "kind"], registry=REGISTRY)
 CONFIG_RELOADS = Counter(
     "gateway_config_reloads_total", "Policy reloads by result (success | failure)",
     ["result"], registry=REGISTRY)
@@ -28,7 +67,60 @@ CSP_REPORTS = Counter(
     "(accepted | rejected | limited)", ["result"], registry=REGISTRY)
 BUILD_INFO = Gauge(
     "gateway_build_info", "Gateway version and Python version", ["version", "python"],
-    registry=REGISTRY)
+    registry=REGISTRY, multiprocess_mode="max")
 BUILD_INFO.labels(__version__, platform.python_version()).set(1)
 for _result in ("success", "failure"):
     CONFIG_RELOADS.labels(_result)  # both series exist from the start, at 0
+
+
+def method_label(method: str) -> str:
+    return method if method in STANDARD_METHODS else "OTHER"
+
+
+def exposition(accept: str) -> tuple[bytes, str]:
+    """(body, content type) for a scrape: OpenMetrics when asked for, else Prometheus text."""
+    registry = REGISTRY
+    if MULTIPROCESS:
+        from prometheus_client import multiprocess
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    if "application/openmetrics-text" in accept:
+        return openmetrics_latest(registry), OPENMETRICS_TYPE
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class RequestMetrics:
+    """Label children resolved once per label set: `labels()` on every request is costly."""
+
+    def __init__(self) -> None:
+        self._requests: dict[tuple[str, str, str, str], object] = {}
+        self._durations: dict[tuple[str, str], object] = {}
+
+    def observe(self, route: str, method: str, code: int, source: str, seconds: float) -> None:
+        key = (route, method, str(code), source)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self._requests[key] = HTTP_REQUESTS.labels(*key)
+        counter.inc()  # type: ignore[attr-defined]
+        histogram = self._durations.get((route, method))
+        if histogram is None:
+            histogram = self._durations[route, method] = HTTP_DURATION.labels(route, method)
+        histogram.observe(seconds)  # type: ignore[attr-defined]
+
+
+_upstream_errors: dict[tuple[str, str], object] = {}
+_upstream_durations: dict[str, object] = {}
+
+
+def upstream_error(upstream: str, kind: str) -> None:
+    child = _upstream_errors.get((upstream, kind))
+    if child is None:
+        child = _upstream_errors[upstream, kind] = UPSTREAM_ERRORS.labels(upstream, kind)
+    child.inc()  # type: ignore[attr-defined]
+
+
+def upstream_duration(upstream: str, seconds: float) -> None:
+    child = _upstream_durations.get(upstream)
+    if child is None:
+        child = _upstream_durations[upstream] = UPSTREAM_DURATION.labels(upstream)
+    child.observe(seconds)  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ the client with an incomplete message rather than a clean end.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -19,6 +20,8 @@ from yarl import URL
 
 from gateway.http.forwarding import downstream_response_headers
 from gateway.http.response import RelayedResponse
+from gateway.observability.access_log import RequestRecord
+from gateway.observability.metrics import upstream_duration, upstream_error
 from gateway.proxy.errors import UpstreamFailure, classify
 from gateway.proxy.pool import UpstreamPool
 
@@ -87,17 +90,18 @@ async def forward(
     preserve_host: bool,
     finish_headers: HeaderHook | None = None,
     close: bool = False,
+    record: RequestRecord | None = None,
 ) -> web.StreamResponse:
     """Send the request upstream and stream the answer; raise UpstreamError before headers."""
     attempts = pool.settings.retries + 1 if method in IDEMPOTENT else 1
     targets = pool.targets_from_next()
-    failure: UpstreamFailure | None = None
     target = targets[0]
     for attempt in range(attempts):
         target = targets[attempt % len(targets)]
         if not preserve_host:
             headers["Host"] = target.authority
         url = URL(target.base_url + path_qs, encoded=True)
+        started = time.perf_counter()
         try:
             upstream = await pool.session.request(
                 method, url, headers=headers, data=body.__aiter__() if body else None,
@@ -107,9 +111,15 @@ async def forward(
             if body is not None and body.error is not None:
                 raise body.error from exc
             failure = classify(exc)
-            if failure.retryable and (body is None or not body.started):
+            if failure.retryable and (body is None or not body.started) \
+                    and attempt + 1 < attempts:
+                upstream_error(target.base_url, failure.kind)  # the last one: the handler
                 continue
             raise UpstreamError(failure, target.base_url) from exc
+        took = time.perf_counter() - started
+        upstream_duration(target.base_url, took)
+        if record is not None:
+            record.upstream_seconds = took
         try:
             out = downstream_response_headers(upstream.headers, version=request.version,
                                               request_id=request_id)
@@ -118,8 +128,7 @@ async def forward(
             return await _relay(request, upstream, out, close)
         finally:
             upstream.release()
-    assert failure is not None
-    raise UpstreamError(failure, target.base_url)
+    raise AssertionError("the last attempt returns or raises")
 
 
 async def _relay(
