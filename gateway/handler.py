@@ -41,6 +41,7 @@ from gateway.observability.metrics import (
     method_label,
     upstream_error,
 )
+from gateway.observability.sentry import Reporter
 from gateway.proxy.forwarder import ClientBodyError, RequestBody, UpstreamError, forward
 from gateway.proxy.websocket import WebSocketRegistry, relay_websocket
 from gateway.ratelimit.headers import rate_limit_headers, retry_after, violated
@@ -54,8 +55,9 @@ csp_log = logging.getLogger("gateway.csp")
 
 
 class Handler:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, sentry: Reporter | None = None) -> None:
         self.runtime = runtime
+        self.sentry = sentry or Reporter()
         self.websockets = WebSocketRegistry()
         self.draining = False
         self.metrics = RequestMetrics()
@@ -79,7 +81,14 @@ class Handler:
         status = 499  # the client went away (or the connection broke) before an answer
         response = None
         try:
-            response = await self._handle(request, record)
+            with self.sentry.transaction(record) as transaction:
+                try:
+                    response = await self._handle(request, record)
+                except Exception as exc:
+                    self.sentry.exception(exc, record.request_id, record.route)
+                    raise
+                finally:
+                    self.sentry.finish(transaction, record)
             status = response.status
             return response
         finally:
@@ -195,6 +204,8 @@ class Handler:
             request_id=request_id,
             upstream_authority=None,
         )
+        if self.sentry.enabled:
+            fwd_headers.update(self.sentry.trace_headers())
         path_qs = verdict.path_qs
         limits = rt.policy.server.limits
         record.source = "upstream"
@@ -216,6 +227,8 @@ class Handler:
         except UpstreamError as exc:
             record.source = "gateway"
             upstream_error(exc.target, exc.failure.kind)
+            self.sentry.upstream_failure(exc.target, exc.failure.kind, exc.failure.status,
+                                         request_id, record.route)
             log.warning("upstream %s failed (%s): %s", exc.target, exc.failure.kind,
                         exc.failure.detail)
             return refuse(exc.failure.status, exc.failure.detail)

@@ -32,6 +32,7 @@ from gateway.config.render import redact
 from gateway.handler import Handler
 from gateway.http.protocol import GatewayServer
 from gateway.observability import access_log
+from gateway.observability.sentry import reporter
 from gateway.reload import PolicyReloader
 from gateway.runtime import Runtime
 
@@ -58,7 +59,10 @@ class GatewayProcess:
         self.reuse_port = reuse_port
 
     async def run(self) -> None:
-        self.handler = Handler(Runtime.build(self.loaded))  # the pool needs the running loop
+        policy = self.loaded.policy
+        sentry = reporter(policy.observability.sentry, policy.environment,
+                          [t.host for t in policy.upstream.targets])
+        self.handler = Handler(Runtime.build(self.loaded), sentry)  # pool needs the loop
         access_log.configure(self.loaded.policy.observability.access_log.format)
         self._stopping = asyncio.Event()
         reloader = PolicyReloader(self.config_path, self.loaded, self._apply)

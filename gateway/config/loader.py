@@ -36,6 +36,7 @@ from gateway.config.model import (
 from gateway.config.reader import Reader
 from gateway.config.source import Document, read_document
 from gateway.http.normalize import PathRejected, normalize_path
+from gateway.observability.sentry import SentrySettings
 from gateway.ratelimit import config as ratelimit_config
 from gateway.routing import Router
 
@@ -55,7 +56,8 @@ KEYS: dict[str, tuple[str, ...]] = {
     **ratelimit_config.KEYS,
     **browser.KEYS,
     **csp_reports.KEYS,
-    "observability": ("access_log",),
+    "observability": ("access_log", "sentry"),
+    "observability.sentry": ("dsn", "traces_sample_rate", "profiles_sample_rate"),
     "observability.access_log": ("enabled", "format", "exclude_routes"),
 }
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
@@ -131,12 +133,34 @@ def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy 
                   observability=observability or Observability())
 
 
+def _sentry(r: Reader, node: yaml.Node) -> SentrySettings | None:
+    m = r.mapping(node, KEYS["observability.sentry"], "observability.sentry")
+    if m is None:
+        return None
+    dsn = ""
+    if "dsn" in m and not (isinstance(m["dsn"], yaml.ScalarNode)
+                           and m["dsn"].tag == "tag:yaml.org,2002:null"):
+        dsn = r.string(m["dsn"], "observability.sentry.dsn")
+        if dsn and not dsn.startswith(("https://", "http://")):
+            r.error(m["dsn"], "observability.sentry.dsn must be an http(s) URL")
+            dsn = None
+    rates = {}
+    for key in ("traces_sample_rate", "profiles_sample_rate"):
+        rates[key] = r.number(m[key], f"observability.sentry.{key}", 0, 1) if key in m else -1.0
+    if dsn is None or None in rates.values():
+        return None
+    return SentrySettings(dsn, *(None if v == -1.0 else v for v in rates.values()))
+
+
 def _observability(r: Reader, node: yaml.Node) -> Observability | None:
     m = r.mapping(node, KEYS["observability"], "observability")
-    if m is None or "access_log" not in m:
-        return None if m is None else Observability()
+    if m is None:
+        return None
+    sentry = _sentry(r, m["sentry"]) if "sentry" in m else SentrySettings()
+    if "access_log" not in m:
+        return Observability(sentry=sentry) if sentry is not None else None
     a = r.mapping(m["access_log"], KEYS["observability.access_log"], "observability.access_log")
-    if a is None:
+    if a is None or sentry is None:
         return None
     d = AccessLog()
     enabled = r.boolean(a["enabled"], "observability.access_log.enabled") \
@@ -152,7 +176,7 @@ def _observability(r: Reader, node: yaml.Node) -> Observability | None:
         exclude = frozenset(t for _, t in items) if items is not None else None
     if enabled is None or fmt is None or exclude is None:
         return None
-    return Observability(AccessLog(enabled, fmt, exclude))
+    return Observability(AccessLog(enabled, fmt, exclude), sentry)
 
 
 def _address(r: Reader, node: yaml.Node, what: str) -> Address | None:

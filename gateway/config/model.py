@@ -9,6 +9,7 @@ from types import MappingProxyType
 
 from gateway.cors import CorsPolicy
 from gateway.csp_reports import CspReports
+from gateway.observability.sentry import SentrySettings
 from gateway.ratelimit.config import RateLimitPolicy, RedisSettings
 from gateway.security_headers import HeadersPolicy
 
@@ -106,6 +107,8 @@ class AccessLog:
 @dataclass(frozen=True, slots=True)
 class Observability:
     access_log: AccessLog = AccessLog()
+    # read at start; a reload does not change it
+    sentry: SentrySettings = field(default_factory=SentrySettings)
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,6 +115,18 @@ class Reader:
             return None
         return value
 
+    def number(self, node: yaml.Node, what: str, minimum: float, maximum: float
+               ) -> float | None:
+        if not isinstance(node, yaml.ScalarNode) or node.tag not in (
+                _INT_TAG, "tag:yaml.org,2002:float"):
+            self.error(node, f"{what} must be a number")
+            return None
+        value = self._scalar(node)
+        if value is None or not minimum <= value <= maximum:
+            self.error(node, f"{what} must be between {minimum:g} and {maximum:g}")
+            return None
+        return float(value)
+
     def boolean(self, node: yaml.Node, what: str) -> bool | None:
         if not isinstance(node, yaml.ScalarNode) or node.tag != _BOOL_TAG:
             self.error(node, f"{what} must be true or false")
