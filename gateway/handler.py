@@ -94,8 +94,9 @@ class Handler:
         finally:
             IN_FLIGHT.dec()
             elapsed = time.perf_counter() - started
+            # a WebSocket's lifetime is not a request latency: count it, do not time it
             self.metrics.observe(record.route, method_label(record.method), status,
-                                 record.source, elapsed)
+                                 record.source, None if status == 101 else elapsed)
             settings = self.runtime.policy.observability.access_log
             if settings.enabled and record.route not in settings.exclude_routes:
                 body = getattr(response, "body", None)

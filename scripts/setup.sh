@@ -8,6 +8,15 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 if [ "${1:-}" = "--test" ]; then
   .venv/bin/python -m pip install --quiet -e '.[test]'
+  # promtool (Debian's prometheus package) checks and unit-tests the rules in deploy/.
+  if ! command -v promtool >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null)
+    # Only promtool is wanted. Where the package starts its server (hosts running systemd), stop
+    # and disable it: it listens on 9090, the gateway's default admin port.
+    if pgrep -x prometheus >/dev/null; then
+      { systemctl disable --now prometheus || service prometheus stop; } >/dev/null 2>&1 || true
+    fi
+  fi
 else
   .venv/bin/python -m pip install --quiet -e .
 fi

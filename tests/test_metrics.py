@@ -160,3 +160,21 @@ def test_access_log_names_the_limit_that_refused(tmp_path, upstream) -> None:
         stop(gw.proc)
     last = [json.loads(x) for x in gw.log_text().splitlines() if x.startswith("{")][-1]
     assert (last["status"], last["limited_by"], last["source"]) == (429, ["login"], "gateway")
+
+
+def test_websocket_sessions_are_counted_but_not_timed(gateway) -> None:
+    import asyncio
+
+    import aiohttp
+
+    async def session() -> None:
+        async with aiohttp.ClientSession() as client:
+            async with client.ws_connect(f"{gateway.url}/ws") as ws:
+                await ws.send_str("hi")
+                await ws.receive(5)
+
+    asyncio.run(session())
+    wait_until(lambda: ("ws", "GET", "101", "upstream") in requests_total(gateway))
+    assert requests_total(gateway)[("ws", "GET", "101", "upstream")] == 1
+    counts = samples(gateway, "gateway_http_request_duration_seconds_count")
+    assert (("method", "GET"), ("route", "ws")) not in counts

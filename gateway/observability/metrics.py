@@ -96,12 +96,16 @@ class RequestMetrics:
         self._requests: dict[tuple[str, str, str, str], object] = {}
         self._durations: dict[tuple[str, str], object] = {}
 
-    def observe(self, route: str, method: str, code: int, source: str, seconds: float) -> None:
+    def observe(self, route: str, method: str, code: int, source: str,
+                seconds: float | None) -> None:
+        """Count a request; `seconds` None (a WebSocket session) is counted but not timed."""
         key = (route, method, str(code), source)
         counter = self._requests.get(key)
         if counter is None:
             counter = self._requests[key] = HTTP_REQUESTS.labels(*key)
         counter.inc()  # type: ignore[attr-defined]
+        if seconds is None:
+            return
         histogram = self._durations.get((route, method))
         if histogram is None:
             histogram = self._durations[route, method] = HTTP_DURATION.labels(route, method)
