@@ -74,7 +74,8 @@ def parse_origin(text: str) -> Origin | None:
         return None
     port = None
     if port_text is not None:
-        if not port_text.isdigit() or port_text.startswith("0") or not 0 < int(port_text) < 65536:
+        if not (port_text.isascii() and port_text.isdigit()) or port_text.startswith("0") \
+                or not 0 < int(port_text) < 65536:
             return None
         port = int(port_text)
         if port == (443 if scheme == "https" else 80):

@@ -69,7 +69,8 @@ def explain(rt: Runtime, req: DescribedRequest) -> dict[str, Any]:
         incoming["Host"] = url_host
     headers = CIMultiDictProxy(incoming)
     length_text = headers.get("Content-Length")
-    length = int(length_text) if length_text and length_text.isdigit() else None
+    length = int(length_text) if length_text and length_text.isascii() \
+        and length_text.isdigit() else None
     has_body = length not in (None, 0) or "chunked" in headers.get("Transfer-Encoding", "")
 
     peer_ip = parse_ip(req.peer)

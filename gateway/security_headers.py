@@ -81,7 +81,7 @@ def check_hsts(value: str) -> None:
     if names.count("max-age") != 1:
         raise HeaderValueError("Strict-Transport-Security needs exactly one max-age")
     max_age = parts[names.index("max-age")].split("=", 1)[1].strip().strip('"')
-    if not max_age.isdigit():
+    if not (max_age.isascii() and max_age.isdigit()):
         raise HeaderValueError("Strict-Transport-Security max-age must be a non-negative integer")
     for name in names:
         if name not in ("max-age", "includesubdomains", "preload"):

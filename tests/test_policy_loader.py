@@ -182,3 +182,14 @@ def test_version_command() -> None:
     from gateway import __version__
     result = run_cli("version")
     assert result.returncode == 0 and __version__ in result.stdout
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("header: 5s", "header: \u0665s", "is not a duration"),  # an Arabic-Indic digit five
+    ("max_body_size: 1MiB", "max_body_size: \u0661MiB", "is not a size"),
+    ("url: http://127.0.0.1:8000", "url: http://127.0.0.1:0", "port 0"),
+    ("environment: staging", 'environment: ""', "environment must not be empty"),
+])
+def test_found_by_the_property_tests(tmp_path: Path, old: str, new: str, message: str) -> None:
+    found = problems(tmp_path, VALID.replace(old, new, 1))
+    assert any(message in p for p in found), found

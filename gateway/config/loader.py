@@ -60,6 +60,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "observability.sentry": ("dsn", "traces_sample_rate", "profiles_sample_rate"),
     "observability.access_log": ("enabled", "format", "exclude_routes"),
 }
+_PORT = re.compile(r"[0-9]{1,5}")
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
 _METHOD = re.compile(r"[A-Z][A-Z0-9\-_]*")
 _HOSTNAME = re.compile(r"(\*\.)?([a-z0-9]([a-z0-9\-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9\-]*[a-z0-9])?")
@@ -100,9 +101,12 @@ def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy 
         version = r.integer(doc["version"], "version")
         if version is not None and version != 1:
             r.error(doc["version"], f"unsupported policy version {version}; this gateway reads 1")
-    environment = "development"
+    environment: str | None = "development"
     if "environment" in doc:
-        environment = r.string(doc["environment"], "environment") or environment
+        environment = r.string(doc["environment"], "environment")
+        if environment == "":
+            r.error(doc["environment"], "environment must not be empty")
+            environment = None
     server = _server(r, doc["server"]) if "server" in doc else ServerSettings()
     upstream = None
     if "upstream" not in doc:
@@ -124,7 +128,8 @@ def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy 
         r.error(root, "missing required key 'routes'")
     else:
         routes = _routes(r, doc["routes"], limits, cors, headers)
-    if version is None or server is None or upstream is None or redis is None:
+    if version is None or server is None or upstream is None or redis is None \
+            or environment is None:
         return None
     return Policy(version=version, environment=environment, server=server, upstream=upstream,
                   routes=routes, source_files=files, redis=redis,
@@ -184,7 +189,7 @@ def _address(r: Reader, node: yaml.Node, what: str) -> Address | None:
     if text is None:
         return None
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not _PORT.fullmatch(port) or not 0 < int(port) < 65536:
         r.error(node, f"{what} must be HOST:PORT (for example 0.0.0.0:8080 or [::1]:8080)")
         return None
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
@@ -256,6 +261,9 @@ def _target(r: Reader, node: yaml.Node, what: str) -> UpstreamTarget | None:
         return None
     if url.scheme not in ("http", "https") or not url.host:
         r.error(node, f"{what} must be an http:// or https:// URL with a host, got {text!r}")
+        return None
+    if url.explicit_port == 0:
+        r.error(node, f"{what}: port 0 is not a port to connect to")
         return None
     if url.path not in ("", "/") or url.query_string or url.fragment or url.user:
         r.error(node, f"{what} must be scheme://host[:port] only (no path, query or userinfo)")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+# [0-9], not \d: `\d` also matches other scripts' digits (Arabic-Indic five), which int() accepts
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?")
+_SIZE = re.compile(r"([0-9]+)[ ]*(B|KiB|MiB|GiB|KB|MB|GB)?")
 _SIZE_UNITS = {
     None: 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
     "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3,
