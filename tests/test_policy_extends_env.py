@@ -167,3 +167,19 @@ def test_a_control_character_is_a_syntax_error_with_its_position(tmp_path: Path)
     path = write(tmp_path, "p.yaml", "version: 1\nenvironment: a\x00b\n")
     assert problems(path, {}) == [
         f"{path}:2:15: YAML syntax: character U+0000 is not allowed in YAML"]
+
+
+def test_a_recursive_alias_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "p.yaml", BASE + "bogus: &loop [1, *loop]\n")
+    assert any("recursive YAML alias" in p for p in problems(path, {}))
+
+
+@pytest.mark.parametrize("tagged", ["workers: !!int abc", "workers: !!bool maybe"])
+def test_explicit_tags_that_do_not_parse_are_errors(tmp_path: Path, tagged: str) -> None:
+    path = write(tmp_path, "p.yaml", BASE.replace("workers: ${WORKERS:-2}", tagged))
+    assert any(p.startswith(f"{path}:5:") for p in problems(path, {}))
+
+
+def test_absurd_nesting_is_a_policy_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "p.yaml", "version: " + "[" * 1500 + "]" * 1500 + "\n")
+    assert problems(path, {}) == [f"{path}:1:1: YAML nested too deeply"]

@@ -91,6 +91,9 @@ class Reader:
         except ConstructorError as exc:
             self.error(node, f"cannot read value: {exc.problem}")
             return None
+        except (ValueError, KeyError, TypeError):  # e.g. `!!int abc`, `!!bool maybe`
+            self.error(node, f"cannot read {node.value!r} as {node.tag.rsplit(':', 1)[-1]}")
+            return None
 
     def string(self, node: yaml.Node, what: str) -> str | None:
         if not isinstance(node, yaml.ScalarNode) or node.tag != _STR_TAG:

@@ -60,6 +60,8 @@ def compose_file(path: Path) -> tuple[yaml.Node | None, bytes]:
         raise PolicyError([Problem(name, line, col, f"YAML syntax: {message}")]) from exc
     except yaml.YAMLError as exc:
         raise PolicyError([Problem(name, 1, 1, f"YAML syntax: {exc}")]) from exc
+    except RecursionError as exc:  # PyYAML's parser recurses once per nesting level
+        raise PolicyError([Problem(name, 1, 1, "YAML nested too deeply")]) from exc
     finally:
         loader.dispose()
 
@@ -90,7 +92,13 @@ def _read_chain(
     if not isinstance(node, yaml.MappingNode):
         reader.error(node, "a policy file must be a mapping of keys")
         return None
-    _check_duplicate_keys(node, reader)
+    try:
+        recursive = _check_duplicate_keys(node, reader, set())
+    except RecursionError:
+        reader.error(node, "YAML nested too deeply")
+        recursive = True
+    if recursive:
+        raise PolicyError(reader.problems)  # a recursive alias: nothing below can be walked
     interpolate(node, environ, reader)
     extends_node = None
     pairs = []
@@ -141,11 +149,20 @@ def merge(base: yaml.Node, over: yaml.Node) -> yaml.Node:
     return yaml.MappingNode(over.tag, list(merged.values()), over.start_mark, over.end_mark)
 
 
-def _check_duplicate_keys(node: yaml.Node, reader: Reader) -> None:
-    """Repeated keys are errors (PyYAML would keep the last silently); also dropped here."""
+def _check_duplicate_keys(node: yaml.Node, reader: Reader, path: set[int]) -> bool:
+    """Repeated keys are errors (PyYAML would keep the last silently) and are dropped.
+
+    Returns True when an alias refers to a node that contains it (`&a [*a]`): such a document
+    has no finite value, and it is refused before anything else walks it.
+    """
+    if id(node) in path:
+        reader.error(node, "recursive YAML alias: a value cannot contain itself")
+        return True
     if isinstance(node, yaml.MappingNode):
+        path.add(id(node))
         seen: set[str] = set()
         kept = []
+        recursive = False
         for key, value in node.value:
             if not isinstance(key, yaml.ScalarNode):
                 reader.error(key, "mapping keys must be plain strings")
@@ -155,8 +172,13 @@ def _check_duplicate_keys(node: yaml.Node, reader: Reader) -> None:
                 continue
             seen.add(key.value)
             kept.append((key, value))
-            _check_duplicate_keys(value, reader)
+            recursive = _check_duplicate_keys(value, reader, path) or recursive
         node.value = kept
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _check_duplicate_keys(item, reader)
+        path.discard(id(node))
+        return recursive
+    if isinstance(node, yaml.SequenceNode):
+        path.add(id(node))
+        recursive = any([_check_duplicate_keys(item, reader, path) for item in node.value])
+        path.discard(id(node))
+        return recursive
+    return False
