@@ -264,9 +264,16 @@ class Handler:
 
     async def _check_limits(self, rt: Runtime, route: str, route_limits: RouteLimits,
                             client: str, headers: CIMultiDictProxy[str]) -> Decision:
-        prefix = rt.policy.redis.key_prefix
-        items = [(p, storage_key(prefix, p, limit_tag(p, client, headers)[0]))
-                 for p in route_limits.policies]
+        cache = route_limits.keys_by_client
+        items = cache.get(client) if cache is not None else None
+        if items is None:
+            prefix = rt.policy.redis.key_prefix
+            items = [(p, storage_key(prefix, p, limit_tag(p, client, headers)[0]))
+                     for p in route_limits.policies]
+            if cache is not None:
+                if len(cache) >= 10_000:  # bounded: start over rather than track recency
+                    cache.clear()
+                cache[client] = items
         decision = await rt.limiter.decide(items)
         for policy, outcome in decision.results:
             if outcome.allowed:

@@ -31,6 +31,8 @@ class RouteLimits:
     policy_header: str
     # gateway_ratelimit_decisions_total children by (policy, decision), resolved once
     counters: dict[tuple[str, str], Any]
+    # storage keys by client IP, when no limit of the route is keyed by a header
+    keys_by_client: dict[str, list[tuple[RateLimitPolicy, str]]] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,4 +85,5 @@ class Runtime:
 def _route_limits(route: str, policies: tuple[RateLimitPolicy, ...]) -> RouteLimits:
     counters = {(p.name, decision): RATELIMIT_DECISIONS.labels(route, p.name, decision)
                 for p in policies for decision in ("allowed", "limited", "shadow_limited")}
-    return RouteLimits(policies, policy_header(policies), counters)
+    by_client = None if any(part.kind == "header" for p in policies for part in p.key) else {}
+    return RouteLimits(policies, policy_header(policies), counters, by_client)

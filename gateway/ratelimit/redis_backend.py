@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -27,6 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 from gateway.ratelimit.algorithms import CODES, Outcome
+from gateway.ratelimit.config import RateLimitPolicy
 from gateway.ratelimit.memory import Item
 
 LUA = """
@@ -127,6 +129,13 @@ return out
 """
 
 
+@lru_cache(maxsize=1024)
+def script_args(policy: RateLimitPolicy) -> tuple[str, ...]:
+    """A limit's five script arguments; fixed per policy, so built once."""
+    return (CODES[policy.algorithm], str(policy.limit), str(policy.period_ms),
+            str(policy.capacity), "1" if policy.enforced else "0")
+
+
 def hash_tag(key: str) -> str:
     """The part of a key Redis Cluster hashes: the text inside the first `{...}`."""
     start = key.find("{")
@@ -202,8 +211,7 @@ class RedisBackend:
         keys = [key for _, key in items]
         args = [str(now_ms)]
         for policy, _ in items:
-            args += [CODES[policy.algorithm], str(policy.limit), str(policy.period_ms),
-                     str(policy.capacity), "1" if policy.enforced else "0"]
+            args += script_args(policy)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[int]] = loop.create_future()
         self._queue.append((keys, args, future))
