@@ -61,6 +61,8 @@ def read_cors(r: Reader, node: yaml.Node) -> dict[str, CorsPolicy]:
         if "allow_origins" not in m:
             r.error(value, f"{where} needs allow_origins")
             continue
+        if "allow_origins" not in args:  # present but not a list of strings: reported
+            continue
         if any(v is None for v in args.values()):
             continue
         try:

@@ -61,6 +61,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "observability.access_log": ("enabled", "format", "exclude_routes"),
 }
 _PORT = re.compile(r"[0-9]{1,5}")
+_URL_HOST = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9])?")
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
 _METHOD = re.compile(r"[A-Z][A-Z0-9\-_]*")
 _HOSTNAME = re.compile(r"(\*\.)?([a-z0-9]([a-z0-9\-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9\-]*[a-z0-9])?")
@@ -179,6 +180,11 @@ def _observability(r: Reader, node: yaml.Node) -> Observability | None:
     if "exclude_routes" in a:
         items = r.string_list(a["exclude_routes"], "observability.access_log.exclude_routes")
         exclude = frozenset(t for _, t in items) if items is not None else None
+        for item, text in items or ():
+            if not _ROUTE_NAME.fullmatch(text):
+                r.error(item, f"observability.access_log.exclude_routes: {text!r} is not a "
+                        "route name")
+                exclude = None
     if enabled is None or fmt is None or exclude is None:
         return None
     return Observability(AccessLog(enabled, fmt, exclude), sentry)
@@ -192,7 +198,11 @@ def _address(r: Reader, node: yaml.Node, what: str) -> Address | None:
     if not sep or not _PORT.fullmatch(port) or not 0 < int(port) < 65536:
         r.error(node, f"{what} must be HOST:PORT (for example 0.0.0.0:8080 or [::1]:8080)")
         return None
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    bracketed = host.startswith("[") and host.endswith("]")
+    if ":" in host and not bracketed:
+        r.error(node, f"{what}: write an IPv6 address in brackets, e.g. [::1]:8080")
+        return None
+    host = host[1:-1] if bracketed else host
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -259,6 +269,19 @@ def _target(r: Reader, node: yaml.Node, what: str) -> UpstreamTarget | None:
     except ValueError as exc:
         r.error(node, f"{what}: {text!r} is not a URL ({exc})")
         return None
+    authority = text.partition("://")[2].partition("/")[0]
+    if authority.startswith("["):
+        host_text, _, rest = authority.partition("]")
+        host_text += "]"
+        port_text = rest[1:] if rest.startswith(":") else ("" if not rest else "junk")
+    elif ":" in authority:
+        host_text, _, port_text = authority.rpartition(":")
+    else:
+        host_text, port_text = authority, ""
+    if (port_text and not _PORT.fullmatch(port_text)) or not _URL_HOST.fullmatch(host_text):
+        r.error(node, f"{what} must be scheme://host[:port] with a plain host name or IP "
+                f"address, got {text!r}")
+        return None
     if url.scheme not in ("http", "https") or not url.host:
         r.error(node, f"{what} must be an http:// or https:// URL with a host, got {text!r}")
         return None
@@ -268,7 +291,9 @@ def _target(r: Reader, node: yaml.Node, what: str) -> UpstreamTarget | None:
     if url.path not in ("", "/") or url.query_string or url.fragment or url.user:
         r.error(node, f"{what} must be scheme://host[:port] only (no path, query or userinfo)")
         return None
-    return UpstreamTarget(url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+    # raw_host: the ASCII (punycode) form; url.host would decode it for the Host header
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return UpstreamTarget(url.scheme, url.raw_host, port)
 
 
 def _upstream(r: Reader, node: yaml.Node) -> UpstreamSettings | None:

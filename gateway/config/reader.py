@@ -91,7 +91,7 @@ class Reader:
         except ConstructorError as exc:
             self.error(node, f"cannot read value: {exc.problem}")
             return None
-        except (ValueError, KeyError, TypeError):  # e.g. `!!int abc`, `!!bool maybe`
+        except Exception:  # `!!int abc`, `!!bool maybe`, `!!int ''`...
             self.error(node, f"cannot read {node.value!r} as {node.tag.rsplit(':', 1)[-1]}")
             return None
 
