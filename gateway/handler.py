@@ -99,9 +99,8 @@ class Handler:
                                  record.source, None if status == 101 else elapsed)
             settings = self.runtime.policy.observability.access_log
             if settings.enabled and record.route not in settings.exclude_routes:
-                body = getattr(response, "body", None)
-                bytes_out = len(body) if isinstance(body, bytes) else \
-                    getattr(response, "body_length", 0)
+                body = getattr(response, "body", None)  # the gateway's own answers
+                bytes_out = len(body) if isinstance(body, bytes) else record.body_bytes_out
                 access_log.write(record, status, request.content_length or 0, bytes_out,
                                  elapsed)
 

@@ -28,6 +28,7 @@ class RequestRecord:
     request_id: str | None = None
     limited_by: tuple[str, ...] = ()
     upstream_seconds: float | None = None
+    body_bytes_out: int = 0  # body bytes relayed from the upstream
 
 
 def configure(fmt: str) -> None:

@@ -125,7 +125,7 @@ async def forward(
                                               request_id=request_id)
             if finish_headers is not None:
                 finish_headers(out)
-            return await _relay(request, upstream, out, close)
+            return await _relay(request, upstream, out, close, record)
         finally:
             upstream.release()
     raise AssertionError("the last attempt returns or raises")
@@ -136,6 +136,7 @@ async def _relay(
     upstream: aiohttp.ClientResponse,
     response_headers: CIMultiDict[str],
     close: bool,
+    record: RequestRecord | None,
 ) -> web.StreamResponse:
     response = RelayedResponse(status=upstream.status, reason=upstream.reason,
                                headers=response_headers)
@@ -143,8 +144,12 @@ async def _relay(
         response.force_close()
     await response.prepare(request)
     try:
+        sent = 0
         async for chunk in upstream.content.iter_any():
             await response.write(chunk)
+            sent += len(chunk)
+        if record is not None:
+            record.body_bytes_out = sent
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         # Headers are out: end the connection without a clean end of message.
         raise ConnectionResetError("upstream body broke off") from exc
