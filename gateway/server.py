@@ -63,10 +63,9 @@ class GatewayProcess:
         sentry = reporter(policy.observability.sentry, policy.environment,
                           [t.host for t in policy.upstream.targets])
         self.handler = Handler(Runtime.build(self.loaded), sentry)  # pool needs the loop
-        access_log.configure(self.loaded.policy.observability.access_log.format)
+        access_log.configure(policy.observability.access_log.format)
         self._stopping = asyncio.Event()
         reloader = PolicyReloader(self.config_path, self.loaded, self._apply)
-        policy = self.loaded.policy
         server_cfg = policy.server
         limits = server_cfg.limits
         server = GatewayServer(
