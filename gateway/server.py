@@ -169,11 +169,11 @@ def supervise(config_path: str, workers: int, shutdown_timeout: float) -> int:
     stopping = False
     reload_pending = False
 
-    def on_stop(signum: int, _frame: object) -> None:
+    def on_stop(_signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
 
-    def on_hup(signum: int, _frame: object) -> None:
+    def on_hup(_signum: int, _frame: object) -> None:
         nonlocal reload_pending
         reload_pending = True
 

@@ -33,7 +33,6 @@ class Outcome:
     #                token bucket: until full)
     retry_ms: int  # until a request could be admitted; 0 when allowed
     state: State  # the state to store if the request is admitted
-    ttl_ms: int  # how long the stored state matters
 
 
 def _ceildiv(a: int, b: int) -> int:
@@ -56,7 +55,7 @@ def evaluate_code(algo: str, limit: int, period: int, capacity: int, state: Stat
             count += 1
         reset = (window + 1) * period - now
         return Outcome(allowed, limit - count if allowed else 0, reset,
-                       0 if allowed else reset, (window, count, 0), reset + 1000)
+                       0 if allowed else reset, (window, count, 0))
     if algo == "s":
         window = now // period
         if a == window:
@@ -74,8 +73,7 @@ def evaluate_code(algo: str, limit: int, period: int, capacity: int, state: Stat
         else:
             remaining = 0
             retry = _sliding_retry(limit, period, curr, prev, weight)
-        return Outcome(allowed, remaining, weight, retry, (window, curr, prev),
-                       weight + period + 1000)
+        return Outcome(allowed, remaining, weight, retry, (window, curr, prev))
     if algo == "t":
         cap = capacity * period
         tokens = cap if a is None else min(cap, a + max(0, now - b) * limit)
@@ -84,7 +82,7 @@ def evaluate_code(algo: str, limit: int, period: int, capacity: int, state: Stat
             tokens -= period
         reset = _ceildiv(cap - tokens, limit)
         retry = 0 if allowed else _ceildiv(period - tokens, limit)
-        return Outcome(allowed, tokens // period, reset, retry, (tokens, now, 0), reset + 1000)
+        return Outcome(allowed, tokens // period, reset, retry, (tokens, now, 0))
     raise ValueError(f"unknown algorithm code {algo!r}")
 
 

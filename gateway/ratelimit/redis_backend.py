@@ -13,7 +13,6 @@ The limiter facade (limiter.py) bounds every call with `redis.timeout`.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -185,7 +184,6 @@ class RedisBackend:
         self._queue: list[tuple[list[str], list[str], asyncio.Future[list[int]]]] = []
         self._flush_scheduled = False
         self._sending: set[asyncio.Task[None]] = set()
-        self.last_duration = 0.0
 
     async def check(self, items: Sequence[Item], now_ms: int = 0) -> tuple[bool, list[Outcome]]:
         """(admitted, one outcome per item), decided by one Lua call on Redis.
@@ -223,7 +221,7 @@ class RedisBackend:
         for i in range(len(items)):
             allowed, remaining, reset, retry = raw[2 + 4 * i: 6 + 4 * i]
             # the state stays in Redis; Outcome.state is only the in-process backend's
-            outcomes.append(Outcome(bool(allowed), remaining, reset, retry, (0, 0, 0), 0))
+            outcomes.append(Outcome(bool(allowed), remaining, reset, retry, (0, 0, 0)))
         return bool(raw[0]), outcomes
 
     def _flush(self) -> None:
@@ -236,7 +234,6 @@ class RedisBackend:
 
     async def _send(self, batch: list[tuple[list[str], list[str], asyncio.Future[list[int]]]]
                     ) -> None:
-        started = time.perf_counter()
         try:
             results = await self._run([(k, a) for k, a, _ in batch])
         except BaseException as exc:
@@ -246,7 +243,6 @@ class RedisBackend:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
-        self.last_duration = time.perf_counter() - started
         for (_, _, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue
