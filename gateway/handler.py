@@ -45,7 +45,7 @@ from gateway.observability.sentry import Reporter
 from gateway.proxy.forwarder import ClientBodyError, RequestBody, UpstreamError, forward
 from gateway.proxy.websocket import WebSocketRegistry, relay_websocket
 from gateway.ratelimit.headers import rate_limit_headers, retry_after, violated
-from gateway.ratelimit.keys import limit_tag, storage_key
+from gateway.ratelimit.keys import Checks, limit_tag, storage_key
 from gateway.ratelimit.limiter import Decision, RateLimitUnavailable
 from gateway.runtime import RouteLimits, Runtime
 from gateway.security_headers import apply as apply_security_headers
@@ -264,16 +264,16 @@ class Handler:
     async def _check_limits(self, rt: Runtime, route: str, route_limits: RouteLimits,
                             client: str, headers: CIMultiDictProxy[str]) -> Decision:
         cache = route_limits.keys_by_client
-        items = cache.get(client) if cache is not None else None
-        if items is None:
+        checks = cache.get(client) if cache is not None else None
+        if checks is None:
             prefix = rt.policy.redis.key_prefix
-            items = [(p, storage_key(prefix, p, limit_tag(p, client, headers)[0]))
-                     for p in route_limits.policies]
+            checks = Checks((p, storage_key(prefix, p, limit_tag(p, client, headers)[0]))
+                            for p in route_limits.policies)
             if cache is not None:
                 if len(cache) >= 10_000:  # bounded: start over rather than track recency
                     cache.clear()
-                cache[client] = items
-        decision = await rt.limiter.decide(items)
+                cache[client] = checks
+        decision = await rt.limiter.decide(checks)
         for policy, outcome in decision.results:
             if outcome.allowed:
                 label = "allowed"

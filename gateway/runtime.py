@@ -18,6 +18,7 @@ from gateway.observability.metrics import RATELIMIT_DECISIONS
 from gateway.proxy.pool import UpstreamPool
 from gateway.ratelimit.config import RateLimitPolicy
 from gateway.ratelimit.headers import policy_header
+from gateway.ratelimit.keys import Checks
 from gateway.ratelimit.limiter import Limiter
 from gateway.routing import Router
 from gateway.security_headers import HeadersPolicy
@@ -31,8 +32,9 @@ class RouteLimits:
     policy_header: str
     # gateway_ratelimit_decisions_total children by (policy, decision), resolved once
     counters: dict[tuple[str, str], Any]
-    # storage keys by client IP, when no limit of the route is keyed by a header
-    keys_by_client: dict[str, list[tuple[RateLimitPolicy, str]]] | None
+    # storage keys (and their encoded Redis call) by client IP, when no limit of the route
+    # is keyed by a header
+    keys_by_client: dict[str, Checks] | None
 
 
 @dataclass(frozen=True, slots=True)

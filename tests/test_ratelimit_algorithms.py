@@ -7,11 +7,13 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.ratelimit.algorithms import evaluate
 from gateway.ratelimit.config import RateLimitPolicy
+from gateway.ratelimit.keys import Checks
 from gateway.ratelimit.memory import MemoryBackend
 from gateway.ratelimit.redis_backend import RedisBackend
 from tests.support.redis_server import start_redis
@@ -117,7 +119,9 @@ def test_lua_and_python_agree_on_every_step(redis_url: str, steps) -> None:
 
     async def run() -> None:
         backend = RedisBackend(redis_url, 1.0)
-        await backend.client.flushdb()
+        flusher = aioredis.from_url(redis_url)
+        await flusher.flushdb()
+        await flusher.aclose()
         now = 1_700_000_000_000
         try:
             for algorithm, limit, gap, key in steps:
@@ -126,7 +130,7 @@ def test_lua_and_python_agree_on_every_step(redis_url: str, steps) -> None:
                            name=f"{algorithm}{limit}")
                 items = [(p, f"{{t}}:{key}:{p.name}")]
                 expected = memory.check(items, now)
-                got = await backend.check(items, now)
+                got = await backend.check(Checks(items), now)
                 assert got[0] == expected[0]
                 for g, e in zip(got[1], expected[1], strict=True):
                     assert (g.allowed, g.remaining, g.reset_ms, g.retry_ms) == \

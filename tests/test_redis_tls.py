@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 from gateway.ratelimit.config import RateLimitPolicy
+from gateway.ratelimit.keys import Checks
 from gateway.ratelimit.redis_backend import RedisBackend
 from tests.support.processes import free_port, stop, wait_for_port
 
@@ -47,7 +48,8 @@ def test_rediss_url_with_a_private_ca(tmp_path: Path) -> None:
         async def checks() -> list[bool]:
             backend = RedisBackend(url, 2.0)
             try:
-                return [(await backend.check([(POLICY, "gw:{t}:p")]))[0] for _ in range(3)]
+                checks = Checks([(POLICY, "gw:{t}:p")])
+                return [(await backend.check(checks))[0] for _ in range(3)]
             finally:
                 await backend.close()
 
@@ -56,7 +58,7 @@ def test_rediss_url_with_a_private_ca(tmp_path: Path) -> None:
         async def untrusted() -> None:  # without the CA the certificate must be refused
             backend = RedisBackend(f"rediss://127.0.0.1:{port}/0", 2.0)
             try:
-                await backend.check([(POLICY, "gw:{t}:q")])
+                await backend.check(Checks([(POLICY, "gw:{t}:q")]))
             finally:
                 await backend.close()
 

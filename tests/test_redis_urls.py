@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from gateway.ratelimit.config import RateLimitPolicy
+from gateway.ratelimit.keys import Checks
 from gateway.ratelimit.redis_backend import RedisBackend
 from tests.support.processes import free_port, wait_for_port
 from tests.support.redis_server import RedisServer, redis_binary, start_redis
@@ -18,7 +19,8 @@ POLICY = RateLimitPolicy(name="p", limit=2, period_ms=60_000, algorithm="fixed_w
 async def three_checks(url: str) -> list[bool]:
     backend = RedisBackend(url, 2.0)
     try:
-        return [(await backend.check([(POLICY, "gw:{t}:p")]))[0] for _ in range(3)]
+        checks = Checks([(POLICY, "gw:{t}:p")])
+        return [(await backend.check(checks))[0] for _ in range(3)]
     finally:
         await backend.close()
 

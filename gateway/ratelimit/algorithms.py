@@ -17,7 +17,7 @@ A request that is refused consumes nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from gateway.ratelimit.config import RateLimitPolicy
 
@@ -25,8 +25,7 @@ State = tuple[int, int, int]
 CODES = {"fixed_window": "f", "sliding_window": "s", "token_bucket": "t"}
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):  # a tuple: made for every limit of every request, cheaply
     allowed: bool
     remaining: int  # requests left after this one (0 when refused)
     reset_ms: int  # until the quota is back (fixed: window end; sliding: window end;

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from gateway.ratelimit import redis_endpoint
+
 if TYPE_CHECKING:  # the loader imports this module; the Reader only arrives as an argument
     from gateway.config.reader import Reader
 
@@ -157,11 +159,13 @@ def read_redis(r: Reader, node: yaml.Node) -> RedisSettings | None:
     url = d.url
     if "url" in m:
         url = r.string(m["url"], "redis.url") if not _is_null(m["url"]) else ""
-        if url and not url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://",
-                                       "redis+cluster://")):
-            r.error(m["url"], "redis.url must start with redis://, rediss://, unix://, "
-                    "redis+sentinel:// or redis+cluster:// (or be empty)")
-            url = None
+        if url:
+            try:
+                redis_endpoint.parse(url)
+            except ValueError as exc:
+                r.error(m["url"], f"redis.url {exc}" + (" (or be empty)" if "://" in str(exc)
+                                                        else ""))
+                url = None
     timeout = r.duration(m["timeout"], "redis.timeout") if "timeout" in m else d.timeout
     failure_mode = _choice(r, m, "failure_mode", FAILURE_MODES, d.failure_mode, "redis")
     prefix = r.string(m["key_prefix"], "redis.key_prefix") if "key_prefix" in m \

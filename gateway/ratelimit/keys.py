@@ -10,11 +10,29 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 
 from multidict import CIMultiDictProxy
 
 from gateway.ratelimit.algorithms import CODES
 from gateway.ratelimit.config import RateLimitPolicy
+
+Item = tuple[RateLimitPolicy, str]  # a policy and the storage key it counts against
+
+
+class Checks:
+    """A request's rate limits, each with the counter it counts against, in check order.
+
+    The handler keeps them per client; `packed` keeps the Redis backend's encoded script call
+    beside them, so a returning client costs neither key building nor encoding.
+    """
+
+    __slots__ = ("items", "packed")
+
+    def __init__(self, items: Iterable[Item]) -> None:
+        self.items: tuple[Item, ...] = tuple(items)
+        self.packed: bytes | None = None
+
 
 _PLAIN = re.compile(r"[A-Za-z0-9.:_\-]{1,64}")
 

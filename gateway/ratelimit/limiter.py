@@ -2,32 +2,31 @@
 when Redis does not.
 
 - No `redis.url`: the in-process backend decides (one instance only).
-- With Redis: every call is bounded by `redis.timeout`. A failure or timeout counts against a
-  circuit breaker; after 3 in a row the breaker opens and Redis is not asked for 500 ms, so
-  requests stop paying the timeout; then one request probes it, and success closes the breaker.
+- With Redis: every call is bounded by `redis.timeout` (the backend keeps the deadline). A
+  failure or timeout counts against a circuit breaker; after 3 in a row the breaker opens and
+  Redis is not asked for 500 ms, so requests stop paying the timeout; then one request probes
+  it, and success closes the breaker.
   While Redis is unavailable, `failure_mode: open` decides in-process (the same limits, per
   instance), `closed` refuses with 503.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from gateway.observability.metrics import REDIS_DURATION, REDIS_ERRORS
 from gateway.ratelimit.algorithms import Outcome
 from gateway.ratelimit.config import RateLimitPolicy, RedisSettings
-from gateway.ratelimit.memory import Item, MemoryBackend
+from gateway.ratelimit.keys import Checks
+from gateway.ratelimit.memory import MemoryBackend
 from gateway.ratelimit.redis_backend import RedisBackend
 
 log = logging.getLogger("gateway.ratelimit")
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     admitted: bool  # no enforced limit was exceeded
     results: tuple[tuple[RateLimitPolicy, Outcome], ...]
     source: str  # redis | memory | fallback
@@ -81,7 +80,8 @@ class Limiter:
                                if settings.failure_mode == "closed"
                                else "rate limits fall back to in-process counters")
 
-    async def decide(self, items: Sequence[Item]) -> Decision:
+    async def decide(self, checks: Checks) -> Decision:
+        items = checks.items
         if self.redis is None:
             admitted, outcomes = self.memory.check(items)
             return Decision(admitted, tuple(zip((p for p, _ in items), outcomes, strict=True)),
@@ -89,8 +89,7 @@ class Limiter:
         if self.breaker.allow():
             started = time.perf_counter()
             try:
-                async with asyncio.timeout(self.settings.timeout):
-                    admitted, outcomes = await self.redis.check(items)
+                admitted, outcomes = await self.redis.check(checks)
             except Exception as exc:  # timeout, connection refused, reset, script error...
                 self.breaker.failure()
                 REDIS_ERRORS.labels("ratelimit").inc()

@@ -12,9 +12,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from gateway.ratelimit.algorithms import Outcome, State, evaluate
-from gateway.ratelimit.config import RateLimitPolicy
-
-Item = tuple[RateLimitPolicy, str]  # a policy and the storage key it counts against
+from gateway.ratelimit.keys import Item
 
 
 class MemoryBackend:

@@ -1,34 +1,41 @@
 """Rate-limit state in Redis: every limit of a request decided in one atomic Lua call.
 
 - The script (LUA) runs the arithmetic of algorithms.py on Redis server time (`TIME`), so
-  gateway replicas with skewed clocks agree. It is called by EVALSHA and loaded again when
-  Redis answers NOSCRIPT (after a restart or SCRIPT FLUSH).
+  gateway replicas with skewed clocks agree. It is loaded on every new connection and called
+  by EVALSHA; a NOSCRIPT answer (SCRIPT FLUSH) loads it again and repeats the call.
 - Keys are `prefix{tag}:policy:algo+period` (keys.py); a request's limits normally share one
   tag (the client), so one call suffices on Redis Cluster too. Each key expires on its own.
-- Calls made in the same event-loop turn are sent together in one pipeline (one round trip).
+- Standalone Redis and Sentinel: one pipelined connection per process (redis_connection.py);
+  calls made in the same event-loop turn share one write and one round trip. A client's
+  encoded call is kept with its cached keys (keys.Checks). Redis Cluster: redis-py, which
+  routes each call to its slot's node.
 
-The limiter facade (limiter.py) bounds every call with `redis.timeout`.
+Every check is bounded by `redis.timeout`; the limiter (limiter.py) decides what a failure
+means.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-import redis.asyncio as aioredis
+import hiredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
 from gateway.ratelimit.algorithms import CODES, Outcome
 from gateway.ratelimit.config import RateLimitPolicy
-from gateway.ratelimit.memory import Item
+from gateway.ratelimit.keys import Checks, Item
+from gateway.ratelimit.redis_connection import RedisConnection, RedisReplyError
+from gateway.ratelimit.redis_endpoint import Endpoint, parse
+from gateway.ratelimit.resp import bulk, encode
 
 LUA = """
 local function idiv(a, b)
@@ -127,12 +134,33 @@ end
 return out
 """
 
+SHA = hashlib.sha1(LUA.encode()).hexdigest()
+SCRIPT_LOAD = encode("SCRIPT", "LOAD", LUA)
+NO_STATE = (0, 0, 0)  # the state stays in Redis; Outcome.state is the in-process backend's
+
 
 @lru_cache(maxsize=1024)
 def script_args(policy: RateLimitPolicy) -> tuple[str, ...]:
     """A limit's five script arguments; fixed per policy, so built once."""
     return (CODES[policy.algorithm], str(policy.limit), str(policy.period_ms),
             str(policy.capacity), "1" if policy.enforced else "0")
+
+
+def pack_call(items: Sequence[Item], now_ms: int = 0) -> bytes:
+    """The EVALSHA command for `items`; now_ms 0 means Redis's own clock."""
+    args: list[str] = [str(now_ms)]
+    for policy, _ in items:
+        args += script_args(policy)
+    keys = [key for _, key in items]
+    return (b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + len(keys) + len(args))
+            + bulk(SHA) + bulk(len(keys)) + b"".join(bulk(a) for a in keys + args))
+
+
+def outcomes(reply: list[int], count: int) -> tuple[bool, list[Outcome]]:
+    """(admitted, outcomes) from the script's reply: admitted, now, then per limit allowed,
+    remaining, reset, retry."""
+    return bool(reply[0]), [Outcome(bool(reply[i]), reply[i + 1], reply[i + 2], reply[i + 3],
+                                    NO_STATE) for i in range(2, 2 + 4 * count, 4)]
 
 
 def hash_tag(key: str) -> str:
@@ -142,161 +170,111 @@ def hash_tag(key: str) -> str:
     return key[start + 1:end] if start >= 0 and end > start + 1 else key
 
 
-def connect(url: str, timeout: float) -> tuple[Any, bool]:
-    """(client, is_cluster) for redis://, rediss://, unix://, redis+sentinel://, redis+cluster://.
+def _sentinel_locator(endpoint: Endpoint, timeout: float) -> Any:
+    sentinel = Sentinel(list(endpoint.hosts), socket_timeout=max(1.0, timeout * 10),
+                        sentinel_kwargs={"password": endpoint.password})
 
-    redis+sentinel://[:password@]host:port[,host:port]/service[/db]
-    redis+cluster://[:password@]host:port[,host:port]
-    """
-    # a stalled Redis must not hold sockets forever: reads give up well after the call timeout
-    socket_timeout = max(1.0, timeout * 10)
-    # One retry on a connection error: after Redis restarts, every pooled connection is dead
-    # and fails once on first use; without it, each would cost a request a fallback or a 503.
-    # (A connection lost after the script ran could count that request twice; that is rare
-    # and errs on the strict side.)
-    common = {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout,
-              "health_check_interval": 0,
-              "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))}
-    if url.startswith(("redis+sentinel://", "redis+cluster://")):
-        parts = urlsplit(url)
-        netloc = parts.netloc.rpartition("@")[2]
-        password = unquote(parts.password) if parts.password else None
-        hosts = []
-        for item in netloc.split(","):
-            host, _, port = item.rpartition(":")
-            hosts.append((host.strip("[]"), int(port)))
-        if url.startswith("redis+cluster://"):
-            nodes = [ClusterNode(h, p) for h, p in hosts]
-            return RedisCluster(startup_nodes=nodes, password=password, **common), True
-        path = [p for p in parts.path.split("/") if p]
-        if not path:
-            raise ValueError("redis+sentinel:// URL needs /service_name")
-        db = int(path[1]) if len(path) > 1 else 0
-        sentinel = Sentinel(hosts, sentinel_kwargs={"password": password}, **common)
-        return sentinel.master_for(path[0], db=db, password=password), False
-    return aioredis.from_url(url, **common), False
+    async def locate() -> tuple[str, int]:
+        return await sentinel.discover_master(endpoint.service)
+    return locate
 
 
 class RedisBackend:
     def __init__(self, url: str, timeout: float) -> None:
-        self.client, self.cluster = connect(url, timeout)
-        self._sha: str | None = None
-        self._queue: list[tuple[list[str], list[str], asyncio.Future[list[int]]]] = []
-        self._flush_scheduled = False
-        self._sending: set[asyncio.Task[None]] = set()
+        self.endpoint = parse(url)
+        self.timeout = timeout
+        self.cluster: RedisCluster | None = None
+        self._cluster_loaded: asyncio.Future[Any] | None = None  # SCRIPT LOAD on all nodes
+        self.connection: RedisConnection | None = None
+        if self.endpoint.kind == "cluster":
+            # a stalled node must not hold sockets forever: reads give up after 10x the
+            # call timeout (each call is bounded by the timeout itself)
+            socket_timeout = max(1.0, timeout * 10)
+            # One retry on a connection error: after a node restarts, its pooled connections
+            # are dead and fail once on first use.
+            self.cluster = RedisCluster(
+                startup_nodes=[ClusterNode(h, p) for h, p in self.endpoint.hosts],
+                username=self.endpoint.username, password=self.endpoint.password,
+                socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+        else:
+            locate = (_sentinel_locator(self.endpoint, timeout)
+                      if self.endpoint.kind == "sentinel" else None)
+            self.connection = RedisConnection(self.endpoint, timeout, setup=[SCRIPT_LOAD],
+                                              locate=locate)
 
-    async def check(self, items: Sequence[Item], now_ms: int = 0) -> tuple[bool, list[Outcome]]:
+    async def check(self, checks: Checks, now_ms: int = 0) -> tuple[bool, list[Outcome]]:
         """(admitted, one outcome per item), decided by one Lua call on Redis.
 
         On a cluster, items whose keys carry different hash tags live in different slots and
         are decided by one call per tag (concurrently); see docs/ratelimiting.md.
         """
-        if self.cluster:
-            groups: dict[str, list[int]] = {}
-            for i, (_, key) in enumerate(items):
-                groups.setdefault(hash_tag(key), []).append(i)
-            if len(groups) > 1:
-                parts = await asyncio.gather(*(self._call([items[i] for i in idx], now_ms)
-                                               for idx in groups.values()))
-                outcomes: list[Outcome | None] = [None] * len(items)
-                for idx, (_, got) in zip(groups.values(), parts, strict=True):
-                    for i, outcome in zip(idx, got, strict=True):
-                        outcomes[i] = outcome
-                return all(admitted for admitted, _ in parts), outcomes  # type: ignore[return-value]
-        return await self._call(items, now_ms)
+        if self.connection is None:
+            async with asyncio.timeout(self.timeout):
+                return await self._check_cluster(checks.items, now_ms)
+        packed = checks.packed if now_ms == 0 else None
+        if packed is None:
+            packed = pack_call(checks.items, now_ms)
+            if now_ms == 0:
+                checks.packed = packed
+        reply = await self.connection.call(packed)
+        if type(reply) is not list:
+            reply = await self._after_error(reply, packed)
+        return outcomes(reply, len(checks.items))
 
-    async def _call(self, items: Sequence[Item], now_ms: int) -> tuple[bool, list[Outcome]]:
+    async def _after_error(self, reply: Any, packed: bytes) -> list[int]:
+        assert self.connection is not None
+        message = str(reply)
+        if isinstance(reply, hiredis.ReplyError) and message.startswith("NOSCRIPT"):
+            # SCRIPT FLUSH (a restart drops the connection, and a new one loads the script)
+            deadline = asyncio.get_running_loop().time() + self.timeout
+            loaded = await self.connection.call(SCRIPT_LOAD, deadline)
+            if not isinstance(loaded, hiredis.ReplyError):
+                reply = await self.connection.call(packed, deadline)
+                if type(reply) is list:
+                    return reply
+                message = str(reply)
+        elif message.startswith("READONLY"):  # a demoted master (Sentinel failover)
+            self.connection.reconnect()
+        raise RedisReplyError(message)
+
+    async def _check_cluster(self, items: Sequence[Item], now_ms: int
+                             ) -> tuple[bool, list[Outcome]]:
+        groups: dict[str, list[int]] = {}
+        for i, (_, key) in enumerate(items):
+            groups.setdefault(hash_tag(key), []).append(i)
+        if len(groups) == 1:
+            return outcomes(await self._cluster_call(items, now_ms), len(items))
+        parts = await asyncio.gather(*(self._cluster_call([items[i] for i in idx], now_ms)
+                                       for idx in groups.values()))
+        result: list[Outcome] = [None] * len(items)  # type: ignore[list-item]
+        admitted = True
+        for idx, reply in zip(groups.values(), parts, strict=True):
+            part_admitted, got = outcomes(reply, len(idx))
+            admitted = admitted and part_admitted
+            for i, outcome in zip(idx, got, strict=True):
+                result[i] = outcome
+        return admitted, result
+
+    async def _cluster_call(self, items: Sequence[Item], now_ms: int) -> list[int]:
+        assert self.cluster is not None
         keys = [key for _, key in items]
         args = [str(now_ms)]
         for policy, _ in items:
             args += script_args(policy)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[int]] = loop.create_future()
-        self._queue.append((keys, args, future))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
-        raw = await future
-        outcomes = []
-        for i in range(len(items)):
-            allowed, remaining, reset, retry = raw[2 + 4 * i: 6 + 4 * i]
-            # the state stays in Redis; Outcome.state is only the in-process backend's
-            outcomes.append(Outcome(bool(allowed), remaining, reset, retry, (0, 0, 0)))
-        return bool(raw[0]), outcomes
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        batch, self._queue = self._queue, []
-        if batch:
-            task = asyncio.ensure_future(self._send(batch))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
-
-    async def _send(self, batch: list[tuple[list[str], list[str], asyncio.Future[list[int]]]]
-                    ) -> None:
+        loaded = self._cluster_loaded
+        if loaded is None or (loaded.done() and (loaded.cancelled() or loaded.exception())):
+            # once for all the concurrent first calls (a burst must not load it N times)
+            self._cluster_loaded = asyncio.ensure_future(self.cluster.script_load(LUA))
+        await asyncio.shield(self._cluster_loaded)
         try:
-            results = await self._run([(k, a) for k, a, _ in batch])
-        except BaseException as exc:
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
-        for (_, _, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-
-    async def _run(self, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
-        if self._sha is None:
-            self._sha = await self.client.script_load(LUA)
-        results = await self._evalsha_all(calls)
-        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-        if missing:  # Redis restarted or SCRIPT FLUSH: load the script and try those again
-            self._sha = await self.client.script_load(LUA)
-            again = await self._evalsha_all([calls[i] for i in missing])
-            for i, result in zip(missing, again, strict=True):
-                results[i] = result
-        return results
-
-    async def _evalsha_all(self, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
-        if self.cluster:
-            return list(await asyncio.gather(
-                *(self.client.evalsha(self._sha, len(k), *k, *a) for k, a in calls),
-                return_exceptions=True))
-        try:
-            return await self._evalsha_on_connection(calls)
-        except RedisConnectionError:  # a pooled connection Redis closed (restart): once more
-            return await self._evalsha_on_connection(calls)
-
-    async def _evalsha_on_connection(self, calls: list[tuple[list[str], list[str]]]
-                                     ) -> list[Any]:
-        """The batch written at once on one pooled connection, its replies read in order.
-
-        redis-py's pipeline object would do the same with several layers of bookkeeping per
-        call; on the hot path those layers cost more than the Redis round trip itself.
-        """
-        pool = self.client.connection_pool
-        conn = await pool.get_connection()
-        try:
-            await conn.send_packed_command(conn.pack_commands(
-                [("EVALSHA", self._sha, len(keys), *keys, *args) for keys, args in calls]))
-            replies: list[Any] = []
-            for _ in calls:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as exc:  # NOSCRIPT and script errors, per call
-                    replies.append(exc)
-            return replies
-        except BaseException:
-            await conn.disconnect()  # the stream is in an unknown state
-            raise
-        finally:
-            await pool.release(conn)
+            return await self.cluster.evalsha(SHA, len(keys), *keys, *args)
+        except NoScriptError:  # a node restarted or SCRIPT FLUSH: load it there and repeat
+            await self.cluster.script_load(LUA)
+            return await self.cluster.evalsha(SHA, len(keys), *keys, *args)
 
     async def close(self) -> None:
-        await self.client.aclose()
+        if self.connection is not None:
+            await self.connection.close()
+        if self.cluster is not None:
+            await self.cluster.aclose()

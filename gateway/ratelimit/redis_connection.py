@@ -1,0 +1,209 @@
+"""One pipelined connection to Redis per gateway process, for the rate-limit script.
+
+Commands are queued as ready-made RESP bytes; those queued in the same event-loop turn are
+written together, and replies (parsed by hiredis) are matched to callers in order. Every call
+has a deadline (`redis.timeout`), kept with one timer for the whole connection rather than
+one per call: when the oldest unanswered call is overdue, Redis is stalled for all of them,
+so all fail and the connection is dropped (its stream is in an unknown state). The next call
+connects again: AUTH, SELECT and SCRIPT LOAD, bounded by the same deadline.
+
+Why not redis-py here: its connection pool, command packing and per-call bookkeeping cost
+the gateway more CPU than the Redis round trip itself (docs/benchmarks.md). redis-py still
+serves Redis Cluster (slot routing, MOVED/ASK) and Sentinel master discovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import hiredis
+
+from gateway.ratelimit.redis_endpoint import Endpoint
+from gateway.ratelimit.resp import encode
+
+log = logging.getLogger("gateway.ratelimit")
+
+# (host, port) of the Redis to talk to; called for every new connection, so a Sentinel
+# failover is followed on reconnect
+Locate = Callable[[], Awaitable[tuple[str, int]]]
+
+
+class RedisReplyError(Exception):
+    """Redis answered a command with an error (NOSCRIPT, WRONGPASS, READONLY...)."""
+
+
+class RedisConnectionLost(ConnectionError):
+    """The connection closed or was dropped before the reply came."""
+
+
+class Link(asyncio.Protocol):
+    """One socket to Redis and the calls waiting on it, oldest first."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self._reader = hiredis.Reader()
+        # unanswered calls, oldest first: (future, deadline on the loop's clock)
+        self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self._out: list[bytes] = []  # queued in this loop turn, not yet written
+        self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def send(self, packed: bytes, future: asyncio.Future[Any], deadline: float) -> None:
+        """Queue one encoded command; `future` gets its reply, or fails."""
+        if self.lost:
+            future.set_exception(RedisConnectionLost("redis connection lost"))
+            return
+        self._waiting.append((future, deadline))
+        self._out.append(packed)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        if out and self.transport is not None:
+            self.transport.write(b"".join(out))
+
+    def _expire(self) -> None:
+        """The one timer: fail everything if the oldest call is overdue, else wait for it."""
+        self._timer = None
+        if not self._waiting:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = self._waiting[0][1]
+        if deadline <= loop.time():
+            self.drop(TimeoutError(f"redis did not answer within {self.timeout * 1000:g}ms"))
+        else:
+            self._timer = loop.call_at(deadline, self._expire)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        waiting = self._waiting
+        while (reply := reader.gets()) is not False:
+            if not waiting:  # a reply nobody asked for: the stream cannot be trusted
+                self.drop(RedisConnectionLost("unexpected reply from redis"))
+                return
+            future, _ = waiting.popleft()
+            if not future.done():  # a caller that gave up (request cancelled) is skipped
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None  # already closed
+        self.drop(RedisConnectionLost(f"redis closed the connection ({exc})" if exc
+                                      else "redis closed the connection"))
+
+    def drop(self, exc: Exception) -> None:
+        """Fail every waiting call with `exc` and close the socket."""
+        self.lost = True
+        waiting, self._waiting = self._waiting, deque()
+        self._out = []
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None:
+            self.transport.abort()
+            self.transport = None
+        for future, _ in waiting:
+            if not future.done():
+                future.set_exception(exc)
+
+
+class RedisConnection:
+    def __init__(self, endpoint: Endpoint, timeout: float, setup: list[bytes] | None = None,
+                 locate: Locate | None = None) -> None:
+        """`setup`: commands sent on every new connection after AUTH/SELECT (SCRIPT LOAD);
+        `locate`: where to connect (Sentinel), instead of the endpoint's host."""
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.locate = locate
+        self._setup = list(setup or ())
+        self._ssl: ssl.SSLContext | None = endpoint.ssl_context()
+        self._link: Link | None = None  # ready: handshake done
+        self._connecting: asyncio.Future[Link] | None = None
+        self._closed = False
+
+    async def call(self, packed: bytes, deadline: float | None = None) -> Any:
+        """Send one encoded command; its reply (a hiredis.ReplyError for an error reply).
+
+        Raises TimeoutError past `deadline` (on the loop's clock; default `timeout` from
+        now), RedisConnectionLost or OSError when Redis cannot be reached.
+        """
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self.timeout
+        link = self._link
+        if link is None or link.lost:
+            link = await self._connect(deadline)
+        future = loop.create_future()
+        link.send(packed, future, deadline)
+        return await future
+
+    def reconnect(self) -> None:
+        """Drop the connection (e.g. Redis is now a replica); the next call connects again."""
+        if self._link is not None:
+            self._link.drop(RedisConnectionLost("dropped to reconnect"))
+
+    async def _connect(self, deadline: float) -> Link:
+        if self._closed:
+            raise RedisConnectionLost("connection closed")
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._open(deadline))
+            self._connecting.add_done_callback(self._connected)
+        # each caller waits at most until its own deadline; the attempt keeps its own
+        async with asyncio.timeout_at(deadline):
+            return await asyncio.shield(self._connecting)
+
+    def _connected(self, attempt: asyncio.Future[Link]) -> None:
+        self._connecting = None
+        if not attempt.cancelled() and attempt.exception() is None:
+            self._link = attempt.result()
+
+    async def _open(self, deadline: float) -> Link:
+        loop = asyncio.get_running_loop()
+        endpoint = self.endpoint
+        link = Link(self.timeout)
+        try:
+            async with asyncio.timeout_at(deadline):
+                if endpoint.path:
+                    await loop.create_unix_connection(lambda: link, endpoint.path)
+                else:
+                    host, port = (await self.locate()) if self.locate else endpoint.hosts[0]
+                    await loop.create_connection(lambda: link, host, port, ssl=self._ssl)
+                handshake = []
+                if endpoint.password is not None:
+                    user = (endpoint.username,) if endpoint.username else ()
+                    handshake.append(encode("AUTH", *user, endpoint.password))
+                if endpoint.db:
+                    handshake.append(encode("SELECT", endpoint.db))
+                futures = []
+                for packed in handshake + self._setup:
+                    futures.append(loop.create_future())
+                    link.send(packed, futures[-1], deadline)
+                for reply in await asyncio.gather(*futures):
+                    if isinstance(reply, hiredis.ReplyError):
+                        raise RedisReplyError(str(reply))
+        except BaseException as exc:
+            link.drop(RedisConnectionLost(f"connecting failed: {exc!r}"))
+            raise
+        return link
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._link is not None:
+            self._link.drop(RedisConnectionLost("connection closed"))

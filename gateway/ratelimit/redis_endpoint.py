@@ -1,0 +1,126 @@
+"""Where the rate-limit Redis is: `redis.url` parsed into an Endpoint, checked at load time.
+
+    redis://[[user]:password@]host[:port][/db]
+    rediss://...                       TLS; ?ssl_ca_certs=, ssl_certfile=, ssl_keyfile=,
+                                       ssl_cert_reqs=none|optional|required, ssl_check_hostname=
+    unix:///path/redis.sock[?db=N]
+    redis+sentinel://[:password@]host:port[,host:port]/service[/db]
+    redis+cluster://[:password@]host:port[,host:port]
+
+The query parameters are those of redis-py's URLs, so an operator's existing URL keeps its
+meaning; any other parameter is refused rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+TLS_PARAMS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
+              "ssl_check_hostname")
+CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL,
+             "required": ssl.CERT_REQUIRED}
+BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    kind: str  # standalone | sentinel | cluster
+    hosts: tuple[tuple[str, int], ...] = ()  # standalone: one; sentinel/cluster: the seeds
+    path: str = ""  # unix socket
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    service: str = ""  # sentinel: the master's name
+    tls: tuple[tuple[str, str], ...] | None = None  # rediss: the ssl_* parameters given
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for rediss:// (verifying, like redis-py's default); else None."""
+        if self.tls is None:
+            return None
+        params = dict(self.tls)
+        context = ssl.create_default_context(cafile=params.get("ssl_ca_certs"))
+        context.check_hostname = BOOLEANS[params.get("ssl_check_hostname", "true")]
+        mode = CERT_REQS[params.get("ssl_cert_reqs", "required")]
+        if mode == ssl.CERT_NONE:
+            context.check_hostname = False
+        context.verify_mode = mode
+        if "ssl_certfile" in params:
+            context.load_cert_chain(params["ssl_certfile"], params.get("ssl_keyfile"))
+        return context
+
+
+def _host_port(item: str, default_port: int | None) -> tuple[str, int]:
+    host, sep, port = item.rpartition(":")
+    if not sep or host.endswith(":") or (host.startswith("[") != host.endswith("]")):
+        host, port = item, ""  # no port, or a bare IPv6 address
+    if not port:
+        if default_port is None:
+            raise ValueError(f"{item!r} needs a port")
+        return host.strip("[]"), default_port
+    if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad port in {item!r}")
+    return host.strip("[]"), int(port)
+
+
+def _db(text: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise ValueError(f"database must be a number, not {text!r}")
+    return int(text)
+
+
+def parse(url: str) -> Endpoint:
+    """The Endpoint of a redis.url; ValueError with a one-line reason when it is unusable."""
+    parts = urlsplit(url)
+    scheme = url.partition("://")[0]  # as written: REDIS:// is not a scheme here
+    if scheme not in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
+        raise ValueError("must start with redis://, rediss://, unix://, redis+sentinel:// "
+                         "or redis+cluster://")
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    allowed = {"db"} if scheme in ("unix", "redis", "rediss") else set()
+    if scheme == "rediss":
+        allowed.update(TLS_PARAMS)
+    unknown = sorted(set(query) - allowed)
+    if unknown:
+        raise ValueError(f"unsupported parameter {unknown[0]!r}"
+                         + (f" (supported: {', '.join(sorted(allowed))})" if allowed else ""))
+    if "ssl_cert_reqs" in query and query["ssl_cert_reqs"] not in CERT_REQS:
+        raise ValueError("ssl_cert_reqs must be none, optional or required")
+    if "ssl_check_hostname" in query and query["ssl_check_hostname"] not in BOOLEANS:
+        raise ValueError("ssl_check_hostname must be true or false")
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    netloc = parts.netloc.rpartition("@")[2]
+    path = [unquote(p) for p in parts.path.split("/") if p]
+    db = _db(query["db"]) if "db" in query else 0
+
+    if scheme == "unix":
+        if not parts.path:
+            raise ValueError("unix:// needs a socket path, e.g. unix:///run/redis.sock")
+        return Endpoint("standalone", path=unquote(parts.path), db=db, username=username,
+                        password=password)
+    if scheme in ("redis", "rediss"):
+        if not netloc:
+            raise ValueError("needs a host")
+        if len(path) > 1:
+            raise ValueError("the path can only be the database number")
+        if path:
+            db = _db(path[0])
+        tls = tuple((k, v) for k, v in query.items() if k in TLS_PARAMS)
+        return Endpoint("standalone", hosts=(_host_port(netloc, 6379),), db=db,
+                        username=username, password=password,
+                        tls=tls if scheme == "rediss" else None)
+    hosts = tuple(_host_port(item, None) for item in netloc.split(",") if item)
+    if not hosts:
+        raise ValueError("needs at least one host:port")
+    if scheme == "redis+cluster":
+        if path:
+            raise ValueError("a cluster URL has no path (Redis Cluster has one database)")
+        return Endpoint("cluster", hosts=hosts, username=username, password=password)
+    if not path:
+        raise ValueError("redis+sentinel:// needs /service_name")
+    if len(path) > 2:
+        raise ValueError("the path is /service_name[/db]")
+    return Endpoint("sentinel", hosts=hosts, db=_db(path[1]) if len(path) > 1 else 0,
+                    username=username, password=password, service=path[0])
