@@ -22,7 +22,6 @@ from typing import NamedTuple
 from gateway.ratelimit.config import RateLimitPolicy
 
 State = tuple[int, int, int]
-CODES = {"fixed_window": "f", "sliding_window": "s", "token_bucket": "t"}
 
 
 class Outcome(NamedTuple):  # a tuple: made for every limit of every request, cheaply
@@ -39,8 +38,8 @@ def _ceildiv(a: int, b: int) -> int:
 
 
 def evaluate(policy: RateLimitPolicy, state: State | None, now_ms: int) -> Outcome:
-    algo = CODES[policy.algorithm]
-    return evaluate_code(algo, policy.limit, policy.period_ms, policy.capacity, state, now_ms)
+    return evaluate_code(policy.code, policy.limit, policy.period_ms, policy.capacity, state,
+                         now_ms)
 
 
 def evaluate_code(algo: str, limit: int, period: int, capacity: int, state: State | None,

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import yaml
@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # the loader imports this module; the Reader only arrives as 
     from gateway.config.reader import Reader
 
 ALGORITHMS = ("sliding_window", "fixed_window", "token_bucket")
+# one letter per algorithm: in storage keys, and what the Lua script and algorithms.py switch on
+CODES = {"fixed_window": "f", "sliding_window": "s", "token_bucket": "t"}
 MODES = ("enforce", "shadow")
 FAILURE_MODES = ("open", "closed")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field-name
@@ -48,14 +50,16 @@ class RateLimitPolicy:
     algorithm: str = "sliding_window"
     burst: int | None = None  # token_bucket capacity; defaults to `limit`
     mode: str = "enforce"
+    # derived once here, read on every request
+    code: str = field(init=False, repr=False, compare=False)  # CODES[algorithm]
+    enforced: bool = field(init=False, repr=False, compare=False)
+    capacity: int = field(init=False, repr=False, compare=False)  # burst, or limit
 
-    @property
-    def enforced(self) -> bool:
-        return self.mode == "enforce"
-
-    @property
-    def capacity(self) -> int:
-        return self.burst if self.burst is not None else self.limit
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "code", CODES.get(self.algorithm, "?"))
+        object.__setattr__(self, "enforced", self.mode == "enforce")
+        object.__setattr__(self, "capacity",
+                           self.burst if self.burst is not None else self.limit)
 
 
 @dataclass(frozen=True, slots=True)

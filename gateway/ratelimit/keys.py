@@ -14,7 +14,6 @@ from collections.abc import Iterable
 
 from multidict import CIMultiDictProxy
 
-from gateway.ratelimit.algorithms import CODES
 from gateway.ratelimit.config import RateLimitPolicy
 
 Item = tuple[RateLimitPolicy, str]  # a policy and the storage key it counts against
@@ -27,10 +26,11 @@ class Checks:
     beside them, so a returning client costs neither key building nor encoding.
     """
 
-    __slots__ = ("items", "packed")
+    __slots__ = ("items", "packed", "policies")
 
     def __init__(self, items: Iterable[Item]) -> None:
         self.items: tuple[Item, ...] = tuple(items)
+        self.policies: tuple[RateLimitPolicy, ...] = tuple(p for p, _ in self.items)
         self.packed: bytes | None = None
 
 
@@ -68,4 +68,4 @@ def limit_tag(
 def storage_key(prefix: str, policy: RateLimitPolicy, tag: str) -> str:
     """`gw:{ip=1.2.3.4}:login:s900000`; the period and algorithm are part of the key so a
     changed policy starts fresh counters instead of misreading old ones."""
-    return f"{prefix}{{{tag}}}:{policy.name}:{CODES[policy.algorithm]}{policy.period_ms}"
+    return f"{prefix}{{{tag}}}:{policy.name}:{policy.code}{policy.period_ms}"

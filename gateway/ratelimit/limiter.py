@@ -81,11 +81,9 @@ class Limiter:
                                else "rate limits fall back to in-process counters")
 
     async def decide(self, checks: Checks) -> Decision:
-        items = checks.items
         if self.redis is None:
-            admitted, outcomes = self.memory.check(items)
-            return Decision(admitted, tuple(zip((p for p, _ in items), outcomes, strict=True)),
-                            "memory")
+            admitted, outcomes = self.memory.check(checks.items)
+            return Decision(admitted, tuple(zip(checks.policies, outcomes, strict=True)), "memory")
         if self.breaker.allow():
             started = time.perf_counter()
             try:
@@ -97,13 +95,12 @@ class Limiter:
             else:
                 self.breaker.success()
                 REDIS_DURATION.observe(time.perf_counter() - started)
-                return Decision(admitted, tuple(zip((p for p, _ in items), outcomes,
-                                                    strict=True)), "redis")
+                results = tuple(zip(checks.policies, outcomes, strict=True))
+                return Decision(admitted, results, "redis")
         if self.settings.failure_mode == "closed":
             raise RateLimitUnavailable
-        admitted, outcomes = self.memory.check(items)
-        return Decision(admitted, tuple(zip((p for p, _ in items), outcomes, strict=True)),
-                        "fallback")
+        admitted, outcomes = self.memory.check(checks.items)
+        return Decision(admitted, tuple(zip(checks.policies, outcomes, strict=True)), "fallback")
 
     async def close(self) -> None:
         if self.redis is not None:

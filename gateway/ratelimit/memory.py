@@ -27,9 +27,13 @@ class MemoryBackend:
         """(admitted, one outcome per item); state changes only when admitted."""
         now = now_ms or time.time_ns() // 1_000_000
         states = self._states
-        outcomes = [evaluate(policy, states.get(key), now) for policy, key in items]
-        admitted = all(o.allowed or not p.enforced for (p, _), o in zip(items, outcomes,
-                                                                           strict=True))
+        outcomes = []
+        admitted = True
+        for policy, key in items:
+            outcome = evaluate(policy, states.get(key), now)
+            outcomes.append(outcome)
+            if not outcome.allowed and policy.enforced:
+                admitted = False
         if admitted:
             for (_, key), outcome in zip(items, outcomes, strict=True):
                 if outcome.allowed:

@@ -30,7 +30,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
-from gateway.ratelimit.algorithms import CODES, Outcome
+from gateway.ratelimit.algorithms import Outcome
 from gateway.ratelimit.config import RateLimitPolicy
 from gateway.ratelimit.keys import Checks, Item
 from gateway.ratelimit.redis_connection import RedisConnection, RedisReplyError
@@ -142,7 +142,7 @@ NO_STATE = (0, 0, 0)  # the state stays in Redis; Outcome.state is the in-proces
 @lru_cache(maxsize=1024)
 def script_args(policy: RateLimitPolicy) -> tuple[str, ...]:
     """A limit's five script arguments; fixed per policy, so built once."""
-    return (CODES[policy.algorithm], str(policy.limit), str(policy.period_ms),
+    return (policy.code, str(policy.limit), str(policy.period_ms),
             str(policy.capacity), "1" if policy.enforced else "0")
 
 
