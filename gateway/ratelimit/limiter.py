@@ -62,12 +62,13 @@ class Breaker:
         self.failures = 0
         self.probing = False
 
-    def failure(self) -> None:
+    def failure(self, reason: object = None) -> None:
         self.failures += 1
         self.probing = False
         if self.failures >= self.threshold:
             if self.failures == self.threshold:
-                log.error("redis unavailable (breaker open): %s", self.while_open)
+                log.error("redis unavailable (breaker open): %s; last error: %r",
+                          self.while_open, reason)
             self.open_until = time.monotonic() + self.cooldown
 
 
@@ -89,7 +90,7 @@ class Limiter:
             try:
                 admitted, outcomes = await self.redis.check(checks)
             except Exception as exc:  # timeout, connection refused, reset, script error...
-                self.breaker.failure()
+                self.breaker.failure(exc)
                 REDIS_ERRORS.labels("ratelimit").inc()
                 log.debug("redis rate-limit call failed: %r", exc)
             else:

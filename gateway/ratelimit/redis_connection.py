@@ -131,7 +131,7 @@ class RedisConnection:
         self.timeout = timeout
         self.locate = locate
         self._setup = list(setup or ())
-        self._ssl: ssl.SSLContext | None = endpoint.ssl_context()
+        self._ssl: ssl.SSLContext | None = None  # made at the first TLS connect
         self._link: Link | None = None  # ready: handshake done
         self._connecting: asyncio.Future[Link] | None = None
         self._closed = False
@@ -182,6 +182,10 @@ class RedisConnection:
                     await loop.create_unix_connection(lambda: link, endpoint.path)
                 else:
                     host, port = (await self.locate()) if self.locate else endpoint.hosts[0]
+                    if endpoint.tls is not None and self._ssl is None:
+                        # here, not at load: a missing CA file is a Redis failure (logged,
+                        # failure_mode applies), not a gateway that cannot start
+                        self._ssl = endpoint.ssl_context()
                     await loop.create_connection(lambda: link, host, port, ssl=self._ssl)
                 handshake = []
                 if endpoint.password is not None:
