@@ -65,7 +65,10 @@ class Link(asyncio.Protocol):
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
-        if self._timer is None:
+        timer = self._timer
+        if timer is None or deadline < timer.when():  # the gateway's deadlines only grow
+            if timer is not None:
+                timer.cancel()
             self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
 
     def _flush(self) -> None:
@@ -75,12 +78,13 @@ class Link(asyncio.Protocol):
             self.transport.write(b"".join(out))
 
     def _expire(self) -> None:
-        """The one timer: fail everything if the oldest call is overdue, else wait for it."""
+        """The one timer: when a call is overdue, Redis has not answered it nor (replies come
+        in order) any call after it, so all fail; else wait for the earliest deadline."""
         self._timer = None
         if not self._waiting:
             return
         loop = asyncio.get_running_loop()
-        deadline = self._waiting[0][1]
+        deadline = min(d for _, d in self._waiting)  # on timer expiry only, not per call
         if deadline <= loop.time():
             self.drop(TimeoutError(f"redis did not answer within {self.timeout * 1000:g}ms"))
         else:
@@ -134,6 +138,7 @@ class RedisConnection:
         self._ssl: ssl.SSLContext | None = None  # made at the first TLS connect
         self._link: Link | None = None  # ready: handshake done
         self._connecting: asyncio.Future[Link] | None = None
+        self._connecting_until = 0.0  # that attempt's deadline
         self._closed = False
 
     async def call(self, packed: bytes, deadline: float | None = None) -> Any:
@@ -160,17 +165,29 @@ class RedisConnection:
     async def _connect(self, deadline: float) -> Link:
         if self._closed:
             raise RedisConnectionLost("connection closed")
-        if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._open(deadline))
-            self._connecting.add_done_callback(self._connected)
+        loop = asyncio.get_running_loop()
+        attempt = self._connecting
+        if attempt is None or (not attempt.done() and self._connecting_until <= loop.time()):
+            # none yet, or one past its deadline whose own timeout has not run yet
+            if attempt is not None:
+                attempt.cancel()
+            attempt = self._connecting = asyncio.ensure_future(self._open(deadline))
+            self._connecting_until = deadline
+            attempt.add_done_callback(self._connected)
         # each caller waits at most until its own deadline; the attempt keeps its own
         async with asyncio.timeout_at(deadline):
-            return await asyncio.shield(self._connecting)
+            return await asyncio.shield(attempt)
 
     def _connected(self, attempt: asyncio.Future[Link]) -> None:
-        self._connecting = None
-        if not attempt.cancelled() and attempt.exception() is None:
-            self._link = attempt.result()
+        if self._connecting is attempt:
+            self._connecting = None
+        if attempt.cancelled() or attempt.exception() is not None:
+            return
+        link = attempt.result()
+        if self._closed:  # closed while connecting: the waiting callers see a lost link
+            link.drop(RedisConnectionLost("connection closed"))
+        else:
+            self._link = link
 
     async def _open(self, deadline: float) -> Link:
         loop = asyncio.get_running_loop()
@@ -206,8 +223,8 @@ class RedisConnection:
         return link
 
     async def close(self) -> None:
+        """Later calls fail; a connect in progress ends by its own deadline (cancelling it
+        would hand its waiters a CancelledError instead of a connection error)."""
         self._closed = True
-        if self._connecting is not None:
-            self._connecting.cancel()
         if self._link is not None:
             self._link.drop(RedisConnectionLost("connection closed"))

@@ -41,7 +41,7 @@ class Endpoint:
             return None
         params = dict(self.tls)
         context = ssl.create_default_context(cafile=params.get("ssl_ca_certs"))
-        context.check_hostname = BOOLEANS[params.get("ssl_check_hostname", "true")]
+        context.check_hostname = BOOLEANS[params.get("ssl_check_hostname", "true").lower()]
         mode = CERT_REQS[params.get("ssl_cert_reqs", "required")]
         if mode == ssl.CERT_NONE:
             context.check_hostname = False
@@ -52,16 +52,27 @@ class Endpoint:
 
 
 def _host_port(item: str, default_port: int | None) -> tuple[str, int]:
-    host, sep, port = item.rpartition(":")
-    if not sep or host.endswith(":") or (host.startswith("[") != host.endswith("]")):
-        host, port = item, ""  # no port, or a bare IPv6 address
-    if not port:
+    """`host`, `host:port`, `[v6]` or `[v6]:port`."""
+    if item.startswith("["):
+        host, bracket, rest = item[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad IPv6 address in {item!r}")
+        port = rest[1:]
+        has_port = bool(rest)
+    else:
+        host, colon, port = item.partition(":")
+        has_port = bool(colon)
+        if ":" in port:
+            raise ValueError(f"{item!r}: an IPv6 address needs brackets, and a host one port")
+    if not host:
+        raise ValueError(f"{item!r} needs a host")
+    if not has_port:
         if default_port is None:
             raise ValueError(f"{item!r} needs a port")
-        return host.strip("[]"), default_port
+        return host, default_port
     if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"bad port in {item!r}")
-    return host.strip("[]"), int(port)
+    return host, int(port)
 
 
 def _db(text: str) -> int:
@@ -87,24 +98,34 @@ def parse(url: str) -> Endpoint:
                          + (f" (supported: {', '.join(sorted(allowed))})" if allowed else ""))
     if "ssl_cert_reqs" in query and query["ssl_cert_reqs"] not in CERT_REQS:
         raise ValueError("ssl_cert_reqs must be none, optional or required")
-    if "ssl_check_hostname" in query and query["ssl_check_hostname"] not in BOOLEANS:
+    if ("ssl_check_hostname" in query
+            and query["ssl_check_hostname"].lower() not in BOOLEANS):
         raise ValueError("ssl_check_hostname must be true or false")
+    if "ssl_keyfile" in query and "ssl_certfile" not in query:
+        raise ValueError("ssl_keyfile needs ssl_certfile")
     username = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password else None
+    # a user with an empty password still authenticates (an ACL `nopass` user)
+    password = unquote(parts.password or "") if parts.password or username else None
     netloc = parts.netloc.rpartition("@")[2]
-    path = [unquote(p) for p in parts.path.split("/") if p]
     db = _db(query["db"]) if "db" in query else 0
-
     if scheme == "unix":
         if not parts.path:
             raise ValueError("unix:// needs a socket path, e.g. unix:///run/redis.sock")
         return Endpoint("standalone", path=unquote(parts.path), db=db, username=username,
                         password=password)
+
+    path = [unquote(p) for p in parts.path.split("/")[1:]] if parts.path else []
+    if path and path[-1] == "":  # one trailing slash
+        path.pop()
+    if "" in path:
+        raise ValueError("empty segment in the path")
     if scheme in ("redis", "rediss"):
         if not netloc:
             raise ValueError("needs a host")
         if len(path) > 1:
             raise ValueError("the path can only be the database number")
+        if path and "db" in query:
+            raise ValueError("the database is given twice (path and ?db=)")
         if path:
             db = _db(path[0])
         tls = tuple((k, v) for k, v in query.items() if k in TLS_PARAMS)
