@@ -234,7 +234,8 @@ class RedisBackend:
                 if type(reply) is list:
                     return reply
                 message = str(reply)
-        elif message.startswith("READONLY"):  # a demoted master (Sentinel failover)
+        elif "READONLY" in message:  # a demoted master (Sentinel failover); Redis 6 wraps
+            # it: "ERR Error running script ... -READONLY You can't write against a replica"
             self.connection.reconnect()
         raise RedisReplyError(message)
 

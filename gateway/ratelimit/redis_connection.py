@@ -15,7 +15,6 @@ serves Redis Cluster (slot routing, MOVED/ASK) and Sentinel master discovery.
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -25,8 +24,6 @@ import hiredis
 
 from gateway.ratelimit.redis_endpoint import Endpoint
 from gateway.ratelimit.resp import encode
-
-log = logging.getLogger("gateway.ratelimit")
 
 # (host, port) of the Redis to talk to; called for every new connection, so a Sentinel
 # failover is followed on reconnect
