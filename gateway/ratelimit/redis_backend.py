@@ -33,7 +33,7 @@ from redis.exceptions import NoScriptError
 from gateway.ratelimit.algorithms import Outcome
 from gateway.ratelimit.config import RateLimitPolicy
 from gateway.ratelimit.keys import Checks, Item
-from gateway.ratelimit.redis_connection import RedisConnection, RedisReplyError
+from gateway.ratelimit.redis_connection import Locate, RedisConnection, RedisReplyError
 from gateway.ratelimit.redis_endpoint import Endpoint, parse
 from gateway.ratelimit.resp import bulk, encode
 
@@ -170,7 +170,7 @@ def hash_tag(key: str) -> str:
     return key[start + 1:end] if start >= 0 and end > start + 1 else key
 
 
-def _sentinel_locator(endpoint: Endpoint, timeout: float) -> Any:
+def _sentinel_locator(endpoint: Endpoint, timeout: float) -> Locate:
     sentinel = Sentinel(list(endpoint.hosts), socket_timeout=max(1.0, timeout * 10),
                         sentinel_kwargs={"password": endpoint.password})
 
@@ -217,17 +217,18 @@ class RedisBackend:
             packed = pack_call(checks.items, now_ms)
             if now_ms == 0:
                 checks.packed = packed
-        reply = await self.connection.call(packed)
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        reply = await self.connection.call(packed, deadline)
         if type(reply) is not list:
-            reply = await self._after_error(reply, packed)
+            reply = await self._after_error(reply, packed, deadline)
         return outcomes(reply, len(checks.items))
 
-    async def _after_error(self, reply: Any, packed: bytes) -> list[int]:
+    async def _after_error(self, reply: Any, packed: bytes, deadline: float) -> list[int]:
         assert self.connection is not None
         message = str(reply)
         if isinstance(reply, hiredis.ReplyError) and message.startswith("NOSCRIPT"):
-            # SCRIPT FLUSH (a restart drops the connection, and a new one loads the script)
-            deadline = asyncio.get_running_loop().time() + self.timeout
+            # SCRIPT FLUSH (a restart drops the connection, and a new one loads the script);
+            # within the same deadline: the check as a whole is bounded by the timeout
             loaded = await self.connection.call(SCRIPT_LOAD, deadline)
             if not isinstance(loaded, hiredis.ReplyError):
                 reply = await self.connection.call(packed, deadline)
