@@ -4,6 +4,10 @@ Each node is a `redis-server --cluster-enabled yes` (the Redis 6.2 binary of red
 in its own working directory. The nodes are joined with CLUSTER MEET and the 16384 slots are
 split into three ranges with CLUSTER ADDSLOTS (6.2 has no ADDSLOTSRANGE); start-up returns once
 every node reports `cluster_state:ok`. No replicas: the tests need sharding, not failover.
+
+A test may give its own slot layout (`slots`: the slots of each node), and take one node away
+and back: `node.kill()` then `restart_node` (same port and directory, so it reads its
+nodes.conf and rejoins with its id and slots), or `node.pause()`/`node.resume()`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import random
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +60,7 @@ class RedisCluster:
     size: int = 3
     node_timeout_ms: int = 2000
     nodes: list[RedisServer] = field(default_factory=list)
+    slots: Sequence[Sequence[int]] | None = None  # per node; None: slot_ranges(size)
 
     @property
     def url(self) -> str:
@@ -77,7 +83,8 @@ class RedisCluster:
             first = self.nodes[0]
             for node in self.nodes[1:]:
                 _expect_ok(first.command("CLUSTER", "MEET", "127.0.0.1", str(node.port)))
-            for node, slots in zip(self.nodes, slot_ranges(self.size), strict=True):
+            layout = self.slots if self.slots is not None else slot_ranges(self.size)
+            for node, slots in zip(self.nodes, layout, strict=True):
                 _expect_ok(node.command("CLUSTER", "ADDSLOTS", *map(str, slots)))
             self.wait_ok(timeout)
         except BaseException:
@@ -104,6 +111,15 @@ class RedisCluster:
                 raise TimeoutError(f"redis cluster not ok after {timeout}s: {infos}")
             time.sleep(0.05)
 
+    def restart_node(self, index: int) -> RedisServer:
+        """Starts node `index` again (after `kill()`) on its port and in its directory: it reads
+        its nodes.conf and rejoins with the same id and slots, empty (nothing is saved).
+        Returns once it answers PING; its `cluster_state` may still be `fail` for a while."""
+        old = self.nodes[index]
+        node = RedisServer(old.port, old.workdir, old.extra)
+        self.nodes[index] = node  # first, so stop() also ends a failed start
+        return node.start()
+
     def command(self, *args: str) -> list[bytes]:
         """One command on every node (FLUSHALL, SCRIPT FLUSH, ...); the replies in node order."""
         return [n.command(*args) for n in self.nodes]
@@ -118,5 +134,6 @@ def _expect_ok(reply: bytes) -> None:
         raise RuntimeError(f"redis cluster set-up failed: {reply!r}")
 
 
-def start_redis_cluster(workdir: Path, size: int = 3) -> RedisCluster:
-    return RedisCluster(workdir, size).start()
+def start_redis_cluster(workdir: Path, size: int = 3,
+                        slots: Sequence[Sequence[int]] | None = None) -> RedisCluster:
+    return RedisCluster(workdir, size, slots=slots).start()
