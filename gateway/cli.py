@@ -131,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(f"gateway {__version__} (python {platform.python_version()})")
         return 0
+    if args.command == "run":
+        # a SIGHUP before the reload handler exists would kill the process (its default
+        # action); held pending instead, it reloads once the handler is in place
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     loaded = _load(args.config)
     if isinstance(loaded, int):
         return loaded

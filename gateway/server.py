@@ -96,6 +96,9 @@ class GatewayProcess:
         loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
         loop.add_signal_handler(signal.SIGINT, self._stopping.set)
         loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
+        # held since start-up (cli, and inherited from the supervisor): one that came
+        # meanwhile is delivered now and reloads
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         watcher = None
         if server_cfg.watch:
             watcher = asyncio.create_task(reloader.watch(server_cfg.watch_interval))
@@ -180,7 +183,10 @@ def supervise(config_path: str, workers: int, shutdown_timeout: float) -> int:
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
+    # SIGHUP is still blocked (cli): workers inherit the mask across exec, so one
+    # forwarded before a worker can reload stays pending in it instead of killing it
     procs = [subprocess.Popen(command) for _ in range(workers)]
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     log.info("supervisor pid %d started %d workers: %s", os.getpid(), workers,
              " ".join(str(p.pid) for p in procs))
     while not stopping:
@@ -195,7 +201,9 @@ def supervise(config_path: str, workers: int, shutdown_timeout: float) -> int:
                 log.error("worker %d exited with %s; starting a new one", p.pid, p.returncode)
                 mark_process_dead(p.pid, metrics_dir)  # its live gauges go; counters stay
                 time.sleep(0.5)
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
                 procs[i] = subprocess.Popen(command)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     for p in procs:
         with contextlib.suppress(ProcessLookupError):
             p.send_signal(signal.SIGTERM)

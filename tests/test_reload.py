@@ -15,7 +15,16 @@ from pathlib import Path
 import psutil
 
 from tests.support.client import request
-from tests.support.processes import ROOT, start_gateway, stop, wait_until
+from tests.support.processes import (
+    DEFAULT_ROUTES,
+    POLICY_TEMPLATE,
+    ROOT,
+    free_port,
+    start_gateway,
+    stop,
+    wait_for_port,
+    wait_until,
+)
 
 FAST_WATCH = "watch_interval: 100ms"
 ONLY = "  - name: only\n    match: {path_prefix: /only/}"
@@ -120,6 +129,32 @@ def test_every_worker_reloads(gateway_factory, upstream) -> None:
     wait_until(lambda: gw.log_text().count("policy reloaded (SIGHUP)") == 2)
     # new connections land on either worker; none may still answer with the old policy
     assert {request(gw.port, "GET", "/x").status for _ in range(40)} == {404}
+
+
+def test_sighup_while_workers_start_reloads_them_instead_of_killing_them(
+    tmp_path: Path, upstream
+) -> None:
+    # SIGHUP's default action is to terminate: a worker that got it before its event loop
+    # had a handler used to die and be restarted; now it is held pending until then
+    port, admin_port = free_port(), free_port()
+    config, log = tmp_path / "policy.yaml", tmp_path / "gateway.log"
+    config.write_text(POLICY_TEMPLATE.format(
+        port=port, admin_port=admin_port, server_extra="  watch: false", upstream_key="url",
+        upstream=upstream.url, upstream_extra="", routes=DEFAULT_ROUTES, top_extra=""))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", "--config", str(config), "--workers", "2"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        wait_until(lambda: "started 2 workers" in log.read_text())
+        workers = {c.pid for c in psutil.Process(proc.pid).children()}
+        proc.send_signal(signal.SIGHUP)  # forwarded within 0.1 s, while the workers import
+        wait_until(lambda: log.read_text().count("policy reloaded (SIGHUP)") == 2)
+        assert "exited with" not in log.read_text()
+        assert {c.pid for c in psutil.Process(proc.pid).children()} == workers
+        wait_for_port(port, proc)
+        assert request(port, "GET", "/x").status == 200
+    finally:
+        stop(proc)
 
 
 def test_config_endpoint_shows_the_running_policy_redacted(gateway_factory, upstream) -> None:
