@@ -282,6 +282,49 @@ class Fault:
 FAULTS = ["kill", "stop"]
 
 
+def decided_after(gw: Gateway, kind: str, server: RedisServer, prefix: str) -> tuple[int, int]:
+    """A request whose answer only Redis, not the in-process state, gives once Redis is back:
+    its status and the Redis counter it leaves."""
+    # killed: the restarted Redis is empty, so `outage` is fresh there and used up in process;
+    # stalled: `shared` is used up in Redis and has one request in process
+    policy = "outage" if kind == "kill" else "shared"
+    status = get(gw, f"/{policy}").status
+    return status, window_count(server, global_key(prefix, policy))
+
+
+@dataclass
+class OpenRun:
+    """What a `failure_mode: open` run through an outage saw, and what must hold of it (the
+    same for a standalone Redis and for a Cluster node)."""
+
+    samples: list[Sample]
+    during: list[Sample]  # sent after the fault, answered before Redis was being restored
+    outage: list[int]  # LIMIT + 1 requests on a counter only the outage saw
+    shared_away: int  # one request on a counter used up in Redis before the fault
+    errors_before: float
+    errors_during: float
+    recovery: float  # s from Redis back to a Redis decision
+    key_recovery: float | None  # s from a restarted Redis back to the load's counter in it
+    kind: str
+    after: tuple[int, int]  # decided_after()
+
+    def check(self) -> None:
+        samples = self.samples
+        assert [s for s in samples if s.status == 0] == [], "transport errors"
+        assert [s for s in samples if s.status >= 500] == [], "5xx in failure_mode open"
+        assert set(summary(samples)) == {200}
+        assert len(self.during) >= OUTAGE - 20
+        assert self.outage == [200] * LIMIT + [429], "in-process limit while Redis is away"
+        assert self.shared_away == 200, "in-process state decides while Redis is away"
+        assert self.errors_during > self.errors_before
+        assert max(s.latency for s in samples) < MAX_LATENCY
+        assert self.recovery < RECOVERY, \
+            f"Redis decisions resumed {self.recovery:.2f} s after it came back"
+        if self.key_recovery is not None:
+            assert self.key_recovery < RECOVERY
+        assert self.after == ((200, 1) if self.kind == "kill" else (429, LIMIT))
+
+
 # --- failure_mode: open -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", FAULTS)
@@ -321,13 +364,7 @@ def test_open_mode_serves_through_a_redis_outage_and_shares_limits_again(
                 wait_until(lambda: key_exists(fault.server, bulk_key(prefix)),
                            timeout=RECOVERY + 3, interval=0.01)
                 key_recovery = time.monotonic() - back_at
-            # Redis decides again, not the in-process state
-            if kind == "kill":  # fresh in Redis, used up in process
-                after = get(gw, "/outage").status
-                after_count = window_count(fault.server, global_key(prefix, "outage"))
-            else:  # used up in Redis, one request in process
-                after = get(gw, "/shared").status
-                after_count = window_count(fault.server, global_key(prefix, "shared"))
+            after = decided_after(gw, kind, fault.server, prefix)
             load.wait_sent(mark + OUTAGE + AFTER)
         samples = load.samples
         errors_after = redis_errors(gw)
@@ -342,21 +379,8 @@ def test_open_mode_serves_through_a_redis_outage_and_shares_limits_again(
           f"recovery={recovery:.3f} s key recovery={key_recovery and round(key_recovery, 3)} "
           f"redis errors {errors_before:.0f}->{errors_during:.0f}->{errors_after:.0f}")
 
-    assert [s for s in samples if s.status == 0] == [], "transport errors"
-    assert [s for s in samples if s.status >= 500] == [], "5xx in failure_mode open"
-    assert set(summary(samples)) == {200}
-    assert len(during) >= OUTAGE - 20
-    assert outage == [200] * LIMIT + [429], "in-process limit while Redis is away"
-    assert shared_away == 200, "in-process state decides while Redis is away"
-    assert errors_during > errors_before
-    assert max_latency < MAX_LATENCY
-    assert recovery < RECOVERY, f"Redis decisions resumed {recovery:.2f} s after it came back"
-    if key_recovery is not None:
-        assert key_recovery < RECOVERY
-    if kind == "kill":
-        assert (after, after_count) == (200, 1)
-    else:
-        assert (after, after_count) == (429, LIMIT)
+    OpenRun(samples, during, outage, shared_away, errors_before, errors_during, recovery,
+            key_recovery, kind, after).check()
 
 
 # --- failure_mode: closed ---------------------------------------------------------------------
