@@ -43,10 +43,10 @@ from tests.test_ratelimit_faults import (
     AFTER,
     FAULTS,
     LIMIT,
-    MAX_LATENCY,
     OUTAGE,
     RECOVERY,
     WARMUP,
+    ClosedRun,
     Load,
     OpenRun,
     bulk_key,
@@ -314,7 +314,6 @@ def test_closed_mode_refuses_fast_during_a_node_outage_and_recovers(
     rejoin = [s for s in samples if s.sent >= restoring_at and s.done <= back.at]
     late = [s for s in samples if s.status != 200 and s.done > back.at]
     recovery = max((s.done - back.at for s in late), default=0.0)
-    after_recovery = [s for s in samples if s.sent > back.at + recovery]
     max_latency = max(s.latency for s in samples)
     max_during = max(s.latency for s in during)
     print(f"\n[cluster closed/{kind}] node :{fault.node.port} statuses={summary(samples)} "
@@ -325,16 +324,4 @@ def test_closed_mode_refuses_fast_during_a_node_outage_and_recovers(
           f"({back.at + recovery - back.ping:.3f} s after PING) "
           f"redis errors {errors_before:.0f}->{errors_during:.0f}")
 
-    assert refused.status == 503
-    assert refused.headers["Content-Type"].startswith("application/problem+json")
-    body = refused.json()
-    assert (body["status"], body["detail"]) == (503, "rate limiting is unavailable")
-    assert [s for s in samples if s.status == 0] == [], "transport errors"
-    assert set(summary(samples)) <= {200, 503}
-    assert len(during) >= OUTAGE - 20
-    assert summary(during) == {503: len(during)}, "every request while the node is away: 503"
-    assert all(s.content_type.startswith("application/problem+json") for s in during)
-    assert errors_during > errors_before
-    assert max_latency < MAX_LATENCY, "a request hung while the node was away"
-    assert recovery < RECOVERY, f"503s until {recovery:.2f} s after the node was ok"
-    assert len(after_recovery) >= 300 and all(s.status == 200 for s in after_recovery)
+    ClosedRun(refused, samples, during, errors_before, errors_during, recovery).check()
