@@ -67,11 +67,12 @@ def global_key(prefix: str, policy: str) -> str:
 
 
 def faulty_gateway(tmp_path: Path, upstream_url: str, redis_url: str, mode: str,
-                   prefix: str) -> Gateway:
+                   prefix: str, routes: str = "", limits: str = "") -> Gateway:
+    """A gateway with ROUTES and LIMITS (`routes` go first, `limits` are added)."""
     return start_gateway(
-        tmp_path, upstream_url, routes=ROUTES,
+        tmp_path, upstream_url, routes=routes + ROUTES,
         top_extra=f"redis: {{url: \"{redis_url}\", timeout: 100ms, failure_mode: {mode}, "
-                  f"key_prefix: \"{prefix}\"}}\n" + LIMITS)
+                  f"key_prefix: \"{prefix}\"}}\n" + LIMITS + limits)
 
 
 @pytest.fixture
@@ -163,8 +164,10 @@ class Load:
     """GETs to one URL at a fixed rate from a thread of its own, until stopped (at most
     `max_seconds`); every request is recorded as a Sample."""
 
-    def __init__(self, url: str, rate: int = RATE, max_seconds: float = 15.0) -> None:
+    def __init__(self, url: str, rate: int = RATE, max_seconds: float = 15.0,
+                 headers: dict[str, str] | None = None) -> None:
         self.url = url
+        self.headers = headers or {}
         self.rate = rate
         self.max_seconds = max_seconds
         self.samples: list[Sample] = []
@@ -219,7 +222,7 @@ class Load:
     async def _one(self, session: aiohttp.ClientSession) -> None:
         sent = time.monotonic()
         try:
-            async with session.get(self.url) as resp:
+            async with session.get(self.url, headers=self.headers) as resp:
                 await resp.read()
                 sample = Sample(sent, time.monotonic(), resp.status,
                                 resp.headers.get("Content-Type", ""))

@@ -325,3 +325,72 @@ def test_closed_mode_refuses_fast_during_a_node_outage_and_recovers(
           f"redis errors {errors_before:.0f}->{errors_during:.0f}")
 
     ClosedRun(refused, samples, during, errors_before, errors_during, recovery).check()
+
+
+# --- one breaker per node ---------------------------------------------------------------------
+
+TENANT_ROUTE = """\
+  - name: tenant
+    match: {path_prefix: /tenant}
+    rate_limits: [tenant]
+"""
+TENANT_LIMIT = "  tenant: {limit: 100000, per: 1h, key: 'header:X-Tenant'}\n"
+
+
+def tenant_elsewhere(cluster: RedisCluster, index: int) -> tuple[str, int]:
+    """An X-Tenant value whose counter lives on another node than `index`, and that node."""
+    for n in range(1000):
+        value = f"t{n}"
+        home = owner(cluster, f"{{h.x-tenant={value}}}")
+        if home != index:
+            return value, home
+    raise AssertionError("no tenant value hashes off the node")
+
+
+# "stop" only: redis-py's cluster client closes every node's connections when a restarted
+# node answers CLUSTERDOWN, so with "kill" healthy nodes' keys are disturbed too
+@pytest.mark.parametrize("kind", ["stop"])
+def test_a_failing_node_keeps_requests_on_healthy_nodes_decided_by_redis(
+    tmp_path, upstream, healthy: RedisCluster, kind: str
+) -> None:
+    """`closed`: while the node holding the load's counters is away, the load gets 503s, but a
+    second load whose counters live on a healthy node is still decided by Redis (200s, each
+    counted there). Its successes must not keep the failing node's breaker closed either: the
+    requests that reach the failing node stay few (the first ones and a probe every 500 ms)."""
+    cluster = healthy
+    prefix = f"gwclun{kind}:"
+    fault = NodeFault(kind, cluster, victim(cluster, prefix))
+    tenant, home = tenant_elsewhere(cluster, fault.index)
+    tenant_key = f"{prefix}{{h.x-tenant={tenant}}}:tenant:s3600000"
+    gw = faulty_gateway(tmp_path, upstream.url, cluster.url, "closed", prefix,
+                        routes=TENANT_ROUTE, limits=TENANT_LIMIT)
+    try:
+        with Load(gw.url + "/load") as load, \
+                Load(gw.url + "/tenant", headers={"X-Tenant": tenant}) as other:
+            wait_until(lambda: load.answered() >= WARMUP and other.answered() >= WARMUP,
+                       timeout=10)
+            errors_before = redis_errors(gw)
+            fault.inject()
+            away_at = time.monotonic()
+            load.wait_sent(load.sent + OUTAGE)
+            errors_during = redis_errors(gw) - errors_before
+            restoring_at = time.monotonic()
+            fault.restore()
+        loaded, tenants = load.samples, other.samples
+    finally:
+        stop(gw.proc)
+
+    def outage(samples: list) -> list:
+        return [s for s in samples if s.sent >= away_at and s.done <= restoring_at]
+
+    print(f"\n[cluster per-node/{kind}] load during outage={summary(outage(loaded))} "
+          f"tenant during outage={summary(outage(tenants))} tenant overall={summary(tenants)} "
+          f"redis errors during outage={errors_during:.0f}")
+    assert len(outage(tenants)) >= OUTAGE - 20
+    assert summary(outage(loaded)) == {503: len(outage(loaded))}
+    assert summary(tenants) == {200: len(tenants)}, "a healthy node's keys were refused"
+    # every tenant request was counted in Redis, on its node
+    assert window_count(cluster.nodes[home], tenant_key) == len(tenants)
+    # the failing node's breaker opened and stayed open between probes: a breaker that the
+    # tenant's successes kept closing would let every load request wait for the timeout
+    assert errors_during < OUTAGE / 3

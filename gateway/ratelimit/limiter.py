@@ -5,7 +5,9 @@ when Redis does not.
 - With Redis: every call is bounded by `redis.timeout` (the backend keeps the deadline). A
   failure or timeout counts against a circuit breaker; after 3 in a row the breaker opens and
   Redis is not asked for 500 ms, so requests stop paying the timeout; then one request probes
-  it, and success closes the breaker.
+  it, and success closes the breaker. On a Cluster there is one breaker per set of nodes a
+  request needs (normally one node), so a failing node does not keep requests whose keys live
+  on healthy nodes away from Redis, and their successes do not keep its breaker closed.
   While Redis is unavailable, `failure_mode: open` decides in-process (the same limits, per
   instance), `closed` refuses with 503.
 """
@@ -40,9 +42,11 @@ class Breaker:
     """Consecutive-failure circuit breaker with a single probe after a cooldown."""
 
     def __init__(self, threshold: int = 3, cooldown: float = 0.5,
-                 while_open: str = "rate limits fall back to in-process counters") -> None:
+                 while_open: str = "rate limits fall back to in-process counters",
+                 name: str = "redis") -> None:
         self.threshold = threshold
         self.while_open = while_open
+        self.name = name
         self.cooldown = cooldown
         self.failures = 0
         self.open_until = 0.0
@@ -58,7 +62,7 @@ class Breaker:
 
     def success(self) -> None:
         if self.failures >= self.threshold:
-            log.info("redis is back; rate limits are shared again")
+            log.info("%s is back; rate limits are shared again", self.name)
         self.failures = 0
         self.probing = False
 
@@ -67,9 +71,12 @@ class Breaker:
         self.probing = False
         if self.failures >= self.threshold:
             if self.failures == self.threshold:
-                log.error("redis unavailable (breaker open): %s; last error: %r",
-                          self.while_open, reason)
+                log.error("%s unavailable (breaker open): %s; last error: %r",
+                          self.name, self.while_open, reason)
             self.open_until = time.monotonic() + self.cooldown
+
+
+MAX_BREAKERS = 256  # per-node breakers kept; a Cluster's topology rarely has more node sets
 
 
 class Limiter:
@@ -77,24 +84,41 @@ class Limiter:
         self.settings = settings
         self.memory = memory or MemoryBackend()
         self.redis = RedisBackend(settings.url, settings.timeout) if settings.url else None
-        self.breaker = Breaker(while_open="limited routes answer 503"
-                               if settings.failure_mode == "closed"
-                               else "rate limits fall back to in-process counters")
+        self.while_open = ("limited routes answer 503" if settings.failure_mode == "closed"
+                           else "rate limits fall back to in-process counters")
+        self.breaker = Breaker(while_open=self.while_open)
+        self.per_node = self.redis is not None and self.redis.cluster is not None
+        self.node_breakers: dict[str, Breaker] = {}
+
+    def breaker_for(self, checks: Checks) -> Breaker:
+        if not self.per_node:
+            return self.breaker
+        assert self.redis is not None
+        nodes = self.redis.nodes(checks)
+        breaker = self.node_breakers.get(nodes)
+        if breaker is None:
+            if len(self.node_breakers) >= MAX_BREAKERS:  # nodes replaced over time
+                self.node_breakers = {k: b for k, b in self.node_breakers.items() if b.failures}
+            breaker = Breaker(while_open=self.while_open,
+                              name=f"redis node {nodes}" if nodes else "redis cluster")
+            self.node_breakers[nodes] = breaker
+        return breaker
 
     async def decide(self, checks: Checks) -> Decision:
         if self.redis is None:
             admitted, outcomes = self.memory.check(checks.items)
             return Decision(admitted, tuple(zip(checks.policies, outcomes, strict=True)), "memory")
-        if self.breaker.allow():
+        breaker = self.breaker_for(checks)
+        if breaker.allow():
             started = time.perf_counter()
             try:
                 admitted, outcomes = await self.redis.check(checks)
             except Exception as exc:  # timeout, connection refused, reset, script error...
-                self.breaker.failure(exc)
+                breaker.failure(exc)
                 REDIS_ERRORS.labels("ratelimit").inc()
                 log.debug("redis rate-limit call failed: %r", exc)
             else:
-                self.breaker.success()
+                breaker.success()
                 REDIS_DURATION.observe(time.perf_counter() - started)
                 results = tuple(zip(checks.policies, outcomes, strict=True))
                 return Decision(admitted, results, "redis")

@@ -27,6 +27,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
@@ -202,6 +203,20 @@ class RedisBackend:
                       if self.endpoint.kind == "sentinel" else None)
             self.connection = RedisConnection(self.endpoint, timeout, setup=[SCRIPT_LOAD],
                                               locate=locate)
+
+    def nodes(self, checks: Checks) -> str:
+        """On a Cluster, the nodes (`host:port`, joined by `,`) whose slots hold the request's
+        keys, as redis-py last learnt them ('' before it has); '' for one Redis."""
+        if self.cluster is None:
+            return ""
+        slots = self.cluster.nodes_manager.slots_cache
+        names = []
+        for _, key in checks.items:
+            serving = slots.get(key_slot(key.encode()))
+            name = serving[0].name if serving else ""
+            if name not in names:
+                names.append(name)
+        return ",".join(sorted(names))
 
     async def check(self, checks: Checks, now_ms: int = 0) -> tuple[bool, list[Outcome]]:
         """(admitted, one outcome per item), decided by one Lua call on Redis.
