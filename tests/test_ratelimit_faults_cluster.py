@@ -347,9 +347,7 @@ def tenant_elsewhere(cluster: RedisCluster, index: int) -> tuple[str, int]:
     raise AssertionError("no tenant value hashes off the node")
 
 
-# "stop" only: redis-py's cluster client closes every node's connections when a restarted
-# node answers CLUSTERDOWN, so with "kill" healthy nodes' keys are disturbed too
-@pytest.mark.parametrize("kind", ["stop"])
+@pytest.mark.parametrize("kind", FAULTS)
 def test_a_failing_node_keeps_requests_on_healthy_nodes_decided_by_redis(
     tmp_path, upstream, healthy: RedisCluster, kind: str
 ) -> None:

@@ -5,10 +5,10 @@
   by EVALSHA; a NOSCRIPT answer (SCRIPT FLUSH) loads it again and repeats the call.
 - Keys are `prefix{tag}:policy:algo+period` (keys.py); a request's limits normally share one
   tag (the client), so one call suffices on Redis Cluster too. Each key expires on its own.
-- Standalone Redis and Sentinel: one pipelined connection per process (redis_connection.py);
-  calls made in the same event-loop turn share one write and one round trip. A client's
-  encoded call is kept with its cached keys (keys.Checks). Redis Cluster: redis-py, which
-  routes each call to its slot's node.
+- One pipelined connection per process (redis_connection.py), on a Cluster one per master
+  (redis_cluster.py, which routes by slot and follows MOVED/ASK): calls made in the same
+  event-loop turn share one write and one round trip. A client's encoded call is kept with
+  its cached keys (keys.Checks).
 
 Every check is bounded by `redis.timeout`; the limiter (limiter.py) decides what a failure
 means.
@@ -18,22 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
 import hiredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
-from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 
 from gateway.ratelimit.algorithms import Outcome
 from gateway.ratelimit.config import RateLimitPolicy
 from gateway.ratelimit.keys import Checks, Item
+from gateway.ratelimit.redis_cluster import ClusterRouter
 from gateway.ratelimit.redis_connection import Locate, RedisConnection, RedisReplyError
 from gateway.ratelimit.redis_endpoint import Endpoint, parse
 from gateway.ratelimit.resp import bulk, encode
@@ -164,11 +160,9 @@ def outcomes(reply: list[int], count: int) -> tuple[bool, list[Outcome]]:
                                     NO_STATE) for i in range(2, 2 + 4 * count, 4)]
 
 
-def hash_tag(key: str) -> str:
-    """The part of a key Redis Cluster hashes: the text inside the first `{...}`."""
-    start = key.find("{")
-    end = key.find("}", start + 1)
-    return key[start + 1:end] if start >= 0 and end > start + 1 else key
+def slot_of(key: str) -> int:
+    """The Redis Cluster slot of a key (of the text inside its first `{...}`)."""
+    return key_slot(key.encode())
 
 
 def _sentinel_locator(endpoint: Endpoint, timeout: float) -> Locate:
@@ -184,20 +178,10 @@ class RedisBackend:
     def __init__(self, url: str, timeout: float) -> None:
         self.endpoint = parse(url)
         self.timeout = timeout
-        self.cluster: RedisCluster | None = None
-        self._cluster_loaded: asyncio.Future[Any] | None = None  # SCRIPT LOAD on all nodes
+        self.cluster: ClusterRouter | None = None
         self.connection: RedisConnection | None = None
         if self.endpoint.kind == "cluster":
-            # a stalled node must not hold sockets forever: reads give up after 10x the
-            # call timeout (each call is bounded by the timeout itself)
-            socket_timeout = max(1.0, timeout * 10)
-            # One retry on a connection error: after a node restarts, its pooled connections
-            # are dead and fail once on first use.
-            self.cluster = RedisCluster(
-                startup_nodes=[ClusterNode(h, p) for h, p in self.endpoint.hosts],
-                username=self.endpoint.username, password=self.endpoint.password,
-                socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
-                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+            self.cluster = ClusterRouter(self.endpoint, timeout, setup=[SCRIPT_LOAD])
         else:
             locate = (_sentinel_locator(self.endpoint, timeout)
                       if self.endpoint.kind == "sentinel" else None)
@@ -205,65 +189,72 @@ class RedisBackend:
                                               locate=locate)
 
     def nodes(self, checks: Checks) -> str:
-        """On a Cluster, the nodes (`host:port`, joined by `,`) whose slots hold the request's
-        keys, as redis-py last learnt them ('' before it has); '' for one Redis."""
+        """On a Cluster, the masters (`host:port`, joined by `,`) whose slots hold the
+        request's keys, as last learnt ('' before the slot map is known); '' for one Redis."""
         if self.cluster is None:
             return ""
-        slots = self.cluster.nodes_manager.slots_cache
-        names = []
-        for _, key in checks.items:
-            serving = slots.get(key_slot(key.encode()))
-            name = serving[0].name if serving else ""
-            if name not in names:
-                names.append(name)
-        return ",".join(sorted(names))
+        owners = sorted({self.cluster.owner(slot_of(key)) for _, key in checks.items})
+        return ",".join(owners)
 
     async def check(self, checks: Checks, now_ms: int = 0) -> tuple[bool, list[Outcome]]:
         """(admitted, one outcome per item), decided by one Lua call on Redis.
 
-        On a cluster, items whose keys carry different hash tags live in different slots and
-        are decided by one call per tag (concurrently); see docs/ratelimiting.md.
+        On a cluster, items whose keys live in different slots are decided by one call per
+        slot (concurrently); see docs/ratelimiting.md.
         """
-        if self.connection is None:
-            async with asyncio.timeout(self.timeout):
-                return await self._check_cluster(checks.items, now_ms)
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        if self.cluster is not None:
+            return await self._check_cluster(checks, now_ms, deadline)
+        assert self.connection is not None
+        packed = self._packed(checks, now_ms)
+        reply = await self.connection.call(packed, deadline)
+        if type(reply) is not list:
+            reply = await self._after_error(reply, packed, deadline, self.connection.call,
+                                            self.connection.reconnect)
+        return outcomes(reply, len(checks.items))
+
+    @staticmethod
+    def _packed(checks: Checks, now_ms: int) -> bytes:
+        """The encoded call for all of `checks`, kept with them when on Redis's clock."""
         packed = checks.packed if now_ms == 0 else None
         if packed is None:
             packed = pack_call(checks.items, now_ms)
             if now_ms == 0:
                 checks.packed = packed
-        deadline = asyncio.get_running_loop().time() + self.timeout
-        reply = await self.connection.call(packed, deadline)
-        if type(reply) is not list:
-            reply = await self._after_error(reply, packed, deadline)
-        return outcomes(reply, len(checks.items))
+        return packed
 
-    async def _after_error(self, reply: Any, packed: bytes, deadline: float) -> list[int]:
-        assert self.connection is not None
+    async def _after_error(self, reply: Any, packed: bytes, deadline: float,
+                           call: Callable[[bytes, float], Awaitable[Any]],
+                           reconnect: Callable[[], None] | None = None) -> list[int]:
         message = str(reply)
         if isinstance(reply, hiredis.ReplyError) and message.startswith("NOSCRIPT"):
             # SCRIPT FLUSH (a restart drops the connection, and a new one loads the script);
             # within the same deadline: the check as a whole is bounded by the timeout
-            loaded = await self.connection.call(SCRIPT_LOAD, deadline)
+            loaded = await call(SCRIPT_LOAD, deadline)
             if not isinstance(loaded, hiredis.ReplyError):
-                reply = await self.connection.call(packed, deadline)
+                reply = await call(packed, deadline)
                 if type(reply) is list:
                     return reply
                 message = str(reply)
-        elif "READONLY" in message:  # a demoted master (Sentinel failover); Redis 6 wraps
-            # it: "ERR Error running script ... -READONLY You can't write against a replica"
-            self.connection.reconnect()
+        elif "READONLY" in message and reconnect is not None:
+            # a demoted master (Sentinel failover); Redis 6 wraps it: "ERR Error running
+            # script ... -READONLY You can't write against a replica"
+            reconnect()
         raise RedisReplyError(message)
 
-    async def _check_cluster(self, items: Sequence[Item], now_ms: int
+    async def _check_cluster(self, checks: Checks, now_ms: int, deadline: float
                              ) -> tuple[bool, list[Outcome]]:
-        groups: dict[str, list[int]] = {}
+        items = checks.items
+        groups: dict[int, list[int]] = {}
         for i, (_, key) in enumerate(items):
-            groups.setdefault(hash_tag(key), []).append(i)
+            groups.setdefault(slot_of(key), []).append(i)
         if len(groups) == 1:
-            return outcomes(await self._cluster_call(items, now_ms), len(items))
-        parts = await asyncio.gather(*(self._cluster_call([items[i] for i in idx], now_ms)
-                                       for idx in groups.values()))
+            (slot,) = groups
+            reply = await self._cluster_call(slot, self._packed(checks, now_ms), deadline)
+            return outcomes(reply, len(items))
+        parts = await asyncio.gather(*(
+            self._cluster_call(slot, pack_call([items[i] for i in idx], now_ms), deadline)
+            for slot, idx in groups.items()))
         result: list[Outcome] = [None] * len(items)  # type: ignore[list-item]
         admitted = True
         for idx, reply in zip(groups.values(), parts, strict=True):
@@ -273,25 +264,17 @@ class RedisBackend:
                 result[i] = outcome
         return admitted, result
 
-    async def _cluster_call(self, items: Sequence[Item], now_ms: int) -> list[int]:
+    async def _cluster_call(self, slot: int, packed: bytes, deadline: float) -> list[int]:
         assert self.cluster is not None
-        keys = [key for _, key in items]
-        args = [str(now_ms)]
-        for policy, _ in items:
-            args += script_args(policy)
-        loaded = self._cluster_loaded
-        if loaded is None or (loaded.done() and (loaded.cancelled() or loaded.exception())):
-            # once for all the concurrent first calls (a burst must not load it N times)
-            self._cluster_loaded = asyncio.ensure_future(self.cluster.script_load(LUA))
-        await asyncio.shield(self._cluster_loaded)
-        try:
-            return await self.cluster.evalsha(SHA, len(keys), *keys, *args)
-        except NoScriptError:  # a node restarted or SCRIPT FLUSH: load it there and repeat
-            await self.cluster.script_load(LUA)
-            return await self.cluster.evalsha(SHA, len(keys), *keys, *args)
+        cluster = self.cluster
+        reply = await cluster.call(slot, packed, deadline)
+        if type(reply) is not list:
+            reply = await self._after_error(
+                reply, packed, deadline, lambda p, d: cluster.call(slot, p, d))
+        return reply
 
     async def close(self) -> None:
         if self.connection is not None:
             await self.connection.close()
         if self.cluster is not None:
-            await self.cluster.aclose()
+            await self.cluster.close()

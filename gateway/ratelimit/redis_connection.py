@@ -8,8 +8,8 @@ so all fail and the connection is dropped (its stream is in an unknown state). T
 connects again: AUTH, SELECT and SCRIPT LOAD, bounded by the same deadline.
 
 Why not redis-py here: its connection pool, command packing and per-call bookkeeping cost
-the gateway more CPU than the Redis round trip itself (docs/benchmarks.md). redis-py still
-serves Redis Cluster (slot routing, MOVED/ASK) and Sentinel master discovery.
+the gateway more CPU than the Redis round trip itself (docs/benchmarks.md). On a Cluster,
+redis_cluster.py keeps one of these per master; redis-py still asks Sentinel for the master.
 """
 
 from __future__ import annotations
