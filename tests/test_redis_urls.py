@@ -7,10 +7,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from gateway.ratelimit.config import RateLimitPolicy
 from gateway.ratelimit.keys import Checks
 from gateway.ratelimit.redis_backend import RedisBackend
 from gateway.ratelimit.redis_connection import RedisReplyError
+from gateway.ratelimit.resp import encode
 from tests.support.processes import free_port, wait_for_port
 from tests.support.redis_server import RedisServer, redis_binary, start_redis
 
@@ -138,11 +141,13 @@ def test_sentinel_failover_is_followed_without_a_restart(tmp_path: Path) -> None
         master.stop()
 
 
+@pytest.mark.parametrize("flushed", [False, True], ids=["loaded", "after-script-flush"])
 def test_a_readonly_answer_drops_the_connection_so_the_next_call_connects_again(
-        tmp_path: Path) -> None:
+        tmp_path: Path, flushed: bool) -> None:
     """A demoted master that still has our connection answers writes with READONLY: that is an
     error for this call, and the connection is dropped so that the next one asks again (with
-    Sentinel: asks Sentinel for the master)."""
+    Sentinel: asks Sentinel for the master). Also when READONLY is the answer to the retry after
+    a NOSCRIPT (a master propagates SCRIPT FLUSH to its replicas)."""
     master = start_redis(tmp_path / "m")
     replica = start_redis(tmp_path / "r", "--replicaof", "127.0.0.1", str(master.port))
     try:
@@ -152,6 +157,10 @@ def test_a_readonly_answer_drops_the_connection_so_the_next_call_connects_again(
         async def scenario() -> None:
             backend = RedisBackend(replica.url, 2.0)
             try:
+                if flushed:
+                    assert backend.connection is not None
+                    assert await backend.connection.call(encode("PING")) == b"PONG"
+                    assert replica.command("SCRIPT", "FLUSH").startswith(b"+OK")
                 try:
                     await backend.check(Checks([(POLICY, "gw:{ro}:p")]))
                 except RedisReplyError as exc:

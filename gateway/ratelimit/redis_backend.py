@@ -236,9 +236,10 @@ class RedisBackend:
                 if type(reply) is list:
                     return reply
                 message = str(reply)
-        elif "READONLY" in message and reconnect is not None:
-            # a demoted master (Sentinel failover); Redis 6 wraps it: "ERR Error running
-            # script ... -READONLY You can't write against a replica"
+        if "READONLY" in message and reconnect is not None:
+            # a demoted master (Sentinel failover), also as the answer to the retry after a
+            # NOSCRIPT; Redis 6 wraps it: "ERR Error running script ... -READONLY You can't
+            # write against a replica"
             reconnect()
         raise RedisReplyError(message)
 

@@ -164,18 +164,23 @@ class RedisConnection:
             raise RedisConnectionLost("connection closed")
         loop = asyncio.get_running_loop()
         attempt = self._connecting
-        if attempt is None or (not attempt.done() and self._connecting_until <= loop.time()):
-            # none yet, or one past its deadline whose own timeout has not run yet
-            if attempt is not None:
-                attempt.cancel()
+        if attempt is None or attempt.done() or self._connecting_until <= loop.time():
+            # none yet, one that ended (its callback has not run yet), or one past its
+            # deadline whose own timeout has not run yet: a fresh attempt. The old one is
+            # left to end by its own timeout: cancelling it would hand the callers still
+            # waiting on it a CancelledError instead of a connection error.
             attempt = self._connecting = asyncio.ensure_future(self._open(deadline))
             self._connecting_until = deadline
             attempt.add_done_callback(self._connected)
         # each caller waits at most until its own deadline; the attempt keeps its own
         async with asyncio.timeout_at(deadline):
-            return await asyncio.shield(attempt)
+            link = await asyncio.shield(attempt)
+        current = self._link  # two attempts can both succeed: the one kept serves
+        return current if current is not None and not current.lost else link
 
     def _connected(self, attempt: asyncio.Future[Link]) -> None:
+        """Runs before the attempt's callers resume (registered first), so they find the link
+        kept in `_link`."""
         if self._connecting is attempt:
             self._connecting = None
         if attempt.cancelled() or attempt.exception() is not None:
@@ -183,6 +188,8 @@ class RedisConnection:
         link = attempt.result()
         if self._closed:  # closed while connecting: the waiting callers see a lost link
             link.drop(RedisConnectionLost("connection closed"))
+        elif self._link is not None and not self._link.lost:
+            link.drop(RedisConnectionLost("a second connection, not needed"))  # unused yet
         else:
             self._link = link
 
