@@ -66,6 +66,11 @@ class Breaker:
         self.failures = 0
         self.probing = False
 
+    def abandoned(self) -> None:
+        """The call ended neither way (its request was cancelled: the client went away); if
+        it was the probe, the next caller probes instead."""
+        self.probing = False
+
     def failure(self, reason: object = None) -> None:
         self.failures += 1
         self.probing = False
@@ -117,6 +122,9 @@ class Limiter:
                 breaker.failure(exc)
                 REDIS_ERRORS.labels("ratelimit").inc()
                 log.debug("redis rate-limit call failed: %r", exc)
+            except BaseException:  # cancelled; a probe left pending would stay open forever
+                breaker.abandoned()
+                raise
             else:
                 breaker.success()
                 REDIS_DURATION.observe(time.perf_counter() - started)
