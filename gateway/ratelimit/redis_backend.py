@@ -18,20 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from binascii import crc_hqx
 from collections.abc import Awaitable, Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
 import hiredis
-from redis.asyncio.sentinel import Sentinel
-from redis.crc import key_slot
 
 from gateway.ratelimit.algorithms import Outcome
 from gateway.ratelimit.config import RateLimitPolicy
 from gateway.ratelimit.keys import Checks, Item
-from gateway.ratelimit.redis_cluster import ClusterRouter
-from gateway.ratelimit.redis_connection import Locate, RedisConnection, RedisReplyError
-from gateway.ratelimit.redis_endpoint import Endpoint, parse
+from gateway.ratelimit.redis_cluster import SLOTS, ClusterRouter
+from gateway.ratelimit.redis_connection import RedisConnection, RedisReplyError
+from gateway.ratelimit.redis_endpoint import parse
+from gateway.ratelimit.redis_sentinel import SentinelLocator
 from gateway.ratelimit.resp import bulk, encode
 
 LUA = """
@@ -161,17 +161,15 @@ def outcomes(reply: list[int], count: int) -> tuple[bool, list[Outcome]]:
 
 
 def slot_of(key: str) -> int:
-    """The Redis Cluster slot of a key (of the text inside its first `{...}`)."""
-    return key_slot(key.encode())
-
-
-def _sentinel_locator(endpoint: Endpoint, timeout: float) -> Locate:
-    sentinel = Sentinel(list(endpoint.hosts), socket_timeout=max(1.0, timeout * 10),
-                        sentinel_kwargs={"password": endpoint.password})
-
-    async def locate() -> tuple[str, int]:
-        return await sentinel.discover_master(endpoint.service)
-    return locate
+    """The Redis Cluster slot of a key: CRC16 (XMODEM, binascii.crc_hqx) of the text inside
+    its first non-empty `{...}`, or of the whole key, modulo 16384."""
+    data = key.encode()
+    start = data.find(b"{")
+    if start >= 0:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1:end]
+    return crc_hqx(data, 0) % SLOTS
 
 
 class RedisBackend:
@@ -180,13 +178,14 @@ class RedisBackend:
         self.timeout = timeout
         self.cluster: ClusterRouter | None = None
         self.connection: RedisConnection | None = None
+        self.sentinel: SentinelLocator | None = None
         if self.endpoint.kind == "cluster":
             self.cluster = ClusterRouter(self.endpoint, timeout, setup=[SCRIPT_LOAD])
         else:
-            locate = (_sentinel_locator(self.endpoint, timeout)
-                      if self.endpoint.kind == "sentinel" else None)
+            self.sentinel = (SentinelLocator(self.endpoint, timeout)
+                             if self.endpoint.kind == "sentinel" else None)
             self.connection = RedisConnection(self.endpoint, timeout, setup=[SCRIPT_LOAD],
-                                              locate=locate)
+                                              locate=self.sentinel)
 
     def nodes(self, checks: Checks) -> str:
         """On a Cluster, the masters (`host:port`, joined by `,`) whose slots hold the
@@ -277,5 +276,7 @@ class RedisBackend:
     async def close(self) -> None:
         if self.connection is not None:
             await self.connection.close()
+        if self.sentinel is not None:
+            await self.sentinel.close()
         if self.cluster is not None:
             await self.cluster.close()

@@ -9,7 +9,7 @@ connects again: AUTH, SELECT and SCRIPT LOAD, bounded by the same deadline.
 
 Why not redis-py here: its connection pool, command packing and per-call bookkeeping cost
 the gateway more CPU than the Redis round trip itself (docs/benchmarks.md). On a Cluster,
-redis_cluster.py keeps one of these per master; redis-py still asks Sentinel for the master.
+redis_cluster.py keeps one of these per master, redis_sentinel.py one per Sentinel.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ from gateway.ratelimit.resp import encode
 # (host, port) of the Redis to talk to; called for every new connection, so a Sentinel
 # failover is followed on reconnect
 Locate = Callable[[], Awaitable[tuple[str, int]]]
+
+
+NO_PASSWORD = "called without any password configured"  # Redis's answer to a needless AUTH
 
 
 class RedisReplyError(Exception):
@@ -125,12 +128,15 @@ class Link(asyncio.Protocol):
 
 class RedisConnection:
     def __init__(self, endpoint: Endpoint, timeout: float, setup: list[bytes] | None = None,
-                 locate: Locate | None = None) -> None:
+                 locate: Locate | None = None, auth_optional: bool = False) -> None:
         """`setup`: commands sent on every new connection after AUTH/SELECT (SCRIPT LOAD);
-        `locate`: where to connect (Sentinel), instead of the endpoint's host."""
+        `locate`: where to connect (Sentinel), instead of the endpoint's host;
+        `auth_optional`: a server without a password may refuse AUTH (Sentinels, which share
+        the URL's one password with the master but often have none)."""
         self.endpoint = endpoint
         self.timeout = timeout
         self.locate = locate
+        self.auth_optional = auth_optional
         self._setup = list(setup or ())
         self._ssl: ssl.SSLContext | None = None  # made at the first TLS connect
         self._link: Link | None = None  # ready: handshake done
@@ -219,7 +225,8 @@ class RedisConnection:
                     futures.append(loop.create_future())
                     link.send(packed, futures[-1], deadline)
                 for reply in await asyncio.gather(*futures):
-                    if isinstance(reply, hiredis.ReplyError):
+                    if isinstance(reply, hiredis.ReplyError) and not (
+                            self.auth_optional and NO_PASSWORD in str(reply)):
                         raise RedisReplyError(str(reply))
         except BaseException as exc:
             link.drop(RedisConnectionLost(f"connecting failed: {exc!r}"))
