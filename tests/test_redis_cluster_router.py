@@ -9,11 +9,13 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from gateway.ratelimit.config import RateLimitPolicy
 from gateway.ratelimit.keys import Checks
-from gateway.ratelimit.redis_backend import RedisBackend
+from gateway.ratelimit.redis_backend import RedisBackend, slot_of
 from gateway.ratelimit.redis_cluster import ClusterRouter, redirect, slot_ranges
 from gateway.ratelimit.redis_endpoint import parse
 from gateway.ratelimit.resp import encode
@@ -215,3 +217,10 @@ def test_redirects_are_parsed_including_unbracketed_ipv6() -> None:
     assert redirect("MOVED 16384 h:1") is None
     assert redirect("MOVED x h:1") is None
     assert redirect("NOSCRIPT No matching script") is None
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab{}:é"), max_size=12) | st.text(max_size=30))
+def test_the_slot_hash_agrees_with_redis_py(key: str) -> None:
+    # hash tags: the first `{` and the first `}` after it, an empty tag hashes the whole key
+    assert slot_of(key) == key_slot(key.encode())

@@ -57,6 +57,12 @@ VALID: list[tuple[str, Endpoint]] = [
               password="pw", service="mymaster")),
     # Cluster: seeds only
     ("redis+cluster://n1:7000", Endpoint("cluster", hosts=(("n1", 7000),))),
+    # hosts are percent-decoded, as redis-py does (an IPv6 zone's `%` is written `%25`)
+    ("redis://%31%32%37.0.0.1:6380", Endpoint("standalone", hosts=(("127.0.0.1", 6380),))),
+    ("redis://[fe80::1%25eth0]:6380", Endpoint("standalone", hosts=(("fe80::1%eth0", 6380),))),
+    # redis-py's short booleans
+    ("rediss://h?ssl_check_hostname=F",
+     Endpoint("standalone", hosts=(("h", 6379),), tls=(("ssl_check_hostname", "F"),))),
     ("redis+cluster://u:p%21@n1:7000,n2:7001,[::1]:7002/",
      Endpoint("cluster", hosts=(("n1", 7000), ("n2", 7001), ("::1", 7002)), username="u",
               password="p!")),
@@ -125,6 +131,8 @@ REFUSED = [
     ("redis://h:\uff16\uff13\uff17\uff19", "bad port"),  # full-width digits
     ("redis://h:6379:7", "port"),
     ("redis+cluster://n1:7000,n2", "needs a port"),
+    ("redis://a..b:6379", "not a valid host name"),
+    ("redis://" + "x" * 64 + ".example:6379", "not a valid host name"),
     ("redis+sentinel://s1/mymaster", "needs a port"),
     # database
     ("redis://h/zero", "database must be a number"),
@@ -153,6 +161,10 @@ REFUSED = [
     ("rediss://h?ssl_cert_reqs=", "ssl_cert_reqs must be none, optional or required"),
     ("rediss://h?ssl_check_hostname=maybe", "ssl_check_hostname must be true or false"),
     ("rediss://h?ssl_keyfile=/k.pem", "ssl_keyfile needs ssl_certfile"),
+    # redis-py reads the first of a repeated parameter, a dict the last: refused
+    ("redis://h?db=1&db=2", "parameter 'db' is given twice"),
+    ("rediss://h?ssl_cert_reqs=required&ssl_cert_reqs=none",
+     "parameter 'ssl_cert_reqs' is given twice"),
     ("redis://h//5", "empty segment in the path"),
     ("redis+sentinel://s1:26379/mymaster?db=2", "unsupported parameter 'db'"),
     ("redis+cluster://n1:7000?db=0", "unsupported parameter 'db'"),

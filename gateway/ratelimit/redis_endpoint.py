@@ -21,7 +21,9 @@ TLS_PARAMS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
               "ssl_check_hostname")
 CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL,
              "required": ssl.CERT_REQUIRED}
-BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+# as redis-py reads them (its to_bool), less the values it would read as true by accident
+BOOLEANS = {"true": True, "t": True, "yes": True, "y": True, "1": True,
+            "false": False, "f": False, "no": False, "n": False, "0": False}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +66,13 @@ def _host_port(item: str, default_port: int | None) -> tuple[str, int]:
         has_port = bool(colon)
         if ":" in port:
             raise ValueError(f"{item!r}: an IPv6 address needs brackets, and a host one port")
+    host = unquote(host)  # as redis-py does: `%31%32%37.0.0.1`, `[fe80::1%25eth0]`
     if not host:
         raise ValueError(f"{item!r} needs a host")
+    try:  # what the connect would do: a name with an empty or over-long label fails here
+        host.encode("idna")
+    except UnicodeError:
+        raise ValueError(f"{host!r} is not a valid host name") from None
     if not has_port:
         if default_port is None:
             raise ValueError(f"{item!r} needs a port")
@@ -88,7 +95,11 @@ def parse(url: str) -> Endpoint:
     if scheme not in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
         raise ValueError("must start with redis://, rediss://, unix://, redis+sentinel:// "
                          "or redis+cluster://")
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    query = dict(pairs)
+    if len(query) < len(pairs):  # redis-py would take the first, a dict the last: neither
+        twice = next(k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i]))
+        raise ValueError(f"parameter {twice!r} is given twice")
     allowed = {"db"} if scheme in ("unix", "redis", "rediss") else set()
     if scheme == "rediss":
         allowed.update(TLS_PARAMS)
