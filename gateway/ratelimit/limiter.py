@@ -96,8 +96,7 @@ class Limiter:
         self.node_breakers: dict[str, Breaker] = {}
 
     def breaker_for(self, checks: Checks) -> Breaker:
-        if not self.per_node:
-            return self.breaker
+        """On a Cluster, the breaker of the masters holding the request's keys."""
         assert self.redis is not None
         nodes = self.redis.nodes(checks)
         breaker = self.node_breakers.get(nodes)
@@ -113,7 +112,7 @@ class Limiter:
         if self.redis is None:
             admitted, outcomes = self.memory.check(checks.items)
             return Decision(admitted, tuple(zip(checks.policies, outcomes, strict=True)), "memory")
-        breaker = self.breaker_for(checks)
+        breaker = self.breaker_for(checks) if self.per_node else self.breaker
         if breaker.allow():
             started = time.perf_counter()
             try:

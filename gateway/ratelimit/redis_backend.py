@@ -205,7 +205,9 @@ class RedisBackend:
         if self.cluster is not None:
             return await self._check_cluster(checks, now_ms, deadline)
         assert self.connection is not None
-        packed = self._packed(checks, now_ms)
+        packed = checks.packed if now_ms == 0 else None
+        if packed is None:
+            packed = self._packed(checks, now_ms)
         reply = await self.connection.call(packed, deadline)
         if type(reply) is not list:
             reply = await self._after_error(reply, packed, deadline, self.connection.call,
