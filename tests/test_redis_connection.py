@@ -336,11 +336,43 @@ def test_a_call_past_its_own_deadline_argument_times_out(shared: RedisServer) ->
         try:
             assert await conn.call(cmd("PING")) == b"PONG"  # deadline: `timeout` from now
             started = loop.time()
+            link = conn._link
             with pytest.raises(TimeoutError):
                 await conn.call(cmd("BLPOP", queue, 0), deadline=started + 0.2)
             elapsed = loop.time() - started
             assert 0.2 <= elapsed < 0.2 + 0.5, f"deadline 0.2s, TimeoutError after {elapsed:.2f}s"
+            # it failed alone (sent with less than `timeout` left, so Redis is not known to be
+            # stalled): the connection stays, the late reply is skipped, the next one is ours
+            shared.command("RPUSH", queue, "late")
             assert await conn.call(cmd("ECHO", "fresh")) == b"fresh"
+            assert conn._link is link and not link.lost
+        finally:
+            await conn.close()
+
+    run(main())
+
+
+def test_a_call_sent_late_fails_alone_and_the_calls_before_it_are_answered(
+        shared: RedisServer) -> None:
+    """A call sent with little of its deadline left (a retry after NOSCRIPT, a call after a
+    slow connect) that Redis has not answered in time fails by itself; an earlier call that
+    Redis is still working on is answered, and the connection stays. Only a call unanswered
+    for a whole `timeout` means Redis is stalled (then all fail and the connection goes)."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        conn = connection(shared, timeout=2.0)
+        try:
+            assert await conn.call(cmd("PING")) == b"PONG"
+            link = conn._link
+            slow = asyncio.ensure_future(conn.call(cmd("DEBUG", "SLEEP", "0.3")))
+            started = loop.time()
+            with pytest.raises(TimeoutError):
+                await conn.call(cmd("ECHO", "late"), deadline=started + 0.05)
+            assert loop.time() - started < 0.05 + SLACK
+            assert await slow == b"OK"
+            assert await conn.call(cmd("ECHO", "next")) == b"next"
+            assert conn._link is link and not link.lost
         finally:
             await conn.close()
 
@@ -359,6 +391,7 @@ def test_a_deadline_argument_on_a_fresh_connection(shared: RedisServer) -> None:
             with pytest.raises(TimeoutError):
                 await conn.call(cmd("BLPOP", queue, 0), deadline=started + 0.2)
             assert 0.2 <= loop.time() - started < 0.2 + SLACK
+            shared.command("RPUSH", queue, "late")  # its reply, skipped
             assert await conn.call(cmd("ECHO", "fresh")) == b"fresh"
         finally:
             await conn.close()

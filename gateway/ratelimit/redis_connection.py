@@ -3,8 +3,9 @@
 Commands are queued as ready-made RESP bytes; those queued in the same event-loop turn are
 written together, and replies (parsed by hiredis) are matched to callers in order. Every call
 has a deadline (`redis.timeout`), kept with one timer for the whole connection rather than
-one per call: when the oldest unanswered call is overdue, Redis is stalled for all of them,
-so all fail and the connection is dropped (its stream is in an unknown state). The next call
+one per call: when the oldest unanswered call has waited a whole timeout, Redis is stalled
+for all of them, so all fail and the connection is dropped (its stream is in an unknown
+state); a call sent with less of its deadline left fails alone. The next call
 connects again: AUTH, SELECT and SCRIPT LOAD, bounded by the same deadline.
 
 Why not redis-py here: its connection pool, command packing and per-call bookkeeping cost
@@ -49,8 +50,8 @@ class Link(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self._reader = hiredis.Reader()
-        # unanswered calls, oldest first: (future, deadline on the loop's clock)
-        self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
+        # unanswered calls, oldest first: (future, deadline, time sent; the loop's clock)
+        self._waiting: deque[tuple[asyncio.Future[Any], float, float]] = deque()
         self._out: list[bytes] = []  # queued in this loop turn, not yet written
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
@@ -60,16 +61,17 @@ class Link(asyncio.Protocol):
         if self.lost:
             future.set_exception(RedisConnectionLost("redis connection lost"))
             return
-        self._waiting.append((future, deadline))
+        loop = asyncio.get_running_loop()
+        self._waiting.append((future, deadline, loop.time()))
         self._out.append(packed)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         timer = self._timer
         if timer is None or deadline < timer.when():  # the gateway's deadlines only grow
             if timer is not None:
                 timer.cancel()
-            self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
+            self._timer = loop.call_at(deadline, self._expire)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -78,17 +80,30 @@ class Link(asyncio.Protocol):
             self.transport.write(b"".join(out))
 
     def _expire(self) -> None:
-        """The one timer: when a call is overdue, Redis has not answered it nor (replies come
-        in order) any call after it, so all fail; else wait for the earliest deadline."""
+        """The one timer. When the oldest unanswered call has waited a whole `timeout`, Redis
+        is not answering (replies come in order): every call fails and the connection goes.
+        A call that is overdue sooner was sent with little of its deadline left (a retry, a
+        call after a slow connect): it alone fails, and its reply is skipped when it comes."""
         self._timer = None
-        if not self._waiting:
+        waiting = self._waiting
+        if not waiting:
             return
         loop = asyncio.get_running_loop()
-        deadline = min(d for _, d in self._waiting)  # on timer expiry only, not per call
-        if deadline <= loop.time():
+        now = loop.time()
+        silent_since = waiting[0][2] + self.timeout  # on timer expiry only, not per call
+        if silent_since <= now:
             self.drop(TimeoutError(f"redis did not answer within {self.timeout * 1000:g}ms"))
-        else:
-            self._timer = loop.call_at(deadline, self._expire)
+            return
+        wake = silent_since
+        for future, deadline, _ in waiting:
+            if future.done():
+                continue
+            if deadline <= now:
+                future.set_exception(TimeoutError(
+                    f"redis did not answer within {self.timeout * 1000:g}ms"))
+            elif deadline < wake:
+                wake = deadline
+        self._timer = loop.call_at(wake, self._expire)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -101,7 +116,7 @@ class Link(asyncio.Protocol):
             if not waiting:  # a reply nobody asked for: the stream cannot be trusted
                 self.drop(RedisConnectionLost("unexpected reply from redis"))
                 return
-            future, _ = waiting.popleft()
+            future = waiting.popleft()[0]
             if not future.done():  # a caller that gave up (request cancelled) is skipped
                 future.set_result(reply)
 
@@ -121,7 +136,7 @@ class Link(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
             self.transport = None
-        for future, _ in waiting:
+        for future, _, _ in waiting:
             if not future.done():
                 future.set_exception(exc)
 
