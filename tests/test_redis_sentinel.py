@@ -9,7 +9,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,8 +18,9 @@ from gateway.ratelimit.config import RateLimitPolicy
 from gateway.ratelimit.keys import Checks
 from gateway.ratelimit.redis_backend import RedisBackend
 from gateway.ratelimit.redis_connection import RedisConnectionLost, RedisReplyError
-from tests.support.processes import free_port, stop, wait_for_port
-from tests.support.redis_server import RedisServer, redis_binary, start_redis
+from tests.support.processes import stop
+from tests.support.redis_sentinel import start_sentinel
+from tests.support.redis_server import RedisServer, start_redis
 
 POLICY = RateLimitPolicy(name="p", limit=2, period_ms=60_000, algorithm="fixed_window")
 DOCUMENTED = (TimeoutError, OSError, RedisConnectionLost, RedisReplyError)
@@ -31,20 +31,8 @@ def sentinel_for(tmp_path: Path) -> Iterator[Callable[..., int]]:
     procs: list[subprocess.Popen] = []
 
     def start(master_port: int, *extra_conf: str) -> int:
-        port = free_port()
-        conf = tmp_path / f"sentinel{len(procs)}.conf"
-        conf.write_text(f"port {port}\nbind 127.0.0.1\n"
-                        f"sentinel monitor gwmaster 127.0.0.1 {master_port} 1\n"
-                        + "".join(line + "\n" for line in extra_conf))
-        proc = subprocess.Popen([redis_binary(), str(conf), "--sentinel"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port, proc = start_sentinel(tmp_path, master_port, *extra_conf)
         procs.append(proc)
-        wait_for_port(port, proc)
-        probe = RedisServer(port, tmp_path)
-        deadline = time.monotonic() + 10
-        while b"gwmaster" not in probe.command("SENTINEL", "MASTERS"):
-            assert time.monotonic() < deadline, "sentinel never reported the master"
-            time.sleep(0.05)
         return port
 
     yield start

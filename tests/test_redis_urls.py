@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from pathlib import Path
 
@@ -14,8 +13,8 @@ from gateway.ratelimit.keys import Checks
 from gateway.ratelimit.redis_backend import RedisBackend
 from gateway.ratelimit.redis_connection import RedisReplyError
 from gateway.ratelimit.resp import encode
-from tests.support.processes import free_port, wait_for_port
-from tests.support.redis_server import RedisServer, redis_binary, start_redis
+from tests.support.redis_sentinel import start_sentinel
+from tests.support.redis_server import RedisServer, start_redis
 
 POLICY = RateLimitPolicy(name="p", limit=2, period_ms=60_000, algorithm="fixed_window")
 
@@ -41,19 +40,8 @@ def test_unix_socket_url(tmp_path: Path) -> None:
 
 def test_sentinel_url_finds_the_master(tmp_path: Path) -> None:
     master = start_redis(tmp_path / "m")
-    sentinel_port = free_port()
-    conf = tmp_path / "sentinel.conf"
-    conf.write_text(f"port {sentinel_port}\nbind 127.0.0.1\n"
-                    f"sentinel monitor gwmaster 127.0.0.1 {master.port} 1\n")
-    sentinel = subprocess.Popen([redis_binary(), str(conf), "--sentinel"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sentinel_port, sentinel = start_sentinel(tmp_path, master.port)
     try:
-        wait_for_port(sentinel_port, sentinel)
-        probe = RedisServer(sentinel_port, tmp_path)
-        deadline = time.monotonic() + 10
-        while b"gwmaster" not in probe.command("SENTINEL", "MASTERS"):
-            assert time.monotonic() < deadline, "sentinel never reported the master"
-            time.sleep(0.05)
         url = f"redis+sentinel://127.0.0.1:{sentinel_port}/gwmaster/0"
         assert asyncio.run(three_checks(url)) == [True, True, False]
         assert b"gw:{t}:p" in master.command("KEYS", "*")
@@ -79,19 +67,13 @@ def test_sentinel_failover_is_followed_without_a_restart(tmp_path: Path) -> None
     replica = start_redis(tmp_path / "r", "--replicaof", "127.0.0.1", str(master.port))
     wait_for("the replica to sync",
              lambda: b"master_link_status:up" in replica.command("INFO", "replication"))
-    sentinel_port = free_port()
-    conf = tmp_path / "sentinel.conf"
-    conf.write_text(f"port {sentinel_port}\nbind 127.0.0.1\n"
-                    f"sentinel monitor gwmaster 127.0.0.1 {master.port} 1\n"
-                    "sentinel down-after-milliseconds gwmaster 1000\n"
-                    "sentinel failover-timeout gwmaster 5000\n")
-    sentinel = subprocess.Popen([redis_binary(), str(conf), "--sentinel"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sentinel_port, sentinel = start_sentinel(
+        tmp_path, master.port, "sentinel down-after-milliseconds gwmaster 1000",
+        "sentinel failover-timeout gwmaster 5000")
     probe = RedisServer(sentinel_port, tmp_path)
     policy = RateLimitPolicy(name="f", limit=5, period_ms=3_600_000, algorithm="fixed_window")
     key = "gw:{fo}:f"
     try:
-        wait_for_port(sentinel_port, sentinel)
         wait_for("sentinel to know the replica", lambda: str(replica.port).encode()
                  in probe.command("SENTINEL", "REPLICAS", "gwmaster"))
 
