@@ -103,6 +103,8 @@ class ClusterRouter:
     async def call(self, slot: int, packed: bytes, deadline: float) -> Any:
         """The reply of `packed` from the master of `slot` (a hiredis.ReplyError for an error
         answer other than a redirect); raises like RedisConnection.call."""
+        if self._closed:
+            raise RedisConnectionLost("connection closed")
         address = self.owners[slot]
         if address is None:
             await self._wait_for_map(deadline)
