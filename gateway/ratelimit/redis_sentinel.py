@@ -3,8 +3,9 @@
 
 Every Sentinel of the URL is asked at once (`SENTINEL MASTER <service>`) on a pipelined
 connection of its own; the first to name a master that it does not flag as down wins. So a
-Sentinel that is stalled or gone costs nothing while another answers. The URL's password is
-sent to the Sentinels too; one without a password accepts the connection anyway.
+Sentinel that is stalled or gone costs nothing while another answers. The URL's password (not
+its user, which is the master's) is sent to the Sentinels too; one without a password accepts
+the connection anyway.
 
 Why not redis-py's Sentinel: it asks the Sentinels one after the other, and (given a Sentinel
 password) without a socket timeout, so one stalled Sentinel held every reconnect; and it
@@ -44,8 +45,9 @@ class SentinelLocator:
         self.service = endpoint.service
         self.question = encode("SENTINEL", "MASTER", endpoint.service)
         self.sentinels = [
+            # the password only, as redis-py sent it: a URL's ACL user is the master's
             RedisConnection(dataclasses.replace(endpoint, kind="standalone", hosts=(host,),
-                                                db=0, service=""),
+                                                db=0, service="", username=None),
                             timeout, auth_optional=True)
             for host in endpoint.hosts]
 
