@@ -23,15 +23,17 @@ class Checks:
     """A request's rate limits, each with the counter it counts against, in check order.
 
     The handler keeps them per client; `packed` keeps the Redis backend's encoded script call
-    beside them, so a returning client costs neither key building nor encoding.
+    beside them, and `slots` their Redis Cluster slots, so a returning client costs neither
+    key building, nor encoding, nor hashing.
     """
 
-    __slots__ = ("items", "packed", "policies")
+    __slots__ = ("items", "packed", "policies", "slots")
 
     def __init__(self, items: Iterable[Item]) -> None:
         self.items: tuple[Item, ...] = tuple(items)
         self.policies: tuple[RateLimitPolicy, ...] = tuple(p for p, _ in self.items)
         self.packed: bytes | None = None
+        self.slots: tuple[int, ...] | None = None
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9.:_\-]{1,64}")

@@ -192,8 +192,16 @@ class RedisBackend:
         request's keys, as last learnt ('' before the slot map is known); '' for one Redis."""
         if self.cluster is None:
             return ""
-        owners = sorted({self.cluster.owner(slot_of(key)) for _, key in checks.items})
+        owners = sorted({self.cluster.owner(slot) for slot in self._slots(checks)})
         return ",".join(owners)
+
+    @staticmethod
+    def _slots(checks: Checks) -> tuple[int, ...]:
+        """The Cluster slot of each item's key, kept with the checks."""
+        slots = checks.slots
+        if slots is None:
+            slots = checks.slots = tuple(slot_of(key) for _, key in checks.items)
+        return slots
 
     async def check(self, checks: Checks, now_ms: int = 0) -> tuple[bool, list[Outcome]]:
         """(admitted, one outcome per item), decided by one Lua call on Redis.
@@ -248,8 +256,8 @@ class RedisBackend:
                              ) -> tuple[bool, list[Outcome]]:
         items = checks.items
         groups: dict[int, list[int]] = {}
-        for i, (_, key) in enumerate(items):
-            groups.setdefault(slot_of(key), []).append(i)
+        for i, slot in enumerate(self._slots(checks)):
+            groups.setdefault(slot, []).append(i)
         if len(groups) == 1:
             (slot,) = groups
             reply = await self._cluster_call(slot, self._packed(checks, now_ms), deadline)
