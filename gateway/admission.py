@@ -1,6 +1,7 @@
 """Admission: every decision about a request that can be made from its head alone.
 
-    target form -> path normalization -> method -> route -> upgrade -> body size -> Expect
+    HTTP version -> transfer coding -> target form -> path normalization -> path matching
+    -> method -> route -> upgrade (and its handshake) -> body size -> Expect
 
 A CORS preflight (OPTIONS with Origin and Access-Control-Request-Method) is routed by the
 method it asks about, so it meets the same route, CORS policy and rate limits as the request
@@ -13,6 +14,7 @@ does.
 
 from __future__ import annotations
 
+import binascii
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +24,7 @@ from gateway.config.model import Route
 from gateway.cors import is_preflight
 from gateway.http.forwarding import connection_listed
 from gateway.http.normalize import PathRejected, normalize_target
+from gateway.http.path_matching import match_key
 from gateway.routing import request_host
 
 if TYPE_CHECKING:  # runtime.py imports this module
@@ -40,6 +43,7 @@ class Refusal:
     close: bool = False  # the rest of the request cannot be trusted or read
     route: Route | None = None
     path: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()  # added to the answer (426's version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +80,20 @@ def admit(
     headers: CIMultiDictProxy[str],
     content_length: int | None,
     has_body: bool,
+    version: tuple[int, int] = (1, 1),
 ) -> Admission | Refusal | CspReport:
+    if version != (1, 1) and version != (1, 0):
+        if version[0] == 0:  # a request line without a version (HTTP/0.9's shape)
+            return Refusal(400, "the request line has no HTTP version", close=True)
+        return Refusal(505, f"HTTP/{version[0]}.{version[1]} is not supported; "
+                       "use HTTP/1.1", close=True)
+    if "Transfer-Encoding" in headers:
+        refused = _transfer_coding_refused(headers.getall("Transfer-Encoding"))
+        if refused is not None:
+            return Refusal(501, refused, close=True)
     try:
         path, query = normalize_target(target)
+        route_path = match_key(path, rt.path_matching)
     except PathRejected as exc:
         return Refusal(400, str(exc), close=True)
     collector = rt.policy.csp_reports
@@ -93,11 +108,11 @@ def admit(
         return Refusal(405, f"{method} is not allowed through this gateway", path=path)
     host = request_host(headers.get("Host"))
     if is_preflight(method, headers):
-        route = rt.router.match(headers["Access-Control-Request-Method"], host, path)
+        route = rt.router.match(headers["Access-Control-Request-Method"], host, route_path)
         if route is not None and route.cors is not None:
             return Admission(route, path, query, False, False, preflight=True)
         # no CORS policy there: an ordinary OPTIONS request, which the upstream may answer
-    route = rt.router.match(method, host, path)
+    route = rt.router.match(method, host, route_path)
     if route is None:
         return Refusal(404, "no route matches this request", path=path)
 
@@ -109,6 +124,10 @@ def admit(
             if not route.websocket:
                 return Refusal(403, "WebSocket upgrade is not allowed on this route",
                                route=route, path=path)
+            refused = _handshake_refused(headers, version)
+            if refused is not None:
+                return Refusal(refused[0], refused[1], route=route, path=path,
+                               headers=refused[2])
             websocket = True
         # any other upgrade (h2c, ...) is hop-by-hop and is not forwarded
 
@@ -117,10 +136,48 @@ def admit(
         return Refusal(413, f"request body exceeds {max_body} bytes", close=True, route=route,
                        path=path)
     send_continue = False
-    expect = headers.get("Expect")
-    if expect is not None:
-        if expect.lower() != "100-continue":
+    if "Expect" in headers:
+        # every field line counts: `100-continue` on one and `foo` on another is not 100-continue
+        expectations = [e.strip().lower() for line in headers.getall("Expect")
+                        for e in line.split(",")]
+        if expectations != ["100-continue"]:
             return Refusal(417, "only 'Expect: 100-continue' is supported", route=route,
                            path=path)
         send_continue = has_body
     return Admission(route, path, query, websocket, send_continue)
+
+
+def _transfer_coding_refused(lines: list[str]) -> str | None:
+    """Why a Transfer-Encoding is refused, or None for a lone `chunked`.
+
+    Any other coding (`gzip, chunked`, `identity, chunked`) is one the upstream might frame
+    differently from the gateway; nginx answers 501 as well.
+    """
+    codings = [c.strip().lower() for line in lines for c in line.split(",")]
+    if codings == ["chunked"]:
+        return None
+    return ("transfer coding not supported: only a lone 'chunked' is accepted, got "
+            f"{', '.join(codings)!r}")
+
+
+_WS_VERSION = (("Sec-WebSocket-Version", "13"),)
+
+
+def _handshake_refused(headers: CIMultiDictProxy[str],
+                       version: tuple[int, int]) -> tuple[int, str, tuple] | None:
+    """RFC 6455 4.2.1, checked here so a bad handshake gets the gateway's own answer."""
+    if version != (1, 1):
+        return 400, "a WebSocket handshake needs HTTP/1.1", ()
+    versions = headers.getall("Sec-WebSocket-Version", ())
+    if [v.strip() for v in versions] != ["13"]:
+        return 426, "unsupported WebSocket version: this gateway speaks version 13", _WS_VERSION
+    keys = headers.getall("Sec-WebSocket-Key", ())
+    if len(keys) != 1:
+        return 400, "a WebSocket handshake needs exactly one Sec-WebSocket-Key", ()
+    try:
+        nonce = binascii.a2b_base64(keys[0].strip().encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError):
+        nonce = b""
+    if len(nonce) != 16:
+        return 400, "Sec-WebSocket-Key must be 16 bytes in base64", ()
+    return None

@@ -21,6 +21,8 @@ from gateway.cors import actual as actual_cors
 from gateway.cors import preflight as cors_preflight
 from gateway.http.client_ip import client_ip, forwarded_hops, parse_ip
 from gateway.http.forwarding import HOP_BY_HOP, upstream_request_headers
+from gateway.http.normalize import PathRejected
+from gateway.http.path_matching import match_key
 from gateway.ratelimit.keys import limit_tag, storage_key
 from gateway.runtime import Runtime
 from gateway.security_headers import HeadersPolicy
@@ -91,6 +93,8 @@ def explain(rt: Runtime, req: DescribedRequest) -> dict[str, Any]:
         "client_ip": {"address": client, "why": why_ip},
     }
     verdict = admit(rt, req.method, target, headers, length, has_body)
+    if verdict.path is not None:
+        report["path_matching"] = _matching(rt, verdict.path)
     report["path"] = verdict.path
     report["route"] = _route(verdict.route)
     route = verdict.route
@@ -120,7 +124,8 @@ def explain(rt: Runtime, req: DescribedRequest) -> dict[str, Any]:
     out = upstream_request_headers(
         headers, version=(1, 1), peer=req.peer, peer_trusted=peer_trusted, client_ip=client,
         scheme=scheme, request_id=REQUEST_ID,
-        upstream_authority=None if rt.policy.upstream.preserve_host else target_url.authority)
+        upstream_authority=None if rt.policy.upstream.preserve_host else target_url.authority,
+        rules=rt.forwarding)
     sent = {k.lower(): v for k, v in out.items()}
     report["outcome"] = {
         "action": "relay websocket" if verdict.websocket else "forward",
@@ -134,6 +139,17 @@ def explain(rt: Runtime, req: DescribedRequest) -> dict[str, Any]:
     report["response_headers"]["removed"] += [
         *sorted(n.title() for n in HOP_BY_HOP), "(any named in Connection)"]
     return report
+
+
+def _matching(rt: Runtime, path: str) -> dict[str, Any]:
+    m = rt.path_matching
+    try:
+        key = match_key(path, m)
+    except PathRejected as exc:
+        key = f"refused: {exc}"
+    return {"routes_match": key, "case_sensitive": m.case_sensitive,
+            "trailing_slash": m.trailing_slash, "path_parameters": m.path_parameters,
+            "trailing_dots": m.trailing_dots}
 
 
 def _cors(policy: CorsPolicy | None, headers: CIMultiDictProxy[str],

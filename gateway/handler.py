@@ -42,8 +42,9 @@ from gateway.observability.metrics import (
     upstream_error,
 )
 from gateway.observability.sentry import Reporter
+from gateway.proxy.capacity import Full
 from gateway.proxy.forwarder import ClientBodyError, RequestBody, UpstreamError, forward
-from gateway.proxy.websocket import WebSocketRegistry, relay_websocket
+from gateway.proxy.websocket import HandshakeRefused, WebSocketRegistry, relay_websocket
 from gateway.ratelimit.headers import rate_limit_headers, retry_after, violated
 from gateway.ratelimit.keys import Checks, limit_tag, storage_key
 from gateway.ratelimit.limiter import Decision, RateLimitUnavailable
@@ -132,15 +133,20 @@ class Handler:
             if headers_policy is not None:
                 apply_security_headers(headers_policy, out, https)
 
+        # a chunked body ends its connection (http/protocol.py: trailers must not reach the
+        # next request), and the answer says so
+        closing = self.draining or "Transfer-Encoding" in headers
+
         def refuse(status: int, detail: str, close: bool = False, cors: bool = True,
+                   extra: tuple[tuple[str, str], ...] = (),
                    **fields: object) -> web.StreamResponse:
-            out: CIMultiDict[str] = CIMultiDict()
+            out: CIMultiDict[str] = CIMultiDict(extra)
             decorate(out, cors)
             return problem_response(status, detail, request_id=request_id, headers=out,
-                                    close=close or self.draining, **fields)
+                                    close=close or closing, **fields)
 
         verdict = admit(rt, request.method, request.raw_path, headers, request.content_length,
-                        request.body_exists)
+                        request.body_exists, (request.version.major, request.version.minor))
         route = verdict.route
         record.path = verdict.path
         if route is not None:
@@ -148,7 +154,7 @@ class Handler:
             cors_policy = rt.route_cors.get(route.name)
             headers_policy = rt.route_headers.get(route.name)
         if isinstance(verdict, Refusal):
-            return refuse(verdict.status, verdict.detail, verdict.close)
+            return refuse(verdict.status, verdict.detail, verdict.close, extra=verdict.headers)
         client = client_ip(peer, headers.getall("X-Forwarded-For", ()), rt.trusted)
         record.client_ip = client
 
@@ -185,7 +191,7 @@ class Handler:
                 out[name] = add_vary(out.getall(name, ()), value) if name == "Vary" else value
             out["X-Request-ID"] = request_id
             response = GatewayResponse(status=204, headers=out)
-            if self.draining:
+            if closing:
                 response.force_close()
             return response
 
@@ -203,6 +209,7 @@ class Handler:
             scheme="https" if request.secure else "http",
             request_id=request_id,
             upstream_authority=None,
+            rules=rt.forwarding,
         )
         if self.sentry.enabled:
             fwd_headers.update(self.sentry.trace_headers())
@@ -215,7 +222,8 @@ class Handler:
                 decorate(ws_headers)
                 return await relay_websocket(
                     request, rt.pool, self.websockets, path_qs=path_qs, headers=fwd_headers,
-                    response_headers=ws_headers, preserve_host=upstream_settings.preserve_host)
+                    response_headers=ws_headers, preserve_host=upstream_settings.preserve_host,
+                    client_ip=client, max_message=limits.max_websocket_message)
             body = None
             if request.body_exists:
                 body = RequestBody(request.content, limits.max_body_size,
@@ -223,7 +231,15 @@ class Handler:
             return await forward(
                 request, rt.pool, method=request.method, path_qs=path_qs, headers=fwd_headers,
                 body=body, request_id=request_id, preserve_host=upstream_settings.preserve_host,
-                finish_headers=decorate, close=self.draining, record=record)
+                client=client, content_length=request.content_length,
+                finish_headers=decorate, close=closing, record=record)
+        except Full as exc:
+            record.source = "gateway"
+            log.warning("refused (503) for lack of upstream capacity: %s", exc.detail)
+            return refuse(503, exc.detail, extra=(("Retry-After", "1"),))
+        except HandshakeRefused as exc:
+            record.source = "gateway"
+            return refuse(400, str(exc), close=True)
         except UpstreamError as exc:
             record.source = "gateway"
             upstream_error(exc.target, exc.failure.kind)

@@ -14,6 +14,10 @@ Matching cost must not grow with the number of routes. Routes are indexed once p
 
 Every candidate carries its position in the policy; the lowest position whose method and host
 also accept wins, which is exactly "first match wins" over the whole list.
+
+Paths are matched as the upstream reads them (`server.path_matching`, path_matching.py): with
+case-insensitive matching the patterns are indexed in lower case (and the caller lowers the
+request's path); with `trailing_slash: ignore` an exact path is indexed under both spellings.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from gateway.config.model import Route, RouteMatch
+from gateway.http.path_matching import DEFAULT, PathMatching, route_pattern, slash_twin
 
 
 def host_matches(pattern: str | None, host: str) -> bool:
@@ -34,13 +39,15 @@ def host_matches(pattern: str | None, host: str) -> bool:
 
 
 def request_host(host_header: str | None) -> str:
-    """Host header without port, lower-case (IPv6 literals keep their brackets)."""
+    """Host header without port, lower-case, without one trailing dot (IPv6 literals keep
+    their brackets): `API.Example.com.:443` is `api.example.com`, as DNS reads it."""
     if not host_header:
         return ""
     host = host_header.strip().lower()
     if host.startswith("["):
         return host.partition("]")[0] + "]"
-    return host.partition(":")[0]
+    host = host.partition(":")[0]
+    return host[:-1] if host.endswith(".") else host
 
 
 def _accepts(match: RouteMatch, method: str, host: str) -> bool:
@@ -98,16 +105,20 @@ class Router:
 
     __slots__ = ("_exact", "_root", "_routes")
 
-    def __init__(self, routes: Sequence[Route]) -> None:
+    def __init__(self, routes: Sequence[Route], matching: PathMatching = DEFAULT) -> None:
         self._routes = tuple(routes)
         exact: defaultdict[str, list[int]] = defaultdict(list)
         prefixes: defaultdict[str, list[int]] = defaultdict(list)
         for index, route in enumerate(self._routes):
             m = route.match
             if m.path is not None:
-                exact[m.path].append(index)
+                path = route_pattern(m.path, matching)
+                exact[path].append(index)
+                twin = slash_twin(path) if matching.trailing_slash == "ignore" else None
+                if twin is not None:
+                    exact[twin].append(index)
             else:
-                prefixes[m.path_prefix or "/"].append(index)
+                prefixes[route_pattern(m.path_prefix or "/", matching)].append(index)
         self._exact = {k: _Slot(self._routes, v) for k, v in exact.items()}
         self._root = _Node()
         partial: defaultdict[int, dict[str, list[int]]] = defaultdict(dict)
@@ -132,7 +143,9 @@ class Router:
         return self._routes
 
     def match(self, method: str, host: str, path: str) -> Route | None:
-        """The first route, in policy order, that accepts the request; None when none does."""
+        """The first route, in policy order, that accepts the request; None when none does.
+
+        `path` is the request's match key (path_matching.match_key)."""
         routes = self._routes
         best = len(routes)
         slot = self._exact.get(path)

@@ -14,6 +14,8 @@ from gateway.admission import COLLECTOR
 from gateway.config import Loaded, Policy
 from gateway.cors import CorsPolicy
 from gateway.http.client_ip import TrustedProxies
+from gateway.http.forwarding import ForwardingRules
+from gateway.http.path_matching import PathMatching
 from gateway.observability.metrics import RATELIMIT_DECISIONS
 from gateway.proxy.pool import UpstreamPool
 from gateway.ratelimit.config import RateLimitPolicy
@@ -49,6 +51,9 @@ class Runtime:
     route_headers: dict[str, HeadersPolicy]  # likewise, security headers
     default_headers: HeadersPolicy | None  # for answers made before a route is known
     loaded_at: float  # wall-clock time of the load
+    path_matching: PathMatching  # how the upstream reads paths; routes match the same way
+    forwarding: ForwardingRules  # which request headers never reach the upstream
+
 
     @property
     def policy(self) -> Policy:
@@ -77,11 +82,16 @@ class Runtime:
             route_limits[COLLECTOR] = _route_limits(COLLECTOR, policies)
         route_cors = {r.name: policy.cors[r.cors] for r in policy.routes if r.cors}
         route_headers = {r.name: policy.headers[r.headers] for r in policy.routes if r.headers}
-        return cls(loaded=loaded, router=Router(policy.routes),
+        matching = policy.server.path_matching
+        return cls(loaded=loaded, router=Router(policy.routes, matching),
                    trusted=TrustedProxies(policy.server.trusted_proxies), pool=pool,
                    limiter=limiter, route_limits=route_limits, route_cors=route_cors,
                    route_headers=route_headers, default_headers=policy.headers.get("default"),
-                   loaded_at=time.time())
+                   loaded_at=time.time(), path_matching=matching,
+                   forwarding=ForwardingRules.build(
+                       policy.server.client_identity_headers,
+                       [part.header for p in policy.rate_limits.values() for part in p.key
+                        if part.header is not None]))
 
 
 def _route_limits(route: str, policies: tuple[RateLimitPolicy, ...]) -> RouteLimits:

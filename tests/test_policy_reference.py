@@ -12,7 +12,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "policy.md"
 
 
 def documented_keys() -> set[str]:
-    return set(re.findall(r"^\| `([a-z_\[\].*]+)` \|", DOC.read_text(), re.MULTILINE))
+    return set(re.findall(r"^\| `([a-z0-9_\[\].*]+)` \|", DOC.read_text(), re.MULTILINE))
 
 
 def loader_keys() -> set[str]:

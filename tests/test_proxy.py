@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 
@@ -71,14 +72,32 @@ def test_content_length_framing_is_kept(gateway) -> None:
     assert reply.json()["body_length"] == 5000
 
 
-def test_chunked_request_body_arrives_whole(gateway) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
-    conn.request("POST", "/upload", body=iter([b"x" * 1000, b"y" * 2000]),
+def _send_chunked(port: int, chunks: list[bytes]) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("POST", "/upload", body=iter(chunks),
                  encode_chunked=True, headers={"Transfer-Encoding": "chunked"})
     reply = json.loads(conn.getresponse().read())
     conn.close()
+    return reply
+
+
+def test_small_chunked_request_body_is_received_whole_then_sent_with_its_length(
+        gateway) -> None:
+    # up to upstream.request_buffer (64KiB) the body is read before forwarding, as nginx does
+    reply = _send_chunked(gateway.port, [b"x" * 1000, b"y" * 2000])
     assert reply["body_length"] == 3000
-    assert "transfer-encoding" in {k.lower() for k, _ in reply["headers"]}
+    names = {k.lower(): v for k, v in reply["headers"]}
+    assert names["content-length"] == "3000"
+    assert "transfer-encoding" not in names
+
+
+def test_large_chunked_request_body_streams_chunked(gateway) -> None:
+    chunks = [bytes([65 + i % 26]) * 16384 for i in range(8)]  # 128KiB > request_buffer
+    reply = _send_chunked(gateway.port, chunks)
+    assert reply["body_length"] == 8 * 16384
+    assert reply["body_sha256"] == hashlib.sha256(b"".join(chunks)).hexdigest()
+    names = {k.lower() for k, _ in reply["headers"]}
+    assert "transfer-encoding" in names and "content-length" not in names
 
 
 def test_response_hop_by_hop_headers_are_stripped_and_via_added(gateway) -> None:

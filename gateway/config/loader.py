@@ -35,6 +35,7 @@ from gateway.config.model import (
 )
 from gateway.config.reader import Reader
 from gateway.config.source import Document, read_document
+from gateway.http import path_matching
 from gateway.http.normalize import PathRejected, normalize_path
 from gateway.observability.sentry import SentrySettings
 from gateway.ratelimit import config as ratelimit_config
@@ -46,10 +47,15 @@ KEYS: dict[str, tuple[str, ...]] = {
     "": ("version", "extends", "environment", "server", "upstream", "redis", "rate_limits",
          "cors", "headers", "csp_reports", "observability", "routes"),
     "server": ("listen", "admin_listen", "workers", "trusted_proxies", "timeouts", "limits",
-               "watch", "watch_interval"),
+               "watch", "watch_interval", "path_matching", "client_identity_headers"),
     "server.timeouts": ("header", "idle", "body", "shutdown"),
-    "server.limits": ("max_body_size", "max_header_size", "max_headers"),
-    "upstream": ("url", "targets", "timeouts", "max_connections", "retries", "preserve_host"),
+    "server.limits": ("max_body_size", "max_header_size", "max_headers",
+                      "max_websocket_message"),
+    "server.path_matching": ("case_sensitive", "trailing_slash", "path_parameters",
+                             "trailing_dots"),
+    "upstream": ("url", "targets", "timeouts", "max_connections", "retries", "preserve_host",
+                 "pool_timeout", "max_websockets", "max_websockets_per_client",
+                 "max_streaming_bodies", "max_streaming_bodies_per_client", "request_buffer"),
     "upstream.timeouts": ("connect", "read"),
     "routes[]": ("name", "match", "websocket", "rate_limits", "cors", "headers"),
     "routes[].match": ("path", "path_prefix", "methods", "host"),
@@ -64,6 +70,10 @@ _PORT = re.compile(r"[0-9]{1,5}")
 _URL_HOST = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9])?")
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
 _METHOD = re.compile(r"[A-Z][A-Z0-9\-_]*")
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
+# what the gateway sets on every forwarded request: not removable as a client's claim
+_GATEWAY_SET = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+                          "x-real-ip", "x-request-id", "forwarded", "via"})
 _HOSTNAME = re.compile(r"(\*\.)?([a-z0-9]([a-z0-9\-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9\-]*[a-z0-9])?")
 
 
@@ -241,7 +251,7 @@ def _server(r: Reader, node: yaml.Node) -> ServerSettings | None:
         lm = r.mapping(m["limits"], KEYS["server.limits"], "server.limits")
         if lm is not None:
             values = {}
-            for key in ("max_body_size", "max_header_size"):
+            for key in ("max_body_size", "max_header_size", "max_websocket_message"):
                 if key in lm:
                     values[key] = r.size(lm[key], f"server.limits.{key}")
             if "max_headers" in lm:
@@ -251,13 +261,54 @@ def _server(r: Reader, node: yaml.Node) -> ServerSettings | None:
     watch = r.boolean(m["watch"], "server.watch") if "watch" in m else d.watch
     interval = r.duration(m["watch_interval"], "server.watch_interval") \
         if "watch_interval" in m else d.watch_interval
-    if listen is None or admin is None or workers is None or watch is None or interval is None:
+    matching = _path_matching(r, m["path_matching"]) if "path_matching" in m \
+        else d.path_matching
+    identity = d.client_identity_headers
+    if "client_identity_headers" in m:
+        items = r.string_list(m["client_identity_headers"], "server.client_identity_headers")
+        identity = tuple(t for _, t in items) if items is not None else None
+        for item, text in items or ():
+            if not _FIELD_NAME.fullmatch(text):
+                r.error(item, f"server.client_identity_headers: {text!r} is not a header name")
+                identity = None
+            elif text.lower() in _GATEWAY_SET:
+                r.error(item, f"server.client_identity_headers: {text} is set by the gateway "
+                        "itself (see server.trusted_proxies)")
+                identity = None
+    if listen is None or admin is None or workers is None or watch is None or interval is None \
+            or matching is None or identity is None:
         return None
     if listen == admin:
         r.error(m.get("admin_listen"), "server.admin_listen must differ from server.listen")
     return ServerSettings(listen=listen, admin_listen=admin, workers=workers,
                           trusted_proxies=trusted, timeouts=timeouts, limits=limits,
-                          watch=watch, watch_interval=interval)
+                          watch=watch, watch_interval=interval, path_matching=matching,
+                          client_identity_headers=identity)
+
+
+def _path_matching(r: Reader, node: yaml.Node) -> path_matching.PathMatching | None:
+    m = r.mapping(node, KEYS["server.path_matching"], "server.path_matching")
+    if m is None:
+        return None
+    d = path_matching.DEFAULT
+    values: dict[str, object] = {}
+    if "case_sensitive" in m:
+        values["case_sensitive"] = r.boolean(m["case_sensitive"],
+                                             "server.path_matching.case_sensitive")
+    choices = {"trailing_slash": ("strict", "ignore"),
+               "path_parameters": path_matching.CHOICES, "trailing_dots": path_matching.CHOICES}
+    for key, allowed in choices.items():
+        if key in m:
+            value = r.string(m[key], f"server.path_matching.{key}")
+            if value is not None and value not in allowed:
+                r.error(m[key], f"server.path_matching.{key} must be one of "
+                        f"{', '.join(allowed)}; got {value!r}")
+                value = None
+            values[key] = value
+    if None in values.values():
+        return None
+    return path_matching.PathMatching(**{**{k: getattr(d, k) for k in KEYS[
+        "server.path_matching"]}, **values})
 
 
 def _target(r: Reader, node: yaml.Node, what: str) -> UpstreamTarget | None:
@@ -326,6 +377,18 @@ def _upstream(r: Reader, node: yaml.Node) -> UpstreamSettings | None:
         values["retries"] = r.integer(m["retries"], "upstream.retries", 0, 10)
     if "preserve_host" in m:
         values["preserve_host"] = r.boolean(m["preserve_host"], "upstream.preserve_host")
+    if "pool_timeout" in m:
+        values["pool_timeout"] = r.duration(m["pool_timeout"], "upstream.pool_timeout")
+    for key in ("max_websockets", "max_websockets_per_client", "max_streaming_bodies",
+                "max_streaming_bodies_per_client"):
+        if key in m:
+            values[key] = r.integer(m[key], f"upstream.{key}", 0, 100_000)
+    if "request_buffer" in m:
+        values["request_buffer"] = r.size(m["request_buffer"], "upstream.request_buffer")
+        if values["request_buffer"] is not None and values["request_buffer"] > 64 * 1024 ** 2:
+            r.error(m["request_buffer"], "upstream.request_buffer is held in memory per "
+                    "request: at most 64MiB")
+            values["request_buffer"] = None
     if not targets:
         return None
     fields = {k: v for k, v in values.items() if v is not None}
@@ -335,7 +398,12 @@ def _upstream(r: Reader, node: yaml.Node) -> UpstreamSettings | None:
 def _defaults(d: UpstreamSettings) -> dict[str, object]:
     return {"connect_timeout": d.connect_timeout, "read_timeout": d.read_timeout,
             "max_connections": d.max_connections, "retries": d.retries,
-            "preserve_host": d.preserve_host}
+            "preserve_host": d.preserve_host, "pool_timeout": d.pool_timeout,
+            "max_websockets": d.max_websockets,
+            "max_websockets_per_client": d.max_websockets_per_client,
+            "max_streaming_bodies": d.max_streaming_bodies,
+            "max_streaming_bodies_per_client": d.max_streaming_bodies_per_client,
+            "request_buffer": d.request_buffer}
 
 
 def _route_path(r: Reader, node: yaml.Node, what: str) -> str | None:

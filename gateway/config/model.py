@@ -9,6 +9,8 @@ from types import MappingProxyType
 
 from gateway.cors import CorsPolicy
 from gateway.csp_reports import CspReports
+from gateway.http.path_matching import DEFAULT as DEFAULT_PATH_MATCHING
+from gateway.http.path_matching import PathMatching
 from gateway.observability.sentry import SentrySettings
 from gateway.ratelimit.config import RateLimitPolicy, RedisSettings
 from gateway.security_headers import HeadersPolicy
@@ -38,6 +40,19 @@ class ServerLimits:
     max_body_size: int = 10 * 1024 * 1024
     max_header_size: int = 8 * 1024  # one header line (and the request line)
     max_headers: int = 100
+    max_websocket_message: int = 1024 * 1024  # a relayed frame or message; beyond: close 1009
+
+
+# Headers through which some proxy or CDN tells an application who the client is. A client
+# can send any of them; the gateway removes them all and sets only its own (X-Forwarded-For,
+# X-Real-IP), so an application that reads one of them cannot be fooled.
+CLIENT_IDENTITY_HEADERS = (
+    "True-Client-IP", "CF-Connecting-IP", "CF-Connecting-IPv6", "X-Client-IP",
+    "X-Cluster-Client-IP", "Fastly-Client-IP", "Client-IP", "X-Originating-IP", "X-Remote-IP",
+    "X-Remote-Addr", "X-ProxyUser-Ip", "X-Original-Forwarded-For", "X-Forwarded",
+    "Forwarded-For", "X-Original-Client-IP", "X-Envoy-External-Address", "X-Azure-ClientIP",
+    "X-Azure-SocketIP", "Akamai-Client-IP", "X-Host-IP",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +65,8 @@ class ServerSettings:
     limits: ServerLimits = ServerLimits()
     watch: bool = True  # reload when a policy file changes on disk
     watch_interval: float = 1.0
+    path_matching: PathMatching = DEFAULT_PATH_MATCHING
+    client_identity_headers: tuple[str, ...] = CLIENT_IDENTITY_HEADERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +91,15 @@ class UpstreamSettings:
     targets: tuple[UpstreamTarget, ...]
     connect_timeout: float = 2.0
     read_timeout: float = 30.0
-    max_connections: int = 512
+    max_connections: int = 512  # pooled connections for ordinary requests
     retries: int = 1
     preserve_host: bool = False
+    pool_timeout: float = 1.0  # wait for a free pooled connection, then 503
+    max_websockets: int = 256  # relayed WebSockets, on connections of their own
+    max_websockets_per_client: int = 16
+    max_streaming_bodies: int = 64  # requests forwarded while their body still arrives
+    max_streaming_bodies_per_client: int = 4
+    request_buffer: int = 64 * 1024  # bodies up to this are received whole before forwarding
 
 
 @dataclass(frozen=True, slots=True)

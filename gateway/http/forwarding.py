@@ -2,12 +2,22 @@
 
 Pure functions from header multidicts to header multidicts; the forwarder calls them once per
 request. The trusted-proxy decision is made by the caller (see client_ip.py) and passed in.
+
+Two rules keep the upstream seeing the request the gateway judged:
+- a name listed in `Connection` is removed as hop-by-hop, except the fields the gateway itself
+  decided on (Host, Content-Length, Origin and the headers rate limits are keyed by):
+  `Connection: Host` must not make the upstream see another host than the one routed on;
+- client-identity headers (True-Client-IP, CF-Connecting-IP, ...; `server.
+  client_identity_headers`) are removed from every request, from trusted peers too: the
+  gateway states who the client is only in X-Forwarded-For and X-Real-IP.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -21,6 +31,25 @@ _FORWARDING = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Fo
                "X-Real-IP", "Forwarded", "X-Request-ID")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 VIA_PSEUDONYM = "gateway"
+# fields a `Connection` header can never strip: what routing, body checks and CORS decided on
+_DECIDED_ON = frozenset({"host", "content-length", "origin"})
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardingRules:
+    """Which request headers never reach the upstream, compiled once per policy."""
+
+    remove: frozenset[str]  # lower-case: hop-by-hop and client-identity claims
+    keep: frozenset[str]  # lower-case: never removed because `Connection` lists them
+
+    @classmethod
+    def build(cls, identity_headers: Iterable[str],
+              key_headers: Iterable[str] = ()) -> ForwardingRules:
+        return cls(HOP_BY_HOP | {h.lower() for h in identity_headers},
+                   _DECIDED_ON | {h.lower() for h in key_headers})
+
+
+DEFAULT_RULES = ForwardingRules(HOP_BY_HOP, _DECIDED_ON)
 
 
 def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
@@ -31,8 +60,11 @@ def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[
     return names
 
 
-def _end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    drop = HOP_BY_HOP | connection_listed(headers) if "Connection" in headers else HOP_BY_HOP
+def _end_to_end(headers: CIMultiDictProxy[str],
+                rules: ForwardingRules = DEFAULT_RULES) -> CIMultiDict[str]:
+    drop = rules.remove
+    if "Connection" in headers:
+        drop = drop | (connection_listed(headers) - rules.keep)
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
 
 
@@ -61,9 +93,10 @@ def upstream_request_headers(
     scheme: str,
     request_id: str,
     upstream_authority: str | None,
+    rules: ForwardingRules = DEFAULT_RULES,
 ) -> CIMultiDict[str]:
     """Headers to send upstream. `upstream_authority` None keeps the client's Host."""
-    out = _end_to_end(incoming)
+    out = _end_to_end(incoming, rules)
     # The gateway answers Expect itself, after its policy checks.
     out.popall("Expect", None)
     original_host = incoming.get("Host", "")

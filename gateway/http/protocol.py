@@ -4,10 +4,17 @@ aiohttp gives no header-read timeout (a client can trickle a request head for ab
 and answers parse errors with text bodies that echo the input. This subclass adds:
 
 - a deadline for each request head (`timeouts.header`), armed when the connection opens and
-  when the first byte of each following request arrives; keep-alive idleness between requests
-  is aiohttp's keepalive timeout (`timeouts.idle`);
+  when the first byte of each following request arrives, pipelined behind a request still
+  being answered or not; keep-alive idleness between requests is aiohttp's keepalive timeout
+  (`timeouts.idle`);
+- nothing carries from one message into the next: aiohttp's C parser keeps a chunked body's
+  last trailer field pending and adds it to the *next* request's headers (a trailer
+  `Cookie: ...` became a header of the following request). A request with a chunked body
+  therefore ends its connection: requests pipelined behind it are dropped unparsed and its
+  answer says `Connection: close` (the handler's side);
 - the gateway's own problem+json for requests the parser refuses: 414 for an over-long request
-  line, 431 for an over-long header line or too many headers, 400 otherwise.
+  line, 431 for an over-long header line or too many headers, 400 otherwise, each with an
+  `X-Request-ID` and the default security headers, naming no software.
 
 It relies on aiohttp 3.14's RequestHandler internals (`_messages`, `handle_error`), which is why
 pyproject pins aiohttp to that minor version.
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +50,7 @@ class GatewayRequestHandler(RequestHandler):
         self._last_payload: Any = None
         self._line_bytes = 0  # bytes of the current request line seen so far
         self._line_done = False
+        self._ends_after: Any = None  # the chunked request's payload; nothing parsed after it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -65,18 +74,24 @@ class GatewayRequestHandler(RequestHandler):
         self._head_timer = None
         log.info("closing connection: request head not received within %ss",
                  self._header_timeout)
+        if self._request_in_progress:
+            # the head was pipelined behind a request still being answered: that answer
+            # completes, then the connection closes with the partial head unread
+            self.close()
+            return
         self.force_close()
         if self.transport is not None:
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        # aiohttp calls data_received(b"") itself when it resumes reading a body, and bytes
-        # arriving while a request is handled are pipelined: neither starts a new head.
+        # aiohttp calls data_received(b"") itself when it resumes reading a body; bytes that
+        # arrive once the last request's body is complete begin the next head, whether or
+        # not that request is still being answered.
         if (
             data
             and self._head_timer is None
-            and not self._request_in_progress
             and not self._upgraded
+            and self._ends_after is None
             and (self._last_payload is None or self._last_payload.is_eof())
         ):
             self._arm_head_timer()
@@ -91,7 +106,23 @@ class GatewayRequestHandler(RequestHandler):
         super().data_received(data)
         if len(self._messages) > queued:
             self._disarm_head_timer()
-            self._last_payload = self._messages[-1][1]
+            if self._ends_after is None:
+                self._stop_after_chunked(queued)
+            else:  # parsed behind a chunked request: dropped, never handled
+                while len(self._messages) > queued:
+                    self._messages.pop()
+            self._last_payload = self._messages[-1][1] if self._messages else None
+        if self._ends_after is not None and self._ends_after.is_eof():
+            self.close()  # its answer completes; nothing after it is read
+
+    def _stop_after_chunked(self, first_new: int) -> None:
+        for index in range(first_new, len(self._messages)):
+            message, payload = self._messages[index]
+            if getattr(message, "chunked", False):
+                self._ends_after = payload
+                while len(self._messages) > index + 1:
+                    self._messages.pop()
+                return
 
     def handle_error(
         self,
@@ -116,7 +147,8 @@ class GatewayRequestHandler(RequestHandler):
             log.error("unhandled error in request handler", exc_info=exc)
             status, detail = 500, "internal gateway error"
         self._count_error(status)
-        return problem_response(status, detail, headers=self._error_headers(), close=True)
+        return problem_response(status, detail, request_id=str(uuid.uuid4()),
+                                headers=self._error_headers(), close=True)
 
 
 class GatewayServer(web.Server):

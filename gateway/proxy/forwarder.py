@@ -1,10 +1,16 @@
 """The streaming forwarder: one request to the upstream, its response back to the client.
 
-Bodies stream in both directions and are never held whole: the request body is read chunk by
-chunk (with a per-read timeout and a running size cap) while the upstream consumes it, and the
-response body is written as it arrives. Framing is kept: a client's Content-Length goes
-upstream as is; an upstream's Content-Length comes back as is, so a short upstream body leaves
-the client with an incomplete message rather than a clean end.
+A request body up to `upstream.request_buffer` is received whole before an upstream
+connection is taken (capacity.py says why); a larger one streams, chunk by chunk (with a
+per-read timeout and a running size cap) while the upstream consumes it, under the streaming
+budget. The response body is written as it arrives. An upstream's Content-Length comes back as
+is, so a short upstream body leaves the client with an incomplete message rather than a clean
+end.
+
+An upstream answer that is not HTTP this gateway can relay is a 502: a status outside
+200-599 (`600 Weird`), or `101 Switching Protocols` to a request that asked for no upgrade
+(relayed, it would turn the connection into a tunnel no policy sees); that connection is
+dropped, not pooled.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from gateway.http.forwarding import downstream_response_headers
 from gateway.http.response import RelayedResponse
 from gateway.observability.access_log import RequestRecord
 from gateway.observability.metrics import upstream_duration, upstream_error
+from gateway.proxy.capacity import Slots
 from gateway.proxy.errors import UpstreamFailure, classify
 from gateway.proxy.pool import UpstreamPool
 
@@ -48,33 +55,52 @@ class UpstreamError(Exception):
 
 
 class RequestBody:
-    """The client's body as an async iterator, size-capped and read with a timeout per chunk."""
+    """The client's body: received whole when small (`buffer`), else an async iterator;
+    size-capped and read with a timeout per chunk."""
 
-    __slots__ = ("_content", "_limit", "_timeout", "error", "started")
+    __slots__ = ("_content", "_head", "_limit", "_received", "_timeout", "error", "started")
 
     def __init__(self, content: aiohttp.StreamReader, limit: int, timeout: float) -> None:
         self._content = content
         self._limit = limit
         self._timeout = timeout
+        self._head: list[bytes] = []  # read by `buffer`, not yet sent
+        self._received = 0
         self.started = False
         self.error: ClientBodyError | None = None
 
+    async def _read(self) -> bytes:
+        try:
+            async with asyncio.timeout(self._timeout):
+                chunk = await self._content.readany()
+        except TimeoutError:
+            self.error = ClientBodyError(408, "request body not received in time")
+            raise self.error from None
+        self._received += len(chunk)
+        if self._received > self._limit:
+            self.error = ClientBodyError(413, f"request body exceeds {self._limit} bytes")
+            raise self.error
+        return chunk
+
+    async def buffer(self, size: int, length: int | None) -> bytes | None:
+        """The whole body when it is at most `size` bytes (read now), else None: what was
+        read is kept and sent first when the body streams."""
+        if length is not None and length > size:
+            return None
+        while True:
+            chunk = await self._read()
+            if not chunk:
+                return b"".join(self._head)
+            self._head.append(chunk)
+            if self._received > size:
+                return None
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
         self.started = True
-        received = 0
-        while True:
-            try:
-                async with asyncio.timeout(self._timeout):
-                    chunk = await self._content.readany()
-            except TimeoutError:
-                self.error = ClientBodyError(408, "request body not received in time")
-                raise self.error from None
-            if not chunk:
-                return
-            received += len(chunk)
-            if received > self._limit:
-                self.error = ClientBodyError(413, f"request body exceeds {self._limit} bytes")
-                raise self.error
+        head, self._head = self._head, []
+        for chunk in head:
+            yield chunk
+        while chunk := await self._read():
             yield chunk
 
 
@@ -88,12 +114,51 @@ async def forward(
     body: RequestBody | None,
     request_id: str,
     preserve_host: bool,
+    client: str = "",
+    content_length: int | None = None,
     finish_headers: HeaderHook | None = None,
     close: bool = False,
     record: RequestRecord | None = None,
 ) -> web.StreamResponse:
-    """Send the request upstream and stream the answer; raise UpstreamError before headers."""
+    """Send the request upstream and stream the answer; raise UpstreamError before headers,
+    Full when the capacity bounds refuse it, ClientBodyError for a broken body."""
+    settings = pool.settings
+    data: bytes | RequestBody | None = body
+    streaming: Slots | None = None
+    if body is not None:
+        whole = await body.buffer(settings.request_buffer, content_length)
+        if whole is not None:
+            data = whole
+        else:
+            streaming = pool.streaming
+            streaming.take_now(client)
+    try:
+        await pool.connections.take(settings.pool_timeout)
+        try:
+            return await _exchange(request, pool, method, path_qs, headers, data,
+                                   request_id, preserve_host, finish_headers, close, record)
+        finally:
+            pool.connections.give_back()
+    finally:
+        if streaming is not None:
+            streaming.give_back_for(client)
+
+
+async def _exchange(
+    request: web.BaseRequest,
+    pool: UpstreamPool,
+    method: str,
+    path_qs: str,
+    headers: CIMultiDict[str],
+    data: bytes | RequestBody | None,
+    request_id: str,
+    preserve_host: bool,
+    finish_headers: HeaderHook | None,
+    close: bool,
+    record: RequestRecord | None,
+) -> web.StreamResponse:
     attempts = pool.settings.retries + 1 if method in IDEMPOTENT else 1
+    body = data if isinstance(data, RequestBody) else None
     targets = pool.targets_from_next()
     target = targets[0]
     for attempt in range(attempts):
@@ -104,7 +169,8 @@ async def forward(
         started = time.perf_counter()
         try:
             upstream = await pool.session.request(
-                method, url, headers=headers, data=body.__aiter__() if body else None,
+                method, url, headers=headers,
+                data=body.__aiter__() if body is not None else data,
                 allow_redirects=False, expect100=False, compress=None,
             )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -120,6 +186,11 @@ async def forward(
         upstream_duration(target.base_url, took)
         if record is not None:
             record.upstream_seconds = took
+        if upstream.status == 101 or upstream.status > 599:
+            upstream.close()  # not HTTP any more (or never was): never pooled again
+            raise UpstreamError(UpstreamFailure(
+                502, "protocol", f"the upstream answered with status {upstream.status}, "
+                "which is not relayed"), target.base_url)
         try:
             out = downstream_response_headers(upstream.headers, version=request.version,
                                               request_id=request_id)

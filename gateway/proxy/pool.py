@@ -2,7 +2,9 @@
 
 The session is configured as a proxy needs it, not as an API client wants it: no
 decompression, no auto-added headers, no cookie jar, no environment proxies, timeouts and
-pool size from the policy.
+pool size from the policy. WebSockets get a session of their own, so that however many are
+open, the pool for ordinary requests is untouched; the capacity bounds (capacity.py) decide
+who may take a connection at all.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import itertools
 import aiohttp
 
 from gateway.config.model import UpstreamSettings, UpstreamTarget
+from gateway.proxy.capacity import Slots
 
 # Headers aiohttp would otherwise invent for the upstream request.
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
@@ -23,13 +26,23 @@ class UpstreamPool:
         self.settings = settings
         self._targets = settings.targets
         self._cycle = itertools.cycle(range(len(settings.targets)))
+        self.connections = Slots("upstream connections", settings.max_connections)
+        self.websockets = Slots("WebSockets", settings.max_websockets,
+                                settings.max_websockets_per_client)
+        self.streaming = Slots("streaming request bodies", settings.max_streaming_bodies,
+                               settings.max_streaming_bodies_per_client)
+        self.session = self._session(settings, settings.max_connections)
+        self.ws_session = self._session(settings, max(1, settings.max_websockets))
+
+    @staticmethod
+    def _session(settings: UpstreamSettings, size: int) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
-            limit=settings.max_connections,
+            limit=size,
             limit_per_host=0,
             keepalive_timeout=30.0,
             ttl_dns_cache=10,
         )
-        self.session = aiohttp.ClientSession(
+        return aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
             skip_auto_headers=_SKIP_AUTO_HEADERS,
@@ -68,3 +81,4 @@ class UpstreamPool:
 
     async def close(self) -> None:
         await self.session.close()
+        await self.ws_session.close()

@@ -4,6 +4,12 @@ The upstream connection is opened before the client's upgrade is accepted, so an
 is down or refuses the upgrade gets the client a 502, not a socket that closes at once. Pings,
 pongs and close codes are relayed rather than answered here (autoping and autoclose are off on
 both sides), so each end sees what the other sent.
+
+WebSockets hold connections of their own, bounded in number and per client (capacity.py).
+A frame or message larger than `server.limits.max_websocket_message`, from either end, closes
+the WebSocket with 1009: a frame is refused by the length its header announces, before any of
+its payload is buffered. Messages are relayed whole (aiohttp reads WebSockets message by
+message), so that bound is also the most a WebSocket can make the gateway hold.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.http.response import GatewayWebSocketResponse
 from gateway.proxy.errors import UpstreamFailure, classify
 from gateway.proxy.forwarder import UpstreamError
 from gateway.proxy.pool import UpstreamPool
@@ -32,6 +39,10 @@ def _sendable(code: int | None) -> int:
     if code is None or code in (1004, 1005, 1006, 1015) or not 1000 <= code <= 4999:
         return 1000
     return code
+
+
+class HandshakeRefused(Exception):
+    """The client's handshake could not be accepted (admission checks it first)."""
 
 
 class WebSocketRegistry:
@@ -63,6 +74,28 @@ async def relay_websocket(
     headers: CIMultiDict[str],
     response_headers: CIMultiDict[str],
     preserve_host: bool,
+    client_ip: str = "",
+    max_message: int = 1024 * 1024,
+) -> web.StreamResponse:
+    """Relay one WebSocket; raise Full (capacity), UpstreamError or HandshakeRefused before
+    the client's `101`."""
+    pool.websockets.take_now(client_ip)
+    try:
+        return await _relay(request, pool, registry, path_qs, headers, response_headers,
+                            preserve_host, max_message + 1)  # aiohttp refuses size >= max
+    finally:
+        pool.websockets.give_back_for(client_ip)
+
+
+async def _relay(
+    request: web.BaseRequest,
+    pool: UpstreamPool,
+    registry: WebSocketRegistry,
+    path_qs: str,
+    headers: CIMultiDict[str],
+    response_headers: CIMultiDict[str],
+    preserve_host: bool,
+    max_msg_size: int,
 ) -> web.StreamResponse:
     target = pool.targets_from_next()[0]
     scheme = "wss" if target.scheme == "https" else "ws"
@@ -74,9 +107,9 @@ async def relay_websocket(
     if not preserve_host:
         headers["Host"] = target.authority
     try:
-        upstream = await pool.session.ws_connect(
+        upstream = await pool.ws_session.ws_connect(
             url, headers=headers, protocols=protocols, autoping=False, autoclose=False,
-            max_msg_size=0, compress=0,
+            max_msg_size=max_msg_size, compress=0,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
         )
     except aiohttp.WSServerHandshakeError as exc:
@@ -86,13 +119,16 @@ async def relay_websocket(
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise UpstreamError(classify(exc), target.base_url) from exc
 
-    client = web.WebSocketResponse(
+    client = GatewayWebSocketResponse(
         protocols=(upstream.protocol,) if upstream.protocol else (),
-        autoping=False, autoclose=False, max_msg_size=0, compress=False,
+        autoping=False, autoclose=False, max_msg_size=max_msg_size, compress=False,
     )
     client.headers.update(response_headers)
     try:
         await client.prepare(request)
+    except web.HTTPException as exc:  # never aiohttp's own text answer
+        await upstream.close()
+        raise HandshakeRefused(f"malformed WebSocket handshake ({exc.reason})") from exc
     except BaseException:
         await upstream.close()
         raise

@@ -30,7 +30,7 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field-name
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
 
 KEYS = {
-    "rate_limits.*": ("limit", "per", "key", "algorithm", "burst", "mode"),
+    "rate_limits.*": ("limit", "per", "key", "algorithm", "burst", "mode", "ipv6_prefix"),
     "redis": ("url", "timeout", "failure_mode", "key_prefix"),
 }
 
@@ -50,6 +50,9 @@ class RateLimitPolicy:
     algorithm: str = "sliding_window"
     burst: int | None = None  # token_bucket capacity; defaults to `limit`
     mode: str = "enforce"
+    # an IPv6 client is counted by its /64 (one subscriber's network, which a client can
+    # rotate addresses within at will); IPv4 and IPv4-mapped addresses as they are
+    ipv6_prefix: int = 64
     # derived once here, read on every request
     code: str = field(init=False, repr=False, compare=False)  # CODES[algorithm]
     enforced: bool = field(init=False, repr=False, compare=False)
@@ -138,10 +141,12 @@ def _read_one(r: Reader, name: str, node: yaml.Node) -> RateLimitPolicy | None:
         if algorithm is not None and algorithm != "token_bucket":
             r.error(m["burst"], f"{where}.burst applies only to algorithm token_bucket")
             burst = None
-    if None in (limit, per, key, algorithm, mode):
+    ipv6_prefix = r.integer(m["ipv6_prefix"], f"{where}.ipv6_prefix", 8, 128) \
+        if "ipv6_prefix" in m else 64
+    if None in (limit, per, key, algorithm, mode, ipv6_prefix):
         return None
     return RateLimitPolicy(name=name, limit=limit, period_ms=round(per * 1000), key=key,
-                           algorithm=algorithm, burst=burst, mode=mode)
+                           algorithm=algorithm, burst=burst, mode=mode, ipv6_prefix=ipv6_prefix)
 
 
 def _choice(r: Reader, m: dict[str, yaml.Node], key: str, allowed: tuple[str, ...],

@@ -9,6 +9,7 @@ Redis hash tag are replaced by a digest.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from collections.abc import Iterable
 
@@ -36,13 +37,26 @@ class Checks:
         self.slots: tuple[int, ...] | None = None
 
 
-_PLAIN = re.compile(r"[A-Za-z0-9.:_\-]{1,64}")
+_PLAIN = re.compile(r"[A-Za-z0-9.:/_\-]{1,64}")
 
 
 def _safe(value: str) -> str:
     if _PLAIN.fullmatch(value):
         return value
     return "#" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+
+
+def client_network(client_ip: str, ipv6_prefix: int) -> str:
+    """The client's counting identity: an IPv6 address as its network of `ipv6_prefix` bits
+    (`2001:db8:1:2::/64`), anything else as it is (the client IP is already IPv4 for an
+    IPv4-mapped address)."""
+    if ":" not in client_ip or ipv6_prefix >= 128:
+        return client_ip
+    try:
+        net = ipaddress.IPv6Network((client_ip, ipv6_prefix), strict=False)
+    except ValueError:  # not an address (a unix socket peer): as it is
+        return client_ip
+    return net.with_prefixlen
 
 
 def limit_tag(
@@ -55,14 +69,14 @@ def limit_tag(
         if part.kind == "global":
             parts.append("global")
         elif part.kind == "client_ip":
-            parts.append(f"ip={_safe(client_ip)}")
+            parts.append(f"ip={_safe(client_network(client_ip, policy.ipv6_prefix))}")
         else:
             value = headers.get(part.header or "")
             if value:
                 parts.append(f"h.{part.header}={_safe(value)}")
             else:
                 note = f"header {part.header} missing: keyed by client IP"
-                parts.append(f"ip={_safe(client_ip)}")
+                parts.append(f"ip={_safe(client_network(client_ip, policy.ipv6_prefix))}")
     # the same client IP twice (client_ip+header with the header missing) is one part
     return "|".join(dict.fromkeys(parts)), note
 

@@ -1,0 +1,70 @@
+"""How the application behind the gateway matches paths, so that routes match the same way.
+
+A route-scoped limit only holds if every spelling the upstream treats as one endpoint meets
+the same route. Frameworks differ: many route case-insensitively, redirect or accept a
+trailing slash, cut `;jsessionid=...` path parameters (servlet containers), or drop a trailing
+dot from a segment (IIS). `server.path_matching` says which of these the upstream does; the
+gateway then matches routes on the path seen the same way (`match_key`), while the upstream
+still receives the normalized path unchanged.
+
+Ambiguous spellings are refused by default: a `;` in a path and a segment ending in `.` answer
+400 unless the policy says how the upstream reads them (`strip`: as if absent; `literal`: as
+ordinary characters).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from gateway.http.normalize import PathRejected
+
+CHOICES = ("refuse", "strip", "literal")
+_PARAMETERS = re.compile(r";[^/]*")
+_TRAILING_DOTS = re.compile(r"\.+(?=/|$)")
+
+
+@dataclass(frozen=True, slots=True)
+class PathMatching:
+    case_sensitive: bool = True  # false: /API/Login meets the route for /api/login
+    trailing_slash: str = "strict"  # ignore: an exact route also matches with '/' added/removed
+    path_parameters: str = "refuse"  # ';' in a segment: refuse | strip | literal
+    trailing_dots: str = "refuse"  # a segment ending in '.': refuse | strip | literal
+
+    @property
+    def folds_case(self) -> bool:
+        return not self.case_sensitive
+
+
+DEFAULT = PathMatching()
+
+
+def match_key(path: str, matching: PathMatching) -> str:
+    """The normalized `path` as routes see it; PathRejected for a refused spelling."""
+    if ";" in path:
+        if matching.path_parameters == "refuse":
+            raise PathRejected("path parameters (';') are ambiguous: servlet containers "
+                               "ignore them when routing (see server.path_matching)")
+        if matching.path_parameters == "strip":
+            path = _PARAMETERS.sub("", path)
+    if path.endswith(".") or "./" in path:  # after normalization only a segment's last '.'
+        if matching.trailing_dots == "refuse":
+            raise PathRejected("a path segment ending in '.' is ambiguous: some servers drop "
+                               "it (see server.path_matching)")
+        if matching.trailing_dots == "strip":
+            path = _TRAILING_DOTS.sub("", path)
+    if not matching.case_sensitive:
+        path = path.lower()
+    return path
+
+
+def route_pattern(pattern: str, matching: PathMatching) -> str:
+    """A route's path or prefix in the same form as `match_key` gives request paths."""
+    return pattern if matching.case_sensitive else pattern.lower()
+
+
+def slash_twin(path: str) -> str | None:
+    """The other spelling of an exact path under `trailing_slash: ignore` (None for `/`)."""
+    if path == "/":
+        return None
+    return path[:-1] if path.endswith("/") else path + "/"
