@@ -236,7 +236,9 @@ class Handler:
         except Full as exc:
             record.source = "gateway"
             log.warning("refused (503) for lack of upstream capacity: %s", exc.detail)
-            return refuse(503, exc.detail, extra=(("Retry-After", "1"),))
+            # an unread body cannot be skipped cheaply: the connection ends with the answer
+            return refuse(503, exc.detail, close=not request.content.is_eof(),
+                          extra=(("Retry-After", "1"),))
         except HandshakeRefused as exc:
             record.source = "gateway"
             return refuse(400, str(exc), close=True)

@@ -112,6 +112,8 @@ class GatewayRequestHandler(RequestHandler):
                 while len(self._messages) > queued:
                     self._messages.pop()
             self._last_payload = self._messages[-1][1] if self._messages else None
+            if self._ends_after is None and _head_follows(data, self._last_payload):
+                self._arm_head_timer()  # a pipelined head began in the same bytes
         if self._ends_after is not None and self._ends_after.is_eof():
             self.close()  # its answer completes; nothing after it is read
 
@@ -149,6 +151,16 @@ class GatewayRequestHandler(RequestHandler):
         self._count_error(status)
         return problem_response(status, detail, request_id=str(uuid.uuid4()),
                                 headers=self._error_headers(), close=True)
+
+
+def _head_follows(data: bytes, payload: Any) -> bool:
+    """Whether `data`, which completed a request, goes on past it: the start of a pipelined
+    head. The request's last bytes are its head's blank line, or the last piece of its body
+    (still buffered: the handler has not run yet)."""
+    if payload is None or not payload.is_eof():
+        return False
+    buffered = getattr(payload, "_buffer", None)
+    return not data.endswith(buffered[-1] if buffered else b"\r\n\r\n")
 
 
 class GatewayServer(web.Server):
