@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from gateway import __version__
 from gateway.config import Loaded, PolicyError, load_policy
+from gateway.config.loader import counts_requests, workers_without_redis
 from gateway.config.render import policy_yaml
 from gateway.explain import DEFAULT_PEER, DescribedRequest, explain, format_report
 from gateway.policytest import check_case, load_cases
@@ -157,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
     workers = args.workers or loaded.policy.server.workers
+    policy = loaded.policy
+    if workers > 1 and not policy.redis.url and counts_requests(policy.routes,
+                                                                  policy.csp_reports):
+        print(f"gateway: {workers_without_redis(workers)}", file=sys.stderr)
+        return 2
     if args.worker or workers == 1:
         try:
             return server.serve(args.config, loaded, reuse_port=args.worker)

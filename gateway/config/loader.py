@@ -139,6 +139,9 @@ def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy 
         r.error(root, "missing required key 'routes'")
     else:
         routes = _routes(r, doc["routes"], limits, cors, headers)
+    if server is not None and redis is not None and server.workers > 1 and not redis.url \
+            and counts_requests(routes, collector):
+        r.error(_key_node(doc["server"], "workers"), workers_without_redis(server.workers))
     if version is None or server is None or upstream is None or redis is None \
             or environment is None:
         return None
@@ -147,6 +150,27 @@ def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy 
                   rate_limits=MappingProxyType(limits), cors=MappingProxyType(cors),
                   headers=MappingProxyType(headers), csp_reports=collector,
                   observability=observability or Observability())
+
+
+def counts_requests(routes: tuple[Route, ...], collector: csp_reports.CspReports | None) -> bool:
+    """Whether any rate limit applies to some request."""
+    return any(route.rate_limits for route in routes) or \
+        (collector is not None and bool(collector.rate_limits))
+
+
+def workers_without_redis(workers: int) -> str:
+    """Why N workers cannot count limits in-process (also said by `gateway run --workers`)."""
+    return (f"{workers} workers with in-process rate-limit counters would each admit the full "
+            "limit: set redis.url (REDIS_URL) so that the workers share their counters, or "
+            "run one worker")
+
+
+def _key_node(mapping: yaml.Node, key: str) -> yaml.Node:
+    """The value node of `key` in a mapping node (the mapping itself when absent)."""
+    for k, v in getattr(mapping, "value", ()):
+        if isinstance(k, yaml.ScalarNode) and k.value == key:
+            return v
+    return mapping
 
 
 def _sentry(r: Reader, node: yaml.Node) -> SentrySettings | None:
