@@ -752,7 +752,7 @@ def _ws_60k(ctx: Ctx) -> None:
 # ---- item 12: a partial pipelined head while the first request is answered ----------------
 
 
-@scenario("12-partial-pipelined-head-hits-the-header-timeout", "timeouts", xfail=item(12))
+@scenario("12-partial-pipelined-head-hits-the-header-timeout", "timeouts")
 def _partial_pipelined(ctx: Ctx) -> None:
     with Conn(ctx.port, timeout=5.0) as c:
         c.send(req("GET", "/__slow/1", close=False) + b"GET /x HTTP/1.1\r\nHost: a\r\n")
