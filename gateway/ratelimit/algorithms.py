@@ -27,8 +27,9 @@ State = tuple[int, int, int]
 class Outcome(NamedTuple):  # a tuple: made for every limit of every request, cheaply
     allowed: bool
     remaining: int  # requests left after this one (0 when refused)
-    reset_ms: int  # until the quota is back (fixed: window end; sliding: window end;
-    #                token bucket: until full)
+    reset_ms: int  # until the quota is whole again (fixed: the window's end; sliding: the
+    #                next window's end, once this window's count has decayed; token bucket:
+    #                until full)
     retry_ms: int  # until a request could be admitted; 0 when allowed
     state: State  # the state to store if the request is admitted
 
@@ -71,7 +72,9 @@ def evaluate_code(algo: str, limit: int, period: int, capacity: int, state: Stat
         else:
             remaining = 0
             retry = _sliding_retry(limit, period, curr, prev, weight)
-        return Outcome(allowed, remaining, weight, retry, (window, curr, prev))
+        # the quota is whole again once this window's count has decayed: the next one's end
+        reset = weight + period if curr else weight
+        return Outcome(allowed, remaining, reset, retry, (window, curr, prev))
     if algo == "t":
         cap = capacity * period
         tokens = cap if a is None else min(cap, a + max(0, now - b) * limit)

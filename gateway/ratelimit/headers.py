@@ -7,8 +7,10 @@ X-RateLimit-* trio for the same (most constrained) limit.
     Retry-After: 840                       (429 only)
 
 `w`, `t`, X-RateLimit-Reset and Retry-After are whole seconds, rounded up; Reset is a delta, not
-a timestamp. The most constrained limit is the one with the fewest requests remaining (ties:
-the one that resets last).
+a timestamp. On an admitted request the headers describe the most constrained limit (the
+fewest requests remaining; ties: the one that resets last), and `t` is the time until its
+quota is whole again. On a refusal they describe the violated limit that admits last, and `t`,
+X-RateLimit-Reset and Retry-After are one number: a client that waits that long is admitted.
 """
 
 from __future__ import annotations
@@ -36,8 +38,13 @@ def most_constrained(results: Sequence[Result]) -> Result:
 
 
 def rate_limit_headers(policy_value: str, results: Sequence[Result]) -> list[tuple[str, str]]:
-    policy, outcome = most_constrained(results)
-    reset = _seconds(outcome.reset_ms)
+    refused = [r for r in results if r[0].enforced and not r[1].allowed]
+    if refused:
+        policy, outcome = max(refused, key=lambda r: r[1].retry_ms)
+        reset = retry_after(results)
+    else:
+        policy, outcome = most_constrained(results)
+        reset = _seconds(outcome.reset_ms)
     return [
         ("RateLimit-Policy", policy_value),
         ("RateLimit", f'"{policy.name}";r={outcome.remaining};t={reset}'),

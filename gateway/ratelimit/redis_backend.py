@@ -92,6 +92,7 @@ for i = 1, #KEYS do
       end
     end
     reset = weight
+    if curr > 0 then reset = weight + P end
     na, nb, nc, ttl = w, curr, prev, weight + P + 1000
   else
     local cap = C * P
