@@ -128,6 +128,15 @@ def admit(
             if refused is not None:
                 return Refusal(refused[0], refused[1], route=route, path=path,
                                headers=refused[2])
+            # CORS does not apply to WebSockets, and browsers send cookies with the
+            # handshake: a route's allowed origins are its WebSocket origins too
+            # (cross-site WebSocket hijacking). Clients that send no Origin are not browsers.
+            cors = rt.route_cors.get(route.name)
+            origins = headers.getall("Origin", ())
+            if cors is not None and origins and (
+                    len(origins) > 1 or not cors.allows_origin(origins[0])):
+                return Refusal(403, "WebSocket handshake from an origin this route does not "
+                               "allow", route=route, path=path)
             websocket = True
         # any other upgrade (h2c, ...) is hop-by-hop and is not forwarded
 

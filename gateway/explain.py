@@ -114,7 +114,11 @@ def explain(rt: Runtime, req: DescribedRequest) -> dict[str, Any]:
         return report
 
     report["query"] = verdict.query
-    report["rate_limits"] = _limits(rt, verdict.route.name, client, headers)
+    # a preflight spends no quota; an exempt client is not counted by that limit
+    report["rate_limits"] = [] if verdict.preflight \
+        else _limits(rt, verdict.route.name, client, headers)
+    report["exempt_from"] = [] if verdict.preflight \
+        else _exempt(rt, verdict.route.name, client)
     if verdict.preflight:
         allowed = report["cors"]["outcome"] == "preflight allowed"
         report["outcome"] = {"action": "answer", "status": 204 if allowed else 403,
@@ -186,13 +190,21 @@ def _limits(rt: Runtime, route: str, client: str,
             headers: CIMultiDictProxy[str]) -> list[dict[str, Any]]:
     route_limits = rt.route_limits.get(route)
     out = []
-    for p in route_limits.policies if route_limits else ():
+    for p in route_limits.applying_to(client) if route_limits else ():
         tag, note = limit_tag(p, client, headers)
         out.append({"name": p.name, "limit": p.limit, "per_ms": p.period_ms,
                     "algorithm": p.algorithm, "mode": p.mode,
                     "key": storage_key(rt.policy.redis.key_prefix, p, tag),
                     "note": note})
     return out
+
+
+def _exempt(rt: Runtime, route: str, client: str) -> list[str]:
+    route_limits = rt.route_limits.get(route)
+    if route_limits is None:
+        return []
+    applying = route_limits.applying_to(client)
+    return [p.name for p in route_limits.policies if p not in applying]
 
 
 def _route(route: Route | None) -> dict[str, Any] | None:
@@ -207,6 +219,9 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"{req['method']} {req['target']}  (host {req['host'] or '-'}, "
              f"peer {req['peer']}, {req['scheme']})"]
     lines.append(f"  normalized path: {report['path'] or '(rejected)'}")
+    matching = report.get("path_matching")
+    if matching is not None and matching["routes_match"] != report["path"]:
+        lines.append(f"  routes match:    {matching['routes_match']}  (server.path_matching)")
     ip = report["client_ip"]
     lines.append(f"  client ip:       {ip['address']}  ({ip['why']})")
     route = report["route"]
@@ -220,6 +235,8 @@ def format_report(report: dict[str, Any]) -> str:
         shadow = " (shadow)" if lim["mode"] == "shadow" else ""
         lines.append(f"  rate limit:      {lim['name']}{shadow}: {lim['limit']} per "
                      f"{lim['per_ms'] / 1000:g}s, {lim['algorithm']}, key {lim['key']}{note}")
+    for name in report.get("exempt_from", ()):
+        lines.append(f"  rate limit:      {name}: not counted (client in its exempt ranges)")
     outcome = report["outcome"]
     if outcome["action"] == "answer":
         lines.append(f"  outcome:         the gateway answers {outcome['status']}: "

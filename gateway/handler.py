@@ -99,7 +99,9 @@ class Handler:
             self.metrics.observe(record.route, method_label(record.method), status,
                                  record.source, None if status == 101 else elapsed)
             settings = self.runtime.policy.observability.access_log
-            if settings.enabled and record.route not in settings.exclude_routes:
+            # an excluded route (health checks) still logs what it refused
+            if settings.enabled and (record.route not in settings.exclude_routes
+                                     or status >= 400):
                 body = getattr(response, "body", None)  # the gateway's own answers
                 bytes_out = len(body) if isinstance(body, bytes) else record.body_bytes_out
                 access_log.write(record, status, request.content_length or 0, bytes_out,
@@ -159,13 +161,18 @@ class Handler:
         record.client_ip = client
 
         limits_name = COLLECTOR if isinstance(verdict, CspReport) else verdict.route.name
-        route_limits = rt.route_limits.get(limits_name)
+        # a preflight is answered here and reaches nothing: it spends none of the route's quota
+        route_limits = None if getattr(verdict, "preflight", False) \
+            else rt.route_limits.get(limits_name)
         if route_limits is not None:
             try:
                 decision = await self._check_limits(rt, limits_name, route_limits, client,
                                                     headers)
             except RateLimitUnavailable:
                 return refuse(503, "rate limiting is unavailable")
+        else:
+            decision = None
+        if decision is not None:  # None: no limit of the route counts this client
             rl_headers = rate_limit_headers(route_limits.policy_header, decision.results)
             if not decision.admitted:
                 rl_headers.append(("Retry-After", str(retry_after(decision.results))))
@@ -280,17 +287,19 @@ class Handler:
         return GatewayResponse(status=204, headers=out)
 
     async def _check_limits(self, rt: Runtime, route: str, route_limits: RouteLimits,
-                            client: str, headers: CIMultiDictProxy[str]) -> Decision:
+                            client: str, headers: CIMultiDictProxy[str]) -> Decision | None:
         cache = route_limits.keys_by_client
         checks = cache.get(client) if cache is not None else None
         if checks is None:
             prefix = rt.policy.redis.key_prefix
             checks = Checks((p, storage_key(prefix, p, limit_tag(p, client, headers)[0]))
-                            for p in route_limits.policies)
+                            for p in route_limits.applying_to(client))
             if cache is not None:
                 if len(cache) >= 10_000:  # bounded: start over rather than track recency
                     cache.clear()
                 cache[client] = checks
+        if not checks.items:
+            return None
         decision = await rt.limiter.decide(checks)
         for policy, outcome in decision.results:
             if outcome.allowed:

@@ -13,7 +13,7 @@ from typing import Any
 from gateway.admission import COLLECTOR
 from gateway.config import Loaded, Policy
 from gateway.cors import CorsPolicy
-from gateway.http.client_ip import TrustedProxies
+from gateway.http.client_ip import TrustedProxies, parse_ip
 from gateway.http.forwarding import ForwardingRules
 from gateway.http.path_matching import PathMatching
 from gateway.observability.metrics import RATELIMIT_DECISIONS
@@ -37,6 +37,15 @@ class RouteLimits:
     # storage keys (and their encoded Redis call) by client IP, when no limit of the route
     # is keyed by a header
     keys_by_client: dict[str, Checks] | None
+    any_exempt: bool = False  # some limit exempts a source range
+
+    def applying_to(self, client_ip: str) -> tuple[RateLimitPolicy, ...]:
+        """The limits that count this client (those whose `exempt` covers it do not)."""
+        if not self.any_exempt:
+            return self.policies
+        ip = parse_ip(client_ip)
+        return tuple(p for p in self.policies
+                     if ip is None or not any(ip in net for net in p.exempt))
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,4 +107,5 @@ def _route_limits(route: str, policies: tuple[RateLimitPolicy, ...]) -> RouteLim
     counters = {(p.name, decision): RATELIMIT_DECISIONS.labels(route, p.name, decision)
                 for p in policies for decision in ("allowed", "limited", "shadow_limited")}
     by_client = None if any(part.kind == "header" for p in policies for part in p.key) else {}
-    return RouteLimits(policies, policy_header(policies), counters, by_client)
+    return RouteLimits(policies, policy_header(policies), counters, by_client,
+                       any(p.exempt for p in policies))

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from gateway.config import load_policy
 from tests.support.client import request
-from tests.support.processes import ROOT, free_port, run_shipped, stop
+from tests.support.processes import (
+    ROOT,
+    Gateway,
+    free_port,
+    run_gateway,
+    run_shipped,
+    stop,
+    wait_until,
+)
 from tests.support.redis_server import start_redis
 
 POLICIES = ROOT / "policies"
@@ -68,3 +80,122 @@ def test_production_runs_one_worker_unless_told_and_given_redis() -> None:
     refused = gateway_cli("check", "--config", str(POLICIES / "production.yaml"),
                           env={**env, "GATEWAY_WORKERS": "2", "REDIS_URL": ""})
     assert refused.returncode == 2 and "REDIS_URL" in refused.stderr
+
+
+def extending(tmp_path: Path, base: str, overrides: str) -> Path:
+    """A policy that extends a shipped one with small overrides (deep merge)."""
+    path = tmp_path / f"over-{base}"
+    path.write_text(f"extends: {POLICIES / base}\n{overrides}")
+    return path
+
+
+def run_file(path: Path, upstream_url: str, tmp_path: Path) -> Gateway:
+    port, admin = free_port(), free_port()
+    return run_gateway(path, port, admin, tmp_path / f"gw-{port}.log",
+                       env={"UPSTREAM_URL": upstream_url, "GATEWAY_LISTEN": f"127.0.0.1:{port}",
+                            "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin}"})
+
+
+# 2. health checks are never locked out by a client limit, and their refusals are logged
+
+def test_health_checks_never_spend_the_global_limit(tmp_path: Path, upstream) -> None:
+    # the shipped routes with a global limit small enough to exhaust in a test
+    policy = extending(tmp_path, "development.yaml",
+                       "rate_limits: {global: {limit: 3, per: 1h}}\n")
+    gw = run_file(policy, upstream.url, tmp_path)
+    try:
+        polls = [request(gw.port, "GET", "/health").status for _ in range(6)]
+        assert polls == [200] * 6
+        # the same address still has all of its global quota for the API
+        api = [request(gw.port, "GET", "/api/campaigns").status for _ in range(4)]
+        assert api == [200, 200, 200, 429]
+    finally:
+        stop(gw.proc)
+
+
+def test_refused_health_checks_are_logged_though_the_route_is_excluded(
+        tmp_path: Path, upstream) -> None:
+    policy = extending(tmp_path, "development.yaml",
+                       "rate_limits: {health: {limit: 2, per: 1h}}\n")
+    gw = run_file(policy, upstream.url, tmp_path)
+    try:
+        statuses = [request(gw.port, "GET", "/health").status for _ in range(3)]
+        assert statuses == [200, 200, 429]
+        wait_until(lambda: '"status": 429' in gw.log_text() or '"status":429' in gw.log_text())
+        health_lines = [json.loads(line) for line in gw.log_text().splitlines()
+                        if line.startswith("{") and '"route"' in line]
+        logged = [(e["route"], e["status"]) for e in health_lines if e["route"] == "health"]
+        assert logged == [("health", 429)]
+    finally:
+        stop(gw.proc)
+
+
+def test_a_source_range_can_be_exempted_from_a_limit(tmp_path: Path, upstream) -> None:
+    policy = extending(tmp_path, "development.yaml",
+                       "rate_limits: {api: {limit: 2, per: 1h, exempt: [127.0.0.0/8]}}\n")
+    gw = run_file(policy, upstream.url, tmp_path)
+    try:
+        replies = [request(gw.port, "GET", "/api/campaigns") for _ in range(4)]
+        assert [r.status for r in replies] == [200] * 4
+        # the exempt limit is not counted; the route's other limits still are
+        assert replies[-1].headers["RateLimit"].startswith('"global";r=')
+    finally:
+        stop(gw.proc)
+
+
+# 3. WebSocket handshakes meet the route's allowed origins
+
+WS_POLICY = """\
+  - name: ws
+    match: {path: /ws}
+    websocket: true
+  - name: everything
+    match: {path_prefix: /}
+"""
+WS_CORS = ("cors:\n  default:\n    allow_origins: [https://app.example.com]\n"
+           "    allow_credentials: true\n")
+
+
+def handshake(port: int, origin: str | None) -> bytes:
+    head = ("GET /ws HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+    if origin is not None:
+        head += f"Origin: {origin}\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall((head + "\r\n").encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        return answer.split(b"\r\n", 1)[0]
+
+
+@pytest.mark.parametrize("origin,status", [
+    ("https://evil.example", b"403"), ("https://app.example.com.evil.example", b"403"),
+    ("null", b"403"), ("https://app.example.com", b"101"), (None, b"101")])
+def test_websocket_handshakes_are_checked_against_the_allowed_origins(
+        gateway_factory, upstream, origin: str | None, status: bytes) -> None:
+    gw = gateway_factory(upstream.url, routes=WS_POLICY, top_extra=WS_CORS)
+    assert handshake(gw.port, origin).split(b" ")[1] == status
+
+
+# 4. preflights spend no quota
+
+def test_preflights_do_not_spend_the_login_quota(tmp_path: Path, upstream) -> None:
+    gw = run_shipped("development.yaml", upstream.url, tmp_path)
+    try:
+        preflight = {"Origin": "http://localhost:3000",
+                     "Access-Control-Request-Method": "POST",
+                     "Access-Control-Request-Headers": "content-type"}
+        seen = []
+        for _ in range(5):
+            seen.append(request(gw.port, "OPTIONS", "/api/auth/login", headers=preflight).status)
+            seen.append(request(gw.port, "POST", "/api/auth/login", body=b"{}",
+                                headers={**LOGIN, "Origin": "http://localhost:3000"}).status)
+        assert seen == [204, 200] * 5
+        assert request(gw.port, "POST", "/api/auth/login", body=b"{}", headers=LOGIN).status \
+            == 429
+    finally:
+        stop(gw.proc)

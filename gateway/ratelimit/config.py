@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -30,7 +31,8 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field-name
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
 
 KEYS = {
-    "rate_limits.*": ("limit", "per", "key", "algorithm", "burst", "mode", "ipv6_prefix"),
+    "rate_limits.*": ("limit", "per", "key", "algorithm", "burst", "mode", "ipv6_prefix",
+                      "exempt"),
     "redis": ("url", "timeout", "failure_mode", "key_prefix"),
 }
 
@@ -53,6 +55,9 @@ class RateLimitPolicy:
     # an IPv6 client is counted by its /64 (one subscriber's network, which a client can
     # rotate addresses within at will); IPv4 and IPv4-mapped addresses as they are
     ipv6_prefix: int = 64
+    # clients in these networks are not counted by this limit (a load balancer's health
+    # checker, an internal monitor); other limits of the route still apply to them
+    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # derived once here, read on every request
     code: str = field(init=False, repr=False, compare=False)  # CODES[algorithm]
     enforced: bool = field(init=False, repr=False, compare=False)
@@ -143,10 +148,22 @@ def _read_one(r: Reader, name: str, node: yaml.Node) -> RateLimitPolicy | None:
             burst = None
     ipv6_prefix = r.integer(m["ipv6_prefix"], f"{where}.ipv6_prefix", 8, 128) \
         if "ipv6_prefix" in m else 64
-    if None in (limit, per, key, algorithm, mode, ipv6_prefix):
+    exempt: tuple | None = ()
+    if "exempt" in m:
+        nets = []
+        for item, text in r.string_list(m["exempt"], f"{where}.exempt") or ():
+            try:
+                nets.append(ipaddress.ip_network(text, strict=True))
+            except ValueError as exc:
+                r.error(item, f"{where}.exempt: {text!r} is not a CIDR ({exc})")
+                exempt = None
+        if exempt is not None:
+            exempt = tuple(nets)
+    if None in (limit, per, key, algorithm, mode, ipv6_prefix, exempt):
         return None
     return RateLimitPolicy(name=name, limit=limit, period_ms=round(per * 1000), key=key,
-                           algorithm=algorithm, burst=burst, mode=mode, ipv6_prefix=ipv6_prefix)
+                           algorithm=algorithm, burst=burst, mode=mode, ipv6_prefix=ipv6_prefix,
+                           exempt=exempt)
 
 
 def _choice(r: Reader, m: dict[str, yaml.Node], key: str, allowed: tuple[str, ...],
