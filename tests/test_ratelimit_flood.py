@@ -1,0 +1,260 @@
+"""A flood of simultaneous requests through two real gateway processes sharing one healthy
+Redis: the shared limit holds exactly, and no Redis call is counted as failed. Then the same
+in one process, made deterministic by blocking the event loop at the moments a flood does: a
+healthy Redis's reply read late is a reply, while a stalled Redis still fails in time.
+
+Each gateway reads hundreds of new connections in one event-loop turn, and parsing them takes
+longer than `redis.timeout` (100 ms). uvloop runs expired timers before it polls sockets, so a
+Redis reply that arrived during that turn is found only after the connection's deadline timer
+has run: before the fix, that timer failed the calls (Redis "did not answer within 100ms"),
+three such failures opened the breaker, and each gateway fell back to its own in-process
+counters, admitting the limit once more (15 logins instead of 5; 600 requests instead of 300).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import time
+import urllib.request
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+from gateway.ratelimit.redis_connection import RedisConnection
+from gateway.ratelimit.redis_endpoint import parse
+from gateway.ratelimit.resp import encode as cmd
+from tests.support.processes import Gateway, start_gateway, stop
+from tests.support.redis_server import RedisServer, start_redis
+
+IO_TIMEOUT = 20.0  # any one connect/write/read on a client socket
+TOTAL_TIMEOUT = 60.0  # the whole flood
+
+ROUTES = """\
+  - name: login
+    match: {path: /api/auth/login, methods: [POST]}
+    rate_limits: [flood]
+"""
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = start_redis(Path(tmp_path_factory.mktemp("redis")))
+    yield server
+    server.stop()
+
+
+def flood_gateway(tmp_path: Path, upstream_url: str, redis_url: str, limit: int,
+                  per: str) -> Gateway:
+    return start_gateway(
+        tmp_path, upstream_url, routes=ROUTES, args=("--workers", "1"),
+        top_extra=f"redis: {{url: \"{redis_url}\", timeout: 100ms, failure_mode: open}}\n"
+                  f"rate_limits:\n"
+                  f"  flood: {{limit: {limit}, per: {per}, key: client_ip,"
+                  f" algorithm: sliding_window}}\n")
+
+
+def redis_errors(gw: Gateway) -> float:
+    """gateway_redis_errors_total summed over its labels (0 while none was ever counted)."""
+    with urllib.request.urlopen(gw.admin_url + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(float(m.group(1)) for m in re.finditer(
+        r"^gateway_redis_errors_total(?:\{[^}]*\})? (\S+)$", text, re.MULTILINE))
+
+
+REQUEST = (b"POST /api/auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+           b"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+
+
+async def flood(ports: list[int], total: int) -> list[int | str]:
+    """Open `total` connections (spread evenly over `ports`) first, then send one login on
+    each at once; every connection's status (or what went wrong)."""
+
+    async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), IO_TIMEOUT)
+
+    conns = []
+    try:
+        # in batches, so the listen backlog (1024) never overflows into SYN retries
+        for start in range(0, total, 100):
+            conns += await asyncio.gather(*(connect(ports[i % len(ports)])
+                                            for i in range(start, min(total, start + 100))))
+        # at once, without waiting for the gateways to accept: each then accepts and reads
+        # hundreds of connections in a row, a loop turn much longer than redis.timeout
+        for _, writer in conns:
+            writer.write(REQUEST)
+
+        async def status(reader: asyncio.StreamReader) -> int | str:
+            try:
+                line = await asyncio.wait_for(reader.readline(), IO_TIMEOUT)
+                await asyncio.wait_for(reader.read(), IO_TIMEOUT)  # until the gateway closes
+            except (OSError, TimeoutError) as exc:
+                return repr(exc)
+            parts = line.split()
+            return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else repr(line)
+
+        return await asyncio.gather(*(status(reader) for reader, _ in conns))
+    finally:
+        for _, writer in conns:
+            writer.close()
+
+
+@pytest.mark.parametrize(("total", "limit", "per"), [(500, 5, "15m"), (900, 300, "1m")],
+                         ids=["500-logins-limit-5", "900-requests-limit-300"])
+def test_a_flood_over_two_gateways_admits_exactly_the_shared_limit(
+        tmp_path: Path, upstream, redis_server: RedisServer, total: int, limit: int,
+        per: str) -> None:
+    redis_server.command("FLUSHALL")
+    gateways = [flood_gateway(tmp_path, upstream.url, redis_server.url, limit, per)
+                for _ in range(2)]
+    try:
+        statuses = asyncio.run(asyncio.wait_for(
+            flood([gw.port for gw in gateways], total), TOTAL_TIMEOUT))
+        errors = [redis_errors(gw) for gw in gateways]
+        logs = [gw.log_text() for gw in gateways]
+    finally:
+        for gw in gateways:
+            stop(gw.proc)
+    summary = {s: statuses.count(s) for s in set(statuses)}
+    print(f"\n{total} requests, limit {limit}: statuses {summary}, redis errors {errors}")
+    assert statuses.count(200) == limit, (summary, errors)
+    assert statuses.count(429) == total - limit, summary
+    assert errors == [0, 0], errors
+    for log in logs:
+        assert "breaker open" not in log, log[-2000:]
+
+
+# -- the same in one process, on a loop blocked on purpose ---------------------------------------
+
+TIMEOUT = 0.1  # redis.timeout
+BUSY = 0.3  # one loop turn that long: hundreds of requests parsed in a row
+CALLS = 50
+
+
+def run_on(loop_kind: str, coro: Coroutine[Any, Any, Any]) -> Any:
+    """On uvloop (the gateway's loop: due timers run before the sockets are polled) or on
+    asyncio's own loop."""
+    bounded = asyncio.wait_for(coro, 20)
+    return uvloop.run(bounded) if loop_kind == "uvloop" else asyncio.run(bounded)
+
+
+async def calls_with_a_busy_turn(conn: RedisConnection, block: Callable[[], None]) -> list[Any]:
+    """CALLS echo calls started together; `block()` runs right after they are queued (before
+    they are written)."""
+    tasks = [asyncio.ensure_future(conn.call(cmd("ECHO", f"m{i}"))) for i in range(CALLS)]
+    await asyncio.sleep(0)  # the tasks have run (queued their calls), this resumes after them
+    block()
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def busy() -> None:
+    time.sleep(BUSY)  # the loop does nothing else meanwhile: it is busy
+
+
+EXPECTED = [f"m{i}".encode() for i in range(CALLS)]
+LOOP_KINDS = ["uvloop", "asyncio"]
+
+
+class BusyReader(asyncio.Protocol):
+    """Keeps the loop busy in the poll phase, as parsing hundreds of requests does."""
+
+    def data_received(self, data: bytes) -> None:
+        busy()
+
+
+@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+def test_a_reply_that_came_while_the_loop_was_busy_is_a_reply(redis_server: RedisServer,
+                                                              loop_kind: str) -> None:
+    """The calls are written; the next poll runs a callback that keeps the loop busy for 3
+    timeouts, and Redis answers meanwhile (20 ms later). uvloop then runs the deadline timer
+    before it polls the socket again."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        conn = RedisConnection(parse(redis_server.url), TIMEOUT)
+        ours, theirs = socket.socketpair()
+        try:
+            await loop.connect_accepted_socket(BusyReader, ours)
+            assert await conn.call(cmd("PING")) == b"PONG"
+            link = conn._link
+            tasks = [asyncio.ensure_future(conn.call(c)) for c in
+                     [cmd("DEBUG", "SLEEP", "0.02"), *(cmd("ECHO", e) for e in EXPECTED)]]
+            await asyncio.sleep(0)  # the calls are queued; they are written next turn
+            theirs.send(b"x")  # so the poll right after the write finds this readable
+            got = await asyncio.gather(*tasks, return_exceptions=True)
+            assert got == [b"OK", *EXPECTED]
+            assert conn._link is link and link is not None and not link.lost
+        finally:
+            theirs.close()
+            await conn.close()
+
+    run_on(loop_kind, main())
+
+
+@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+def test_a_call_is_timed_from_its_write_not_from_when_it_was_queued(
+        redis_server: RedisServer, loop_kind: str) -> None:
+    """The loop is busy after the calls are queued and before they are written: Redis has not
+    even seen them when their deadline, counted from the queueing, has passed."""
+    async def main() -> None:
+        conn = RedisConnection(parse(redis_server.url), TIMEOUT)
+        try:
+            assert await conn.call(cmd("PING")) == b"PONG"
+            assert await calls_with_a_busy_turn(conn, busy) == EXPECTED
+        finally:
+            await conn.close()
+
+    run_on(loop_kind, main())
+
+
+@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+def test_connecting_while_the_loop_is_busy(redis_server: RedisServer, loop_kind: str) -> None:
+    """The flood's first requests find no connection yet: connecting (TCP, then the setup
+    command) spans loop turns that each take longer than the timeout."""
+    async def main() -> None:
+        conn = RedisConnection(parse(redis_server.url), TIMEOUT, setup=[cmd("PING")])
+        try:
+            assert await calls_with_a_busy_turn(conn, busy) == EXPECTED
+        finally:
+            await conn.close()
+
+    run_on(loop_kind, main())
+
+
+@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+def test_a_stalled_redis_still_fails_when_the_loop_was_busy(tmp_path: Path,
+                                                            loop_kind: str) -> None:
+    """Redis stopped (SIGSTOP): the calls fail within about one timeout of the busy turn, and
+    the connection is dropped; a busy loop buys a stalled Redis no more than a look at the
+    socket after the next poll."""
+    server = start_redis(tmp_path / "redis")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        conn = RedisConnection(parse(server.url), TIMEOUT)
+        try:
+            assert await conn.call(cmd("PING")) == b"PONG"
+            link = conn._link
+            server.pause()
+            started = loop.time()
+            got = await calls_with_a_busy_turn(conn, lambda: loop.call_soon(busy))
+            elapsed = loop.time() - started
+            assert all(isinstance(r, TimeoutError) for r in got), got[:3]
+            assert BUSY <= elapsed < BUSY + TIMEOUT + 0.5, elapsed
+            assert link is not None and link.lost
+            # and without a busy loop: one timeout
+            started = loop.time()
+            got = await calls_with_a_busy_turn(conn, lambda: None)
+            assert all(isinstance(r, TimeoutError) for r in got), got[:3]
+            assert TIMEOUT <= loop.time() - started < TIMEOUT + 0.5, loop.time() - started
+        finally:
+            server.resume()
+            await conn.close()
+
+    try:
+        run_on(loop_kind, main())
+    finally:
+        server.stop()
