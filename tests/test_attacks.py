@@ -527,6 +527,29 @@ row("5-upstream-101-to-plain-get-is-502", req("GET", "/__answer/101"),
 row("5-upstream-103-early-hints-then-200", req("GET", "/__answer/103"),
     answers=A(200, absent=("Link",)), upstream=targets("/__answer/103"))
 
+# ---- malformed upstream responses (section 3) ---------------------------------------------
+
+for name in ("dup-cl", "cl-te", "space-in-name", "nul-in-value", "bare-cr-in-value",
+             "cl-negative", "status-2-digits"):
+    row(f"upstream-response-{name}-is-502", req("GET", f"/__answer/raw/{name}"),
+        answers=problem(502, absent=("Set-Cookie",)), upstream=targets(f"/__answer/raw/{name}"))
+row("upstream-response-obs-fold-never-becomes-a-header", req("GET", "/__answer/raw/obs-fold"),
+    answers=A((200, 502), absent=("Set-Cookie",)), upstream=targets("/__answer/raw/obs-fold"))
+row("upstream-response-http-1.0-read-until-close",
+    req("GET", "/__answer/raw/http-1.0-no-length"), answers=A(200))
+
+
+@scenario("upstream-extra-bytes-after-204-never-answer-another-request", "default")
+def _no_response_poisoning(ctx: Ctx) -> None:
+    for name in ("204-with-body-keep", "304-with-body-keep"):
+        first = exchange(ctx.port, req("GET", f"/__answer/raw/{name}"))
+        assert first.status in (204, 304, 502), first.raw
+        for i in range(3):  # whichever pooled connection they take
+            resp = exchange(ctx.port, req("GET", f"/after-{name}-{i}"))
+            assert resp.status == 200 and resp.header("Set-Cookie") is None, resp.raw
+            assert resp.json()["target"] == f"/after-{name}-{i}", resp.raw
+
+
 # ---- item 6: path spellings that dodge an exact-path rate limit ---------------------------
 
 

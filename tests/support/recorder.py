@@ -15,6 +15,7 @@ Answers: 200 with a small JSON body and Content-Length, keep-alive. Special targ
   /__answer/600     raw `HTTP/1.1 600 Weird` with an empty body
   /__answer/101     raw `101 Switching Protocols` (Upgrade: foo) then echoes every byte
   /__answer/103     a 103 Early Hints, then a 200
+  /__answer/raw/<name>  a canned malformed response (CANNED below)
   /__slow/<s>       answers after <s> seconds
   /__sync/<token>   an ordinary answer; used by Recorder.sync as an end-of-test marker
 """
@@ -38,6 +39,30 @@ import h11
 
 ROOT = Path(__file__).resolve().parents[2]
 SYNC_PREFIX = "/__sync/"
+
+
+# /__answer/raw/<name>: malformed or ambiguous responses, written as is; then the connection
+# is closed, except for names ending in "-keep"
+CANNED = {
+    "dup-cl": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nokk",
+    "cl-te": b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n"
+             b"2\r\nok\r\n0\r\n\r\n",
+    "obs-fold": b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n Set-Cookie: folded=1\r\n"
+                b"Content-Length: 2\r\n\r\nok",
+    "space-in-name": b"HTTP/1.1 200 OK\r\nSet Cookie: x=1\r\nContent-Length: 2\r\n\r\nok",
+    "nul-in-value": b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\nok",
+    "bare-cr-in-value": b"HTTP/1.1 200 OK\r\nX-A: a\rSet-Cookie: cr=1\r\nContent-Length: 2\r\n"
+                        b"\r\nok",
+    "204-with-body-keep": b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
+                     b"HTTP/1.1 200 OK\r\nSet-Cookie: smuggled=1\r\nContent-Length: 0\r\n\r\n",
+    "304-with-body-keep": b"HTTP/1.1 304 Not Modified\r\n\r\n"
+                     b"HTTP/1.1 200 OK\r\nSet-Cookie: smuggled=1\r\nContent-Length: 0\r\n\r\n",
+    "te-gzip-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                       b"2\r\nok\r\n0\r\n\r\n",
+    "cl-negative": b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nok",
+    "status-2-digits": b"HTTP/1.1 20 OK\r\nContent-Length: 2\r\n\r\nok",
+    "http-1.0-no-length": b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil-close",
+}
 
 
 def _text(data: bytes) -> str:
@@ -157,6 +182,12 @@ class RecorderServer:
                     writer.write(data)
                     await writer.drain()
             return "end"
+        if path.startswith("/__answer/raw/") and path[14:] in CANNED:
+            writer.write(CANNED[path[14:]])
+            await writer.drain()
+            # the "-keep" answers leave extra bytes on a connection that stays open (response
+            # queue poisoning if the gateway reuses it); the others end the connection
+            return "raw" if path.endswith("-keep") else "end"
         if path == "/__answer/103":
             writer.write(conn.send(h11.InformationalResponse(
                 status_code=103, headers=[("Link", "</style.css>; rel=preload; as=style")])))
