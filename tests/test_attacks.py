@@ -1290,6 +1290,20 @@ def exchange(port: int, data: bytes, timeout: float = TIMEOUT) -> Response:
         return conn.read_response()
 
 
+def gateway_answer_invariants(resp: Response, variant: str, n: int) -> None:
+    """Every answer the gateway makes itself (problem+json) names no software, carries an
+    X-Request-ID and the default security headers (where the variant has them)."""
+    ctype = (resp.header("Content-Type") or "").split(";")[0].strip()
+    if ctype != PROBLEM:
+        return
+    where = f"answer {n}: {resp.raw[:300]!r}"
+    assert resp.header("Server") is None, f"gateway answer names its software; {where}"
+    assert resp.header("X-Request-ID"), f"gateway answer without X-Request-ID; {where}"
+    if NOSNIFF in VARIANTS[variant].top_extra:
+        assert resp.header("X-Content-Type-Options") == "nosniff", (
+            f"gateway answer without the default security headers; {where}")
+
+
 def run_row(r: Row, ctx: Ctx) -> None:
     answers: list[Response] = []
     with Conn(ctx.port, timeout=TIMEOUT) as conn:
@@ -1307,6 +1321,7 @@ def run_row(r: Row, ctx: Ctx) -> None:
             answers.append(conn.read_response())
         for n, (want, got) in enumerate(zip(r.answers, answers, strict=True), 1):
             want.check(got, n)
+            gateway_answer_invariants(got, r.variant, n)
         if r.closed is True:
             assert conn.closed_within(TIMEOUT), (
                 f"connection not closed; unread: {conn.buf[:300]!r}")
