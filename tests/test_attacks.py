@@ -605,6 +605,14 @@ def _v4_mapped(ctx: Ctx) -> None:
     assert statuses == [200] * 5 + [429], statuses
 
 
+@scenario("8-xff-hop-ports-do-not-make-new-clients", "xff-login")
+def _xff_ports(ctx: Ctx) -> None:
+    for clients in (["198.51.100.9:1111", "198.51.100.9:2222", "198.51.100.9"],
+                    ["[2001:db8:8::1]:443", "[2001:db8:8::1]:444", "2001:db8:8::1"]):
+        statuses = [login_as(ctx.port, c) for c in clients * 2]
+        assert statuses == [200] * 5 + [429], (clients, statuses)
+
+
 @scenario("8-ipv6-prefix-128-keys-whole-addresses", "xff-login-128")
 def _v6_128(ctx: Ctx) -> None:
     statuses = [login_as(ctx.port, f"2001:db8:9:2::{n}") for n in range(1, 8)]
@@ -968,6 +976,18 @@ for label, target in (("encoded-slash", "/api%2Fauth/login"),
                       ("double-encoded-dot", "/api/auth/%252e%252e/login"),
                       ("dot-dot-semicolon", "/api/x/..;/auth/login")):
     row(f"path-{label}-is-400", post(target), answers=problem(400), upstream=nothing())
+for label, target in (("semicolon-mid-path", "/api;x/auth/login"),
+                      ("semicolon-trailing", "/api/auth/login;"),
+                      ("double-trailing-dot", "/api/auth/login.."),
+                      ("encoded-double-trailing-dot", "/api/auth/login%2E%2E"),
+                      ("encoded-tab", "/api/auth/login%09")):
+    row(f"path-{label}-is-400", post(target), answers=problem(400), upstream=nothing())
+row("path-trailing-encoded-space-is-400", post("/api/auth/login%20"),
+    answers=problem(400), upstream=nothing(),
+    xfail=found("a segment ending in an encoded space (%20) is forwarded, while a trailing dot "
+                "is refused; servers that trim (IIS, Spring trimTokens) read /api/auth/login"))
+row("path-dot-segments-around-login-resolve-first", post("/api/auth/./login/.."),
+    answers=limited_by("api"), upstream=targets("/api/auth/"))
 row("path-raw-full-width-letter-is-400",
     post("/api/auth/LOGIN").replace(b"/LOGIN", "/\uff4cogin".encode()),
     answers=problem(400), upstream=nothing())
