@@ -1303,6 +1303,24 @@ def _ws_fragments(ctx: Ctx) -> None:
         assert ws_close_code(c, 3.0) == 1009
 
 
+def _rsv1(frame: bytes) -> bytes:
+    return bytes([frame[0] | 0x40]) + frame[1:]
+
+
+for label, frame, code in (
+        ("text-invalid-utf8", ws_frame(b"\xff\xfe", opcode=0x1), 1007),
+        ("rsv1-without-extension", _rsv1(ws_frame(b"hello")), 1002),
+        ("unknown-opcode", ws_frame(b"hello", opcode=0x3), 1002),
+        ("continuation-without-start", ws_frame(b"hello", opcode=0x0), 1002),
+        ("close-code-1005-on-the-wire", ws_frame(b"\x03\xed", opcode=0x8), 1002),
+        ("close-code-999", ws_frame(b"\x03\xe7", opcode=0x8), 1002)):
+    def _ws_protocol_error(ctx: Ctx, frame: bytes = frame, code: int = code) -> None:
+        with ws_open(ctx.port) as c:
+            c.send(frame)
+            assert ws_close_code(c, 3.0) == code
+    scenario(f"ws-{label}-is-closed-{code}", "ws")(_ws_protocol_error)
+
+
 @scenario("ws-text-echo-round-trip", "ws")
 def _ws_echo(ctx: Ctx) -> None:
     with ws_open(ctx.port) as c:
