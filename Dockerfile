@@ -23,5 +23,5 @@ USER gateway
 # outside the container, and keep that port private), 8000 the demo API.
 EXPOSE 8080 9090 8000
 
-# production.yaml needs UPSTREAM_URL, FRONTEND_URL and PRODUCTION_URL.
+# production.yaml needs UPSTREAM_URL, FRONTEND_URL, PRODUCTION_URL and TRUSTED_PROXIES.
 CMD ["gateway", "run", "--config", "policies/production.yaml"]

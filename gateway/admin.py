@@ -1,9 +1,13 @@
-"""The admin listener: /health, /ready, /config and /metrics, never on the public port."""
+"""The admin listener: /health, /ready, /config and /metrics, never on the public port.
+
+Its answers name no software either (no `Server` header), like the public ones.
+"""
 
 from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -13,7 +17,13 @@ from gateway.handler import Handler
 from gateway.observability.metrics import exposition
 
 
-def admin_app(handler_of: Callable[[], Handler]) -> web.Application:
+async def _no_server_header(_: web.Request, response: web.StreamResponse) -> None:
+    response.headers.popall("Server", None)
+
+
+def admin_app(handler_of: Callable[[], Handler],
+              last_reload: Callable[[], dict[str, Any] | None] = lambda: None
+              ) -> web.Application:
     async def health(_: web.Request) -> web.Response:
         env = handler_of().runtime.policy.environment
         return web.json_response({"status": "healthy", "version": __version__,
@@ -37,6 +47,7 @@ def admin_app(handler_of: Callable[[], Handler]) -> web.Application:
             "source_files": list(document.files),
             "digest": document.digest,
             "loaded_at": loaded_at.isoformat(timespec="seconds"),
+            "last_reload": last_reload(),  # null until a reload is tried
         })
 
     async def metrics(request: web.Request) -> web.Response:
@@ -46,6 +57,7 @@ def admin_app(handler_of: Callable[[], Handler]) -> web.Application:
         return resp
 
     app = web.Application()
+    app.on_response_prepare.append(_no_server_header)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/config", config)

@@ -128,6 +128,16 @@ def _test(args: argparse.Namespace, loaded: Loaded) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `gateway explain ... | head`: the reader left; nothing more to say, and nothing to
+        # say it on (Python would complain again while flushing stdout at exit)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "version":
         print(f"gateway {__version__} (python {platform.python_version()})")

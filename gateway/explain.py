@@ -98,7 +98,7 @@ def explain(rt: Runtime, req: DescribedRequest) -> dict[str, Any]:
     report["path"] = verdict.path
     report["route"] = _route(verdict.route)
     route = verdict.route
-    cors_policy = rt.route_cors.get(route.name) if route else None
+    cors_policy = rt.route_cors.get(route.name) if route else rt.default_cors
     headers_policy = rt.route_headers.get(route.name) if route else rt.default_headers
     https = scheme == "https" or (peer_trusted and
                                   headers.get("X-Forwarded-Proto", "").lower() == "https")

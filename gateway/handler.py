@@ -118,7 +118,9 @@ class Handler:
         record.client_ip = peer
         https = request.secure or (
             peer_trusted and headers.get("X-Forwarded-Proto", "").lower() == "https")
-        cors_policy = None
+        # before a route is known (404, 400, ...), the default policies speak, so that a
+        # browser can read the gateway's answer
+        cors_policy = rt.default_cors
         headers_policy = rt.default_headers
         rl_headers: list[tuple[str, str]] = []
 

@@ -11,9 +11,11 @@ is compared).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from gateway.config import Loaded, PolicyError, load_policy
 from gateway.observability.metrics import CONFIG_RELOADS
@@ -42,6 +44,12 @@ class PolicyReloader:
         self._digest = current.document.digest
         self._files = current.document.files
         self._seen = fingerprint(self._files)
+        # the last reload attempt, for the admin /config: time, trigger, result, problems
+        self.last: dict[str, Any] | None = None
+
+    def _record(self, reason: str, result: str, problems: list[str]) -> None:
+        now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        self.last = {"at": now, "trigger": reason, "result": result, "problems": problems}
 
     def reload(self, reason: str) -> bool:
         """Load, validate and apply the policy; False (and the old policy kept) when invalid."""
@@ -50,6 +58,7 @@ class PolicyReloader:
         except PolicyError as exc:
             CONFIG_RELOADS.labels("failure").inc()
             log.error("reload (%s) failed, keeping the running policy:\n%s", reason, exc)
+            self._record(reason, "failure", [str(p) for p in exc.problems])
             return False
         self._files = loaded.document.files
         self._seen = fingerprint(self._files)
@@ -57,6 +66,7 @@ class PolicyReloader:
             return True
         self._digest = loaded.document.digest
         self._apply(loaded)
+        self._record(reason, "success", [str(w) for w in loaded.warnings])
         CONFIG_RELOADS.labels("success").inc()
         log.info("policy reloaded (%s) from %s, digest %s", reason, self.config_path,
                  loaded.document.digest[:12])

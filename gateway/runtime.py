@@ -59,6 +59,7 @@ class Runtime:
     route_cors: dict[str, CorsPolicy]  # by route name; routes without CORS are absent
     route_headers: dict[str, HeadersPolicy]  # likewise, security headers
     default_headers: HeadersPolicy | None  # for answers made before a route is known
+    default_cors: CorsPolicy | None  # likewise: a browser can read the gateway's 404
     loaded_at: float  # wall-clock time of the load
     path_matching: PathMatching  # how the upstream reads paths; routes match the same way
     forwarding: ForwardingRules  # which request headers never reach the upstream
@@ -96,6 +97,7 @@ class Runtime:
                    trusted=TrustedProxies(policy.server.trusted_proxies), pool=pool,
                    limiter=limiter, route_limits=route_limits, route_cors=route_cors,
                    route_headers=route_headers, default_headers=policy.headers.get("default"),
+                   default_cors=policy.cors.get("default"),
                    loaded_at=time.time(), path_matching=matching,
                    forwarding=ForwardingRules.build(
                        policy.server.client_identity_headers,

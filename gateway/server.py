@@ -50,6 +50,10 @@ def require_c_parser() -> None:
         raise SystemExit("gateway: AIOHTTP_NO_EXTENSIONS is set; the gateway needs the C parser")
 
 
+class ListenError(OSError):
+    """A listener could not be opened (its address is in use, or not this host's)."""
+
+
 class GatewayProcess:
     """One serving process: public listener, admin listener, the current policy."""
 
@@ -83,15 +87,25 @@ class GatewayProcess:
         )
         public = web.ServerRunner(server, shutdown_timeout=server_cfg.timeouts.shutdown,
                                   handle_signals=False)
-        admin = web.AppRunner(admin_app(lambda: self.handler), access_log=None,
+        admin = web.AppRunner(admin_app(lambda: self.handler, lambda: reloader.last),
+                              access_log=None,
                               handle_signals=False, shutdown_timeout=1.0)
         await public.setup()
         await admin.setup()
         listen, admin_listen = server_cfg.listen, server_cfg.admin_listen
-        await web.TCPSite(public, listen.host, listen.port, reuse_port=self.reuse_port,
-                          backlog=1024).start()
-        await web.TCPSite(admin, admin_listen.host, admin_listen.port,
-                          reuse_port=self.reuse_port).start()
+        try:
+            await web.TCPSite(public, listen.host, listen.port, reuse_port=self.reuse_port,
+                              backlog=1024).start()
+            await web.TCPSite(admin, admin_listen.host, admin_listen.port,
+                              reuse_port=self.reuse_port).start()
+        except OSError as exc:
+            # one clear line from the caller; nothing left open behind it
+            await public.cleanup()
+            await admin.cleanup()
+            await self.handler.runtime.pool.close()
+            await self.handler.runtime.limiter.close()
+            raise ListenError(f"{exc.strerror or exc} (public {listen}, admin "
+                              f"{admin_listen})") from None
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
         loop.add_signal_handler(signal.SIGINT, self._stopping.set)

@@ -1321,6 +1321,28 @@ for label, frame, code in (
     scenario(f"ws-{label}-is-closed-{code}", "ws")(_ws_protocol_error)
 
 
+for label in ("content-length", "chunked"):
+    def _ws_handshake_body(ctx: Ctx, label: str = label) -> None:
+        # A body on the upgrade request must not turn into WebSocket frames: refuse it, or
+        # upgrade without reading those bytes as a message.
+        frame = ws_frame(b"smuggled", opcode=0x1)
+        if label == "chunked":
+            extra, body = "Transfer-Encoding: chunked", b"%x\r\n%s\r\n0\r\n\r\n" % (
+                len(frame), frame)
+        else:
+            extra, body = f"Content-Length: {len(frame)}", frame
+        with Conn(ctx.port) as c:
+            c.send(ws_handshake("/ws", extra) + body)
+            resp = c.read_response()
+            assert resp.status in (101, 400), resp.raw
+            if resp.status == 101:
+                c.sock.settimeout(1.0)
+                with contextlib.suppress(TimeoutError, ConnectionError):
+                    _opcode, payload = ws_read_frame(c)
+                    assert payload != b"smuggled", "the request body became a WebSocket message"
+    scenario(f"ws-handshake-with-{label}-body-is-no-message", "ws")(_ws_handshake_body)
+
+
 @scenario("ws-text-echo-round-trip", "ws")
 def _ws_echo(ctx: Ctx) -> None:
     with ws_open(ctx.port) as c:

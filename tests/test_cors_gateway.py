@@ -132,7 +132,8 @@ def test_parse_errors_carry_the_default_security_headers(dev) -> None:
 
 
 PRODUCTION_ENV = {"FRONTEND_URL": "https://app.example.com",
-                  "PRODUCTION_URL": "https://www.example.com"}
+                  "PRODUCTION_URL": "https://www.example.com",
+                  "TRUSTED_PROXIES": "10.0.0.0/8"}
 
 
 @pytest.fixture

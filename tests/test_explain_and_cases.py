@@ -16,7 +16,8 @@ from tests.support.processes import ROOT
 POLICIES = ROOT / "policies"
 CASES = POLICIES / "cases" / "gateway.yaml"
 PRODUCTION_ENV = {"UPSTREAM_URL": "http://app:8000", "FRONTEND_URL": "https://app.example.com",
-                  "PRODUCTION_URL": "https://www.example.com"}
+                  "PRODUCTION_URL": "https://www.example.com",
+                  "TRUSTED_PROXIES": "10.0.0.0/8"}
 
 
 def gateway(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

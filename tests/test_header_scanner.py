@@ -26,7 +26,8 @@ from tests.support.client import request
 from tests.support.processes import ROOT, Gateway, free_port, run_gateway, run_shipped, stop
 
 PRODUCTION_ENV = {"FRONTEND_URL": "https://app.example.com",
-                  "PRODUCTION_URL": "https://www.example.com"}
+                  "PRODUCTION_URL": "https://www.example.com",
+                  "TRUSTED_PROXIES": "10.0.0.0/8"}
 HSTS = "Strict-Transport-Security"
 HSTS_VALUE = "max-age=63072000; includeSubDomains"
 FORWARDED_HTTPS = "X-Forwarded-Proto: https"

@@ -283,6 +283,12 @@ def ref_cidr(item: Any) -> Result:
 
 
 def ref_networks(value: Any) -> Result:
+    """A list of CIDRs, or one string of them separated by commas or spaces, or `none`."""
+    if type(value) is str:
+        words = value.replace(",", " ").split()
+        if words == ["none"]:
+            return VALID, []
+        return combine(ref_cidr(word) for word in words)
     if type(value) is not list:
         return bad("a list of CIDRs")
     return combine(ref_cidr(item) for item in value)
@@ -693,6 +699,20 @@ class Reference:
             self.no("routes", "required")
         else:
             self.routes(top["routes"], limits, cors, headers)
+        self.workers_and_counters(top)
+
+    def workers_and_counters(self, top: dict[str, Any]) -> None:
+        """docs/policy.md, server.workers: more than one with rate limits needs redis.url."""
+        server = top.get("server")
+        workers = server.get("workers") if type(server) is dict else None
+        redis = top.get("redis")
+        url = redis.get("url", "") if type(redis) is dict else ""
+        routes = top.get("routes") if type(top.get("routes")) is list else []
+        csp = top.get("csp_reports")
+        counted = any(type(r) is dict and r.get("rate_limits") for r in routes) or (
+            type(csp) is dict and bool(csp.get("rate_limits")))
+        if type(workers) is int and workers > 1 and url in ("", None) and counted:
+            self.no("server.workers", "more than one worker with rate limits needs redis.url")
 
     def observability(self, value: Any) -> None:
         m = self.mapping(value, OBSERVABILITY, "observability")
@@ -717,8 +737,10 @@ class Reference:
             "watch": ref_boolean, "watch_interval": ref_duration})
         listen = got.get("listen", ("0.0.0.0", 8080, ipaddress.ip_address("0.0.0.0")))
         admin = got.get("admin_listen", ("127.0.0.1", 9090, ipaddress.ip_address("127.0.0.1")))
-        if listen and admin and listen[1:] == admin[1:]:
-            self.no("server.admin_listen", "must differ from listen")
+        if listen and admin and listen[1] == admin[1] and (
+                listen[2] == admin[2] or listen[2].is_unspecified or admin[2].is_unspecified):
+            self.no("server.admin_listen", "must not share listen's port (one address or a "
+                    "wildcard)")
         if "timeouts" in m and (t := self.mapping(m["timeouts"], SERVER_TIMEOUTS,
                                                   "server.timeouts")) is not None:
             self.keys(t, "server.timeouts", dict.fromkeys(SERVER_TIMEOUTS, ref_duration))
@@ -878,7 +900,8 @@ BASE: dict[str, Any] = {
         "retries": 2,
         "preserve_host": False,
     },
-    "redis": {"url": "", "timeout": "100ms", "failure_mode": "open", "key_prefix": "gw:"},
+    "redis": {"url": "redis://127.0.0.1:6379/0", "timeout": "100ms", "failure_mode": "open",
+              "key_prefix": "gw:"},
     "rate_limits": {
         "per_ip": {"limit": 10, "per": "1s", "key": "client_ip", "algorithm": "token_bucket",
                    "burst": 20, "mode": "enforce"},
@@ -1103,9 +1126,9 @@ def _network(bits: int) -> st.SearchStrategy[str]:
 
 
 VALID_NETWORKS = st.lists(st.one_of(_network(32), _network(128)), max_size=4)
-BAD_NETWORKS = ("10.0.0.0/8", {"a": "10.0.0.0/8"}, None, 5, [None], [5], ["10.0.0.1/8"],
-                ["10.0.0.0/33"], ["abc"], ["fd00::1/8"], ["10.0.0.0/-1"], ["10.0.0.0/"],
-                [["10.0.0.0/8"]], ["/8"])
+BAD_NETWORKS = ("10.0.0.1/8", "10.0.0.0/8, abc", "none, 10.0.0.0/8", {"a": "10.0.0.0/8"},
+                None, 5, [None], [5], ["10.0.0.1/8"], ["10.0.0.0/33"], ["abc"], ["fd00::1/8"],
+                ["10.0.0.0/-1"], ["10.0.0.0/"], [["10.0.0.0/8"]], ["/8"])
 TRICKY_NETWORKS = st.lists(st.builds(
     lambda a, n: f"{a}/{n}",
     st.sampled_from(("10.0.0.0", "10.0.0.1", "192.168.1.0", "fd00::", "fd00::1", "::", "0.0.0.0",
@@ -1352,16 +1375,22 @@ def leaves_of(kind: str) -> list[Path_]:
     return [path for path, (k, _) in LEAVES.items() if k == kind]
 
 
-def exclusions(path: Path_) -> set[Any]:
-    """Values that would break another rule at this leaf of BASE (a listener clash, a repeated
-    route name)."""
+def _port(address: Any) -> str | None:
+    return address.rpartition(":")[2] if isinstance(address, str) else None
+
+
+def allowed_at(path: Path_, value: Any) -> bool:
+    """False for a value that would break another rule at this leaf of BASE: a listener on the
+    other's port, a repeated route name, no Redis for BASE's two workers with rate limits."""
     if path == ("server", "listen"):
-        return {BASE["server"]["admin_listen"]}
+        return _port(value) != _port(BASE["server"]["admin_listen"])
     if path == ("server", "admin_listen"):
-        return {BASE["server"]["listen"]}
+        return _port(value) != _port(BASE["server"]["listen"])
     if path[0] == "routes" and path[-1] == "name":
-        return {r["name"] for i, r in enumerate(BASE["routes"]) if i != path[1]}
-    return set()
+        return value not in {r["name"] for i, r in enumerate(BASE["routes"]) if i != path[1]}
+    if path == ("redis", "url"):
+        return value not in ("", None)
+    return True
 
 
 def same(got: Any, expected: Any) -> bool:
@@ -1668,9 +1697,7 @@ def test_raw_yaml_values_raise_only_policy_errors() -> None:
 @given(data=st.data())
 def test_valid_mutations_load_what_was_written(kind: str, data: st.DataObject) -> None:
     path = data.draw(st.sampled_from(leaves_of(kind)), label="path")
-    avoid = exclusions(path)
-    value = data.draw(KINDS[kind].valid.filter(lambda v: all(v != a for a in avoid)),
-                      label="value")
+    value = data.draw(KINDS[kind].valid.filter(lambda v: allowed_at(path, v)), label="value")
     doc = base()
     set_at(doc, path, value)
     reference = Reference(doc)

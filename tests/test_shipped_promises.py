@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +27,8 @@ from tests.support.redis_server import start_redis
 
 POLICIES = ROOT / "policies"
 PRODUCTION_ENV = {"FRONTEND_URL": "https://app.example.com",
-                  "PRODUCTION_URL": "https://www.example.com"}
+                  "PRODUCTION_URL": "https://www.example.com",
+                  "TRUSTED_PROXIES": "10.0.0.0/8"}
 LOGIN = {"Content-Type": "application/json"}
 
 
@@ -197,5 +199,102 @@ def test_preflights_do_not_spend_the_login_quota(tmp_path: Path, upstream) -> No
         assert seen == [204, 200] * 5
         assert request(gw.port, "POST", "/api/auth/login", body=b"{}", headers=LOGIN).status \
             == 429
+    finally:
+        stop(gw.proc)
+
+
+# 7. listeners that cannot both be opened
+
+def test_check_refuses_listeners_on_one_port(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nserver: {listen: '0.0.0.0:8080', admin_listen: "
+                      "'127.0.0.1:8080'}\nupstream: {url: 'http://127.0.0.1:1'}\n"
+                      "routes: [{name: r, match: {path_prefix: /}}]\n")
+    result = gateway_cli("check", "--config", str(policy))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"{policy}:2:48: server.admin_listen 127.0.0.1:8080 and "
+                                    "server.listen 0.0.0.0:8080 would use the same port")
+
+
+def test_a_port_in_use_is_one_clear_line_and_nothing_left_unclosed() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = gateway_cli("run", "--config", str(POLICIES / "development.yaml"),
+                             env={"GATEWAY_LISTEN": f"127.0.0.1:{port}",
+                                  "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{free_port()}"})
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("gateway: cannot listen: ")
+    assert "address already in use" in result.stderr and "Unclosed" not in result.stderr
+
+
+# 8. a closed pipe
+
+@pytest.mark.parametrize("reader", ["head -1", "true"])  # `true` never reads: EPIPE at once
+def test_explain_into_a_closed_pipe_exits_quietly(reader: str) -> None:
+    result = subprocess.run(
+        f"set -o pipefail; {sys.executable} -m gateway explain --json --config "
+        f"{POLICIES / 'development.yaml'} GET /api/campaigns | {reader}", shell=True,
+        capture_output=True, text=True, cwd=ROOT, timeout=30, executable="/bin/bash")
+    assert result.returncode == 0
+    assert result.stderr == ""
+
+
+# 9. the admin port names no software, and /config tells how the last reload went
+
+def test_admin_answers_name_no_software(gateway_factory, upstream) -> None:
+    gw = gateway_factory(upstream.url)
+    for path in ("/health", "/ready", "/metrics", "/config", "/nothing"):
+        reply = request(gw.admin_port, "GET", path)
+        assert "server" not in reply.header_names(), path
+
+
+def test_config_shows_the_last_reload_and_its_problems(gateway_factory, upstream) -> None:
+    gw = gateway_factory(upstream.url, server_extra="watch: false")
+    assert request(gw.admin_port, "GET", "/config").json()["last_reload"] is None
+    good = gw.config.read_text()
+    gw.config.write_text(good.replace("routes:", "routes: 5\nroutes_:"))
+    gw.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: request(gw.admin_port, "GET", "/config").json()["last_reload"])
+    last = request(gw.admin_port, "GET", "/config").json()["last_reload"]
+    assert last["result"] == "failure" and last["trigger"] == "SIGHUP"
+    assert last["problems"] and all(p.startswith(f"{gw.config}:") for p in last["problems"])
+    gw.config.write_text(good)
+    gw.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: request(gw.admin_port, "GET", "/config").json()["last_reload"]
+               ["result"] == "success")
+
+
+# 10. production trusts exactly the proxies it is told
+
+def test_production_requires_its_trusted_proxies() -> None:
+    env = {**PRODUCTION_ENV, "UPSTREAM_URL": "http://127.0.0.1:8000"}
+    del env["TRUSTED_PROXIES"]
+    result = gateway_cli("check", "--config", str(POLICIES / "production.yaml"),
+                         env={**env, "TRUSTED_PROXIES": ""})
+    assert result.returncode == 2 and "TRUSTED_PROXIES" in result.stderr
+    direct = load_policy(POLICIES / "production.yaml", {**env, "TRUSTED_PROXIES": "none"})
+    assert direct.policy.server.trusted_proxies == ()
+    lbs = load_policy(POLICIES / "production.yaml",
+                      {**env, "TRUSTED_PROXIES": "10.1.2.0/24, 10.1.3.0/24"})
+    assert [str(n) for n in lbs.policy.server.trusted_proxies] == ["10.1.2.0/24", "10.1.3.0/24"]
+
+
+# 12. a browser can read the gateway's own 404
+
+def test_a_404_from_an_allowed_origin_is_readable_by_the_browser(tmp_path: Path,
+                                                                 upstream) -> None:
+    policy = extending(tmp_path, "development.yaml",
+                       "routes:\n  - name: api\n    match: {path_prefix: /api/}\n")
+    gw = run_file(policy, upstream.url, tmp_path)
+    try:
+        reply = request(gw.port, "GET", "/nowhere", headers={"Origin": "http://localhost:3000"})
+        assert reply.status == 404
+        assert reply.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+        assert reply.headers["Access-Control-Allow-Credentials"] == "true"
+        foreign = request(gw.port, "GET", "/nowhere", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in foreign.header_names()
     finally:
         stop(gw.proc)

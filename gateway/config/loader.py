@@ -258,7 +258,7 @@ def _server(r: Reader, node: yaml.Node) -> ServerSettings | None:
     trusted = d.trusted_proxies
     if "trusted_proxies" in m:
         nets = []
-        for item, text in r.string_list(m["trusted_proxies"], "server.trusted_proxies") or ():
+        for item, text in _cidr_items(r, m["trusted_proxies"], "server.trusted_proxies"):
             try:
                 nets.append(ipaddress.ip_network(text, strict=True))
             except ValueError as exc:
@@ -302,12 +302,30 @@ def _server(r: Reader, node: yaml.Node) -> ServerSettings | None:
     if listen is None or admin is None or workers is None or watch is None or interval is None \
             or matching is None or identity is None:
         return None
-    if listen == admin:
-        r.error(m.get("admin_listen"), "server.admin_listen must differ from server.listen")
+    if _same_socket(listen, admin):
+        r.error(m.get("admin_listen", node), f"server.admin_listen {admin} and server.listen "
+                f"{listen} would use the same port; give the admin listener a port of its own")
     return ServerSettings(listen=listen, admin_listen=admin, workers=workers,
                           trusted_proxies=trusted, timeouts=timeouts, limits=limits,
                           watch=watch, watch_interval=interval, path_matching=matching,
                           client_identity_headers=identity)
+
+
+def _cidr_items(r: Reader, node: yaml.Node, what: str) -> list[tuple[yaml.Node, str]]:
+    """CIDRs from a list, or from one string (`${TRUSTED_PROXIES}`: comma- or space-separated,
+    or `none`)."""
+    if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:str":
+        words = node.value.replace(",", " ").split()
+        return [] if words == ["none"] else [(node, w) for w in words]
+    return r.string_list(node, what) or []
+
+
+def _same_socket(a: Address, b: Address) -> bool:
+    """Whether two listeners would collide: one port, and one address or a wildcard."""
+    if a.port != b.port:
+        return False
+    ips = [ipaddress.ip_address("127.0.0.1" if h == "localhost" else h) for h in (a.host, b.host)]
+    return ips[0] == ips[1] or ips[0].is_unspecified or ips[1].is_unspecified
 
 
 def _path_matching(r: Reader, node: yaml.Node) -> path_matching.PathMatching | None:
