@@ -1095,9 +1095,10 @@ row("upgrade-header-without-connection-token",
     answers=A((200, 400, 426)), upstream=no_header("Upgrade"))
 row("hop-by-hop-listed-in-connection-removed",
     req("GET", "/x", "Connection: X-Secret, close", "X-Secret: s3cret", "Keep-Alive: 5",
-        "Proxy-Authorization: Basic Zm9vOmJhcg==", "TE: trailers"),
+        "Proxy-Authorization: Basic Zm9vOmJhcg==", "TE: trailers", "Proxy-Connection: keep-alive"),
     answers=OK, upstream=(no_header("X-Secret"), no_header("Keep-Alive"),
-                          no_header("Proxy-Authorization"), no_header("TE")))
+                          no_header("Proxy-Authorization"), no_header("TE"),
+                          no_header("Proxy-Connection")))
 
 # ---- methods (section 3) ------------------------------------------------------------------
 
@@ -1226,6 +1227,15 @@ row("rewrite-url-headers-dropped",
     answers=OK, upstream=(no_header("X-Original-URL"), no_header("X-Rewrite-URL")),
     xfail=found("X-Original-URL / X-Rewrite-URL reach the upstream; frameworks that honour "
                 "them route to another path than the gateway's rate limits saw"))
+
+row("connection-close-then-pipelined-request-never-forwarded",  # RFC 9112 9.6; a 400 for
+    req("GET", "/first") + req("GET", "/second", close=False),  # bytes after close is safe
+    answers=A((200, 400)), closed=True, upstream=only_targets("/first"))
+row("http-1.0-without-keep-alive-then-pipelined-never-forwarded",
+    raw("GET /first HTTP/1.0", "Host: gw.test") + req("GET", "/second", close=False),
+    answers=A((200, 400)), closed=True, upstream=only_targets("/first"))
+refused("host-raw-non-ascii", raw(b"GET /x HTTP/1.1", b"Host: ex\xe4mple.com"),
+        xfail=found("Host with a raw non-ASCII byte is forwarded (invalid Host -> 400)"))
 
 # ---- identity: headers that must survive a Connection: listing (section 3) ---------------
 
