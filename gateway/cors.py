@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any, TypeVar
 
 from multidict import CIMultiDictProxy
 
@@ -37,6 +38,9 @@ _LABEL = re.compile(r"[a-z0-9]([a-z0-9\-]{0,61}[a-z0-9])?")
 _METHOD = re.compile(r"[A-Za-z]+")
 MAX_AGE_LIMIT = 86400
 PREFLIGHT_VARY = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
+
+
+T = TypeVar("T")
 
 
 class CorsError(ValueError):
@@ -133,6 +137,8 @@ def _parse_pattern(text: str, credentials: bool, allow_public_suffix: bool,
     if text == "null" or text.startswith("file:"):
         raise fail("'null' and file: origins can be forged by any sandboxed page; never allow them")
     scheme, sep, rest = text.partition("://")
+    if sep and scheme.lower() in ("http", "https") and text != text.lower():
+        raise fail("origins are compared in lower case; write it in lower case")
     if not sep or scheme not in ("http", "https"):
         raise fail("must start with http:// or https://")
     if any(c in rest for c in "/?#"):
@@ -198,7 +204,17 @@ class CorsPolicy:
     expose_value: str = field(default="")
 
     @classmethod
-    def build(
+    def build(cls, name: str, allow_origins: Sequence[str], **settings: Any) -> CorsPolicy:
+        """A validated policy; raises CorsError naming the setting at fault (the first of
+        them; `check` gives them all)."""
+        policy, problems = cls.check(name, allow_origins, **settings)
+        if problems:
+            raise problems[0]
+        assert policy is not None
+        return policy
+
+    @classmethod
+    def check(
         cls,
         name: str,
         allow_origins: Sequence[str],
@@ -209,45 +225,62 @@ class CorsPolicy:
         max_age: float | None = None,
         dangerously_allow_public_suffix_wildcard: bool = False,
         dangerously_allow_insecure_origins: bool = False,
-    ) -> CorsPolicy:
-        """A validated policy; raises CorsError naming the setting at fault."""
+    ) -> tuple[CorsPolicy | None, list[CorsError]]:
+        """The policy and every problem with it (each names its setting); the policy is
+        None when there is any problem."""
+        problems: list[CorsError] = []
+
+        def attempt(check: Callable[[], T], fallback: T) -> T:
+            try:
+                return check()
+            except CorsError as exc:
+                problems.append(exc)
+                return fallback
+
         if not allow_origins:
-            raise CorsError("allow_origins must list at least one origin", "allow_origins")
+            problems.append(CorsError("allow_origins must list at least one origin",
+                                      "allow_origins"))
         any_origin = "*" in allow_origins
         if any_origin and allow_credentials:
-            raise CorsError("'*' with allow_credentials would let every site read "
-                            "credentialed responses; list the origins", "allow_origins",
-                            list(allow_origins).index("*"))
+            problems.append(CorsError("'*' with allow_credentials would let every site read "
+                                      "credentialed responses; list the origins",
+                                      "allow_origins", list(allow_origins).index("*")))
         if any_origin and len(allow_origins) > 1:
-            raise CorsError("'*' already allows every origin; list it alone", "allow_origins",
-                            list(allow_origins).index("*"))
+            problems.append(CorsError("'*' already allows every origin; list it alone",
+                                      "allow_origins", list(allow_origins).index("*")))
         exact: set[str] = set()
         patterns: list[_Pattern] = []
         if not any_origin:
             for i, text in enumerate(allow_origins):
-                origin, pattern = _parse_pattern(
+                origin, pattern = attempt(lambda text=text, i=i: _parse_pattern(
                     text, allow_credentials, dangerously_allow_public_suffix_wildcard,
-                    dangerously_allow_insecure_origins, i)
+                    dangerously_allow_insecure_origins, i), (None, None))
                 if origin is not None:
                     exact.add(origin)  # repeats are harmless (origins often come from ${VAR}s)
                 elif pattern is not None:
                     patterns.append(pattern)
-        methods = _methods(allow_methods)
+        methods = attempt(lambda: _methods(allow_methods), ())
         any_header = "*" in allow_headers
         if any_header and allow_credentials:
-            raise CorsError("allow_headers '*' is a literal name when credentials are allowed; "
-                            "list the headers", "allow_headers", list(allow_headers).index("*"))
-        headers = _header_names(allow_headers, "allow_headers", allow_star=True)
+            problems.append(CorsError("allow_headers '*' is a literal name when credentials are "
+                                      "allowed; list the headers", "allow_headers",
+                                      list(allow_headers).index("*")))
+        headers = attempt(lambda: _header_names(allow_headers, "allow_headers",
+                                                allow_star=True), ())
         if "*" in expose_headers and allow_credentials:
-            raise CorsError("expose_headers '*' does not work with credentials; list the headers",
-                            "expose_headers", list(expose_headers).index("*"))
-        exposed = _header_names(expose_headers, "expose_headers", allow_star=True,
-                                forbidden_ok=True)
+            problems.append(CorsError("expose_headers '*' does not work with credentials; list "
+                                      "the headers", "expose_headers",
+                                      list(expose_headers).index("*")))
+        exposed = attempt(lambda: _header_names(expose_headers, "expose_headers",
+                                                allow_star=True, forbidden_ok=True), ())
         age = None
         if max_age is not None:
             if not 0 <= max_age <= MAX_AGE_LIMIT:
-                raise CorsError("max_age must be between 0s and 24h", "max_age")
-            age = int(max_age)
+                problems.append(CorsError("max_age must be between 0s and 24h", "max_age"))
+            else:
+                age = int(max_age)
+        if problems:
+            return None, problems
         policy = cls(name=name, allow_any_origin=any_origin, exact=frozenset(exact),
                      patterns=tuple(patterns), allow_methods=methods,
                      allow_headers=frozenset(h.lower() for h in headers if h != "*"),
@@ -256,7 +289,7 @@ class CorsPolicy:
         object.__setattr__(policy, "methods_value", ", ".join(methods))
         object.__setattr__(policy, "headers_value", ", ".join(headers))
         object.__setattr__(policy, "expose_value", ", ".join(exposed))
-        return policy
+        return policy, []
 
     def allows_origin(self, origin: str) -> bool:
         if self.allow_any_origin:

@@ -45,13 +45,16 @@ def read_csp_reports(r: Reader, node: yaml.Node, limits: dict[str, Any]) -> CspR
         path = None
     max_size = r.size(m["max_size"], "csp_reports.max_size") if "max_size" in m else 16 * 1024
     names: list[str] = []
+    unknown = False
     for item, name in (r.string_list(m["rate_limits"], "csp_reports.rate_limits") or ()) \
             if "rate_limits" in m else ():
         if name not in limits:
-            r.error(item, f"csp_reports.rate_limits: unknown rate limit {name!r}")
-            return None
+            unknown = True
+            if name not in getattr(limits, "declared", ()):  # a broken one is reported there
+                r.error(item, f"csp_reports.rate_limits: unknown rate limit {name!r}")
+            continue
         names.append(name)
-    if path is None or max_size is None:
+    if path is None or max_size is None or unknown:
         return None
     return CspReports(path, max_size, tuple(names))
 

@@ -94,7 +94,7 @@ def test_all_errors_are_reported_at_once(tmp_path: Path) -> None:
     ("websocket: true", "websocket: sometimes", "must be true or false"),
     ("match: {path_prefix: /}", "match: {path_prefix: /, path: /x}", "not both"),
     ("  url: http://127.0.0.1:8000", "  url: http://a\n  targets: [http://b]", "exactly one of"),
-    ("admin_listen: 127.0.0.1:9090", "admin_listen: 0.0.0.0:8080", "must differ"),
+    ("admin_listen: 127.0.0.1:9090", "admin_listen: 0.0.0.0:8080", "would use the same port"),
     ("environment: staging", "environment: staging\nenvironment: prod", "duplicate key"),
 ])
 def test_invalid_values_are_rejected(tmp_path: Path, old: str, new: str, message: str) -> None:

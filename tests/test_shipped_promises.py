@@ -298,3 +298,40 @@ def test_a_404_from_an_allowed_origin_is_readable_by_the_browser(tmp_path: Path,
         assert "access-control-allow-origin" not in foreign.header_names()
     finally:
         stop(gw.proc)
+
+
+# 6. check reports every problem, in order, without echoes
+
+EVERYTHING_WRONG = """\
+version: 1
+upstream: {url: "http://127.0.0.1:8000"}
+routes:
+  - name: r
+    match: {path_prefix: /}
+    rate_limits: [api, nope, nada]
+    cors: strict
+rate_limits:
+  api: {limit: 5, per: 5x}
+cors:
+  strict:
+    allow_origins: ["HTTPS://App.Example.com", "null", "https://a.example.com/"]
+    max_age: 48h
+"""
+
+
+def test_check_reports_every_problem_in_line_order_without_echoes(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(EVERYTHING_WRONG)
+    result = gateway_cli("check", "--config", str(policy))
+    assert result.returncode == 2
+    lines = [line.removeprefix(f"{policy}:") for line in result.stderr.splitlines()]
+    assert [line.split(": ", 1)[0] for line in lines] == [
+        "6:24", "6:30", "9:24", "12:21", "12:48", "12:56", "13:14"]
+    assert "unknown rate limit 'nope' (defined: api)" in lines[0]
+    assert "unknown rate limit 'nada'" in lines[1]
+    assert "'5x' is not a duration" in lines[2]
+    assert "write it in lower case" in lines[3]
+    assert "'null'" in lines[4] and "trailing slash" in lines[5]
+    assert "max_age must be between" in lines[6]
+    # the broken `api` and `strict` are reported where they are defined, not where used
+    assert not any("'api'" in line or "policy 'strict'" in line for line in lines)

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from gateway.config.reader import Reader
-from gateway.cors import CorsError, CorsPolicy
+from gateway.cors import CorsPolicy
 from gateway.security_headers import HeadersPolicy, HeaderValueError, check_header
 
 KEYS = {
@@ -65,12 +65,13 @@ def read_cors(r: Reader, node: yaml.Node) -> dict[str, CorsPolicy]:
             continue
         if any(v is None for v in args.values()):
             continue
-        try:
-            policies[name] = CorsPolicy.build(name, **args)
-        except CorsError as exc:
+        policy, problems = CorsPolicy.check(name, **args)
+        for exc in problems:  # every one, not just the first
             nodes = item_nodes.get(exc.field)
             at = nodes[exc.index] if nodes and exc.index is not None else m.get(exc.field, value)
             r.error(at, f"{where}.{exc.field}: {exc}")
+        if policy is not None:
+            policies[name] = policy
     return policies
 
 

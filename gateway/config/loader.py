@@ -95,6 +95,10 @@ def load_policy(path: str | Path, environ: Mapping[str, str] | None = None) -> L
     policy = None
     if document is not None:
         policy = _build_policy(reader, document.root, document.files)
+    # in file order (the file named first, then what it extends), then line and column
+    files = document.files[::-1] if document is not None else ()
+    reader.problems.sort(key=lambda p: (files.index(p.file) if p.file in files else len(files),
+                                        p.line, p.column))
     errors = [p for p in reader.problems if not p.warning]
     if errors or policy is None or document is None:
         raise PolicyError(errors)
@@ -126,10 +130,12 @@ def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy 
         upstream = _upstream(r, doc["upstream"])
     redis = ratelimit_config.read_redis(r, doc["redis"]) if "redis" in doc \
         else ratelimit_config.RedisSettings()
-    limits = ratelimit_config.read_rate_limits(r, doc["rate_limits"]) \
-        if "rate_limits" in doc else {}
-    cors = browser.read_cors(r, doc["cors"]) if "cors" in doc else {}
-    headers = browser.read_headers(r, doc["headers"]) if "headers" in doc else {}
+    limits = _Named(ratelimit_config.read_rate_limits(r, doc["rate_limits"]),
+                    doc["rate_limits"]) if "rate_limits" in doc else _Named({})
+    cors = _Named(browser.read_cors(r, doc["cors"]), doc["cors"]) if "cors" in doc \
+        else _Named({})
+    headers = _Named(browser.read_headers(r, doc["headers"]), doc["headers"]) \
+        if "headers" in doc else _Named({})
     collector = csp_reports.read_csp_reports(r, doc["csp_reports"], limits) \
         if "csp_reports" in doc else None
     observability = _observability(r, doc["observability"]) if "observability" in doc \
@@ -150,6 +156,18 @@ def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy 
                   rate_limits=MappingProxyType(limits), cors=MappingProxyType(cors),
                   headers=MappingProxyType(headers), csp_reports=collector,
                   observability=observability or Observability())
+
+
+class _Named(dict):
+    """A section's valid named policies; `declared` also holds the names defined with an
+    error, so that a use of one is not reported again as an unknown name."""
+
+    def __init__(self, valid: Mapping[str, object], node: yaml.Node | None = None) -> None:
+        super().__init__(valid)
+        # a tuple, in the file's order, for messages that list them
+        self.declared = tuple(
+            k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)
+        ) if isinstance(node, yaml.MappingNode) else ()
 
 
 def counts_requests(routes: tuple[Route, ...], collector: csp_reports.CspReports | None) -> bool:
@@ -499,17 +517,22 @@ def _match(r: Reader, node: yaml.Node, where: str) -> RouteMatch | None:
 
 def _route_limits(r: Reader, node: yaml.Node, where: str,
                   limits: Mapping[str, object]) -> tuple[str, ...] | None:
-    names = []
+    names: list[str] = []
+    ok = True
     for item, name in r.string_list(node, f"{where}.rate_limits") or ():
         if name not in limits:
-            known = ", ".join(limits) or "none are defined"
-            r.error(item, f"{where}.rate_limits: unknown rate limit {name!r} (defined: {known})")
-            return None
-        if name in names:
+            ok = False
+            if name not in getattr(limits, "declared", ()):  # a broken one is reported there
+                known = ", ".join(getattr(limits, "declared", None) or limits) \
+                    or "none are defined"
+                r.error(item, f"{where}.rate_limits: unknown rate limit {name!r} "
+                        f"(defined: {known})")
+        elif name in names:
+            ok = False
             r.error(item, f"{where}.rate_limits: {name!r} is listed twice")
-            return None
-        names.append(name)
-    return tuple(names)
+        else:
+            names.append(name)
+    return tuple(names) if ok else None
 
 
 def _named_policy(r: Reader, m: dict[str, yaml.Node], key: str, where: str,
@@ -523,8 +546,10 @@ def _named_policy(r: Reader, m: dict[str, yaml.Node], key: str, where: str,
     if name == "none":
         return True, None
     if name not in defined:
-        known = ", ".join(defined) or "none are defined"
-        r.error(m[key], f"{where}.{key}: unknown {key} policy {name!r} (defined: {known})")
+        if name not in getattr(defined, "declared", ()):  # a broken one is reported there
+            known = ", ".join(getattr(defined, "declared", None) or defined) \
+                or "none are defined"
+            r.error(m[key], f"{where}.{key}: unknown {key} policy {name!r} (defined: {known})")
         return False, None
     return True, name
 
