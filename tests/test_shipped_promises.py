@@ -335,3 +335,51 @@ def test_check_reports_every_problem_in_line_order_without_echoes(tmp_path: Path
     assert "max_age must be between" in lines[6]
     # the broken `api` and `strict` are reported where they are defined, not where used
     assert not any("'api'" in line or "policy 'strict'" in line for line in lines)
+
+
+# 11. an extending file changes routes by name, and a dropped route does not go unnoticed
+
+def test_an_extending_file_adds_replaces_and_removes_routes_by_name(tmp_path: Path) -> None:
+    policy = extending(tmp_path, "development.yaml", """\
+rate_limits:
+  reports: {limit: 10, per: 1m}
+routes:
+  set:
+    - name: reports
+      match: {path_prefix: /reports/}
+      rate_limits: [reports, global]
+    - name: health
+      match: {path: /healthz, methods: [GET]}
+      rate_limits: [health]
+  insert_before: everything-else
+  remove: [call-events]
+""")
+    loaded = load_policy(policy, {})
+    routes = loaded.policy.routes
+    assert [r.name for r in routes] == ["health", "login", "api", "reports", "everything-else"]
+    assert routes[0].match.path == "/healthz"
+    assert routes[3].rate_limits == ("reports", "global")
+    assert loaded.warnings == ()
+
+
+def test_a_copied_routes_list_that_drops_the_limited_route_is_warned_about(
+        tmp_path: Path) -> None:
+    shipped = load_policy(POLICIES / "gateway.yaml", {}).policy
+    kept = "\n".join(f"  - name: {r.name}\n    match: {{path_prefix: /{r.name}/}}"
+                     + (f"\n    rate_limits: [{', '.join(r.rate_limits)}]" if r.rate_limits
+                        else "")
+                     for r in shipped.routes if r.name != "login")
+    policy = extending(tmp_path, "gateway.yaml", f"routes:\n{kept}\n")
+    result = gateway_cli("check", "--config", str(policy))
+    assert result.returncode == 0
+    assert "warning: rate limit 'login' is not used by any route" in result.stderr
+
+
+def test_route_changes_name_routes_that_exist(tmp_path: Path) -> None:
+    policy = extending(tmp_path, "development.yaml",
+                       "routes:\n  remove: [nope]\n  insert_before: nowhere\n")
+    result = gateway_cli("check", "--config", str(policy))
+    assert result.returncode == 2
+    assert f"{policy}:3:12: routes.remove: the extended file has no route 'nope'" \
+        in result.stderr
+    assert "routes.insert_before: the extended file has no route 'nowhere'" in result.stderr

@@ -145,6 +145,8 @@ def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy 
         r.error(root, "missing required key 'routes'")
     else:
         routes = _routes(r, doc["routes"], limits, cors, headers)
+    if "routes" in doc:
+        _warn_unused(r, doc, routes, collector)
     if server is not None and redis is not None and server.workers > 1 and not redis.url \
             and counts_requests(routes, collector):
         r.error(_key_node(doc["server"], "workers"), workers_without_redis(server.workers))
@@ -168,6 +170,27 @@ class _Named(dict):
         self.declared = tuple(
             k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)
         ) if isinstance(node, yaml.MappingNode) else ()
+
+
+def _warn_unused(r: Reader, doc: dict[str, yaml.Node], routes: tuple[Route, ...],
+                 collector: csp_reports.CspReports | None) -> None:
+    """A defined policy that no route uses is usually a route lost in an edit (an extending
+    file that copied the routes list and dropped one)."""
+    used = {
+        "rate_limits": {n for route in routes for n in route.rate_limits}
+        | set(collector.rate_limits if collector is not None else ()),
+        # `default` decorates answers made before a route is known: always in use
+        "cors": {route.cors for route in routes} | {"default"},
+        "headers": {route.headers for route in routes} | {"default"},
+    }
+    what = {"rate_limits": "rate limit", "cors": "CORS policy", "headers": "header policy"}
+    for section, names in used.items():
+        node = doc.get(section)
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value not in names:
+                r.warn(key, f"{what[section]} {key.value!r} is not used by any route")
 
 
 def counts_requests(routes: tuple[Route, ...], collector: csp_reports.CspReports | None) -> bool:

@@ -131,22 +131,80 @@ def _read_chain(
         return None
     files.append(str(path))
     contents.append(data)
-    return merge(base, own) if base is not None else None
+    return merge(base, own, reader) if base is not None else None
 
 
-def merge(base: yaml.Node, over: yaml.Node) -> yaml.Node:
-    """`over` deep-merged onto `base`: mappings merge, everything else is replaced."""
+ROUTE_CHANGES = ("set", "remove", "insert_before")
+
+
+def merge(base: yaml.Node, over: yaml.Node, reader: Reader | None = None,
+          top: bool = True) -> yaml.Node:
+    """`over` deep-merged onto `base`: mappings merge, everything else is replaced; except
+    that at the top, `routes` written as a mapping changes the extended file's routes by name
+    (`change_routes`)."""
     if not (isinstance(base, yaml.MappingNode) and isinstance(over, yaml.MappingNode)):
         return over
     merged: dict[str, tuple[yaml.Node, yaml.Node]] = {}
     for key, value in base.value:
         merged[key.value] = (key, value)
     for key, value in over.value:
-        if key.value in merged:
-            merged[key.value] = (key, merge(merged[key.value][1], value))
-        else:
+        if key.value not in merged:
             merged[key.value] = (key, value)
+        elif top and key.value == "routes" and isinstance(value, yaml.MappingNode) \
+                and isinstance(merged["routes"][1], yaml.SequenceNode) and reader is not None:
+            merged["routes"] = (key, change_routes(merged["routes"][1], value, reader))
+        else:
+            merged[key.value] = (key, merge(merged[key.value][1], value, reader, False))
     return yaml.MappingNode(over.tag, list(merged.values()), over.start_mark, over.end_mark)
+
+
+def _route_name(node: yaml.Node) -> str | None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if key.value == "name" and isinstance(value, yaml.ScalarNode):
+                return value.value
+    return None
+
+
+def change_routes(base: yaml.SequenceNode, changes: yaml.MappingNode,
+                  reader: Reader) -> yaml.SequenceNode:
+    """The extended file's routes changed by name, keeping first-match order:
+
+        routes:
+          set: [{name: reports, match: ...}]   # a known name is replaced where it stands;
+                                               # a new one is inserted before `insert_before`
+          insert_before: everything-else       # default: after the last route
+          remove: [legacy]
+    """
+    routes = list(base.value)
+    names = [_route_name(r) for r in routes]
+    m = reader.mapping(changes, ROUTE_CHANGES, "routes (changes to the extended file's routes)")
+    if m is None:
+        return base
+    for item, name in (reader.string_list(m["remove"], "routes.remove") or ()) \
+            if "remove" in m else ():
+        if name not in names:
+            reader.error(item, f"routes.remove: the extended file has no route {name!r}")
+            continue
+        index = names.index(name)
+        del routes[index], names[index]
+    at = len(routes)
+    if "insert_before" in m:
+        anchor = reader.string(m["insert_before"], "routes.insert_before")
+        if anchor is not None and anchor not in names:
+            reader.error(m["insert_before"], f"routes.insert_before: the extended file has no "
+                         f"route {anchor!r}")
+        elif anchor is not None:
+            at = names.index(anchor)
+    for node in (reader.sequence(m["set"], "routes.set") or ()) if "set" in m else ():
+        name = _route_name(node)
+        if name is not None and name in names:
+            routes[names.index(name)] = node
+        else:  # a new route (or one without a name, which the route reader reports)
+            routes.insert(at, node)
+            names.insert(at, name)
+            at += 1
+    return yaml.SequenceNode(base.tag, routes, changes.start_mark, changes.end_mark)
 
 
 def _check_duplicate_keys(node: yaml.Node, reader: Reader, path: set[int]) -> bool:
