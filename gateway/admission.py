@@ -15,6 +15,7 @@ does.
 from __future__ import annotations
 
 import binascii
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,10 @@ from gateway.routing import request_host
 
 if TYPE_CHECKING:  # runtime.py imports this module
     from gateway.runtime import Runtime
+
+# RFC 9110 7.2 / RFC 3986 3.2: a reg-name or IP literal, an optional port; an empty Host is
+# allowed (HTTP/1.0). Userinfo, a path, spaces or raw non-ASCII are refused, never routed.
+_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~\-]*)(?::(?:[0-9]{1,5})?)?")
 
 # CONNECT would make the gateway a tunnel; TRACE/TRACK echo credentials (cross-site tracing).
 REFUSED_METHODS = frozenset({"CONNECT", "TRACE", "TRACK"})
@@ -106,7 +111,11 @@ def admit(
         return CspReport(path=path)
     if method in REFUSED_METHODS:
         return Refusal(405, f"{method} is not allowed through this gateway", path=path)
-    host = request_host(headers.get("Host"))
+    host_header = headers.get("Host")
+    if host_header is not None and not _HOST.fullmatch(host_header):
+        return Refusal(400, "the Host header is not a host name or address with an optional "
+                       "port", close=True, path=path)
+    host = request_host(host_header)
     if is_preflight(method, headers):
         route = rt.router.match(headers["Access-Control-Request-Method"], host, route_path)
         if route is not None and route.cors is not None:

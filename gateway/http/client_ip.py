@@ -20,6 +20,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 def parse_ip(text: str) -> IPAddress | None:
     """An IP from a peer address or an X-Forwarded-For hop (`[v6]:port` and `v4:port` too)."""
     text = text.strip()
+    if "%" in text:  # an IPv6 zone (fe80::1%eth0) names a link of the sender's, not a client
+        return None
     if text.startswith("["):
         text = text[1:].partition("]")[0]
     elif text.count(":") == 1:

@@ -33,6 +33,17 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 VIA_PSEUDONYM = "gateway"
 # fields a `Connection` header can never strip: what routing, body checks and CORS decided on
 _DECIDED_ON = frozenset({"host", "content-length", "origin"})
+# Headers through which frameworks let a request say it is another path or method (IIS and
+# Symfony read X-Original-URL; many read X-HTTP-Method-Override): the gateway judged the real
+# path and method, so the upstream must not execute another one.
+OVERRIDES = frozenset({"x-original-url", "x-rewrite-url", "x-override-url",
+                       "x-http-method-override", "x-http-method", "x-method-override"})
+
+
+def _with_underscores(names: Iterable[str]) -> frozenset[str]:
+    """`x_forwarded_for` for `x-forwarded-for`: WSGI and CGI servers read a header written with
+    underscores as the dashed one (nginx drops such names for the same reason)."""
+    return frozenset(n.replace("-", "_") for n in names if "-" in n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +56,13 @@ class ForwardingRules:
     @classmethod
     def build(cls, identity_headers: Iterable[str],
               key_headers: Iterable[str] = ()) -> ForwardingRules:
-        return cls(HOP_BY_HOP | {h.lower() for h in identity_headers},
+        removed = HOP_BY_HOP | OVERRIDES | {h.lower() for h in identity_headers}
+        spoofable = removed | {h.lower() for h in _FORWARDING} | {"via"}
+        return cls(removed | _with_underscores(spoofable),
                    _DECIDED_ON | {h.lower() for h in key_headers})
 
 
-DEFAULT_RULES = ForwardingRules(HOP_BY_HOP, _DECIDED_ON)
+DEFAULT_RULES = ForwardingRules.build(())
 
 
 def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:

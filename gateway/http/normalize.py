@@ -9,7 +9,8 @@ gateway and the upstream can never disagree about which resource was asked for. 
 3. Percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded; other escapes are
    kept, with upper-case hex.
 4. Ambiguous escapes are refused: `%2F` (encoded `/`), `%5C` (encoded `\\`), encoded control
-   characters (`%00`-`%1F`, `%7F`) and double encoding (`%25` followed by two hex digits).
+   characters (`%00`-`%1F`, `%7F`), double encoding (`%25` followed by two hex digits), and
+   escapes that are not UTF-8 (`%C0%AE` is an overlong `.` to lenient decoders).
 5. Repeated slashes are merged; `.` and `..` segments are resolved (never above the root).
    A segment of the form `..;x` or `.;x` (path-parameter dot segments that servlet containers
    resolve) is refused.
@@ -20,6 +21,7 @@ gateway and the upstream can never disagree about which resource was asked for. 
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote_to_bytes
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -27,6 +29,7 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 _PATH_RAW = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
 # no escapes, no dots after a slash, no double slash: nothing to do
 _ALREADY_NORMAL = re.compile(r"(?:/[A-Za-z0-9\-_~!$&'()*+,;=:@][A-Za-z0-9\-._~!$&'()*+,;=:@]*)*/?")
+_NON_ASCII_ESCAPE = re.compile(r"%[89A-F][0-9A-F]")  # after _decode_unreserved: upper case
 _QUERY_BAD = re.compile(r"[\x00-\x20\x7f-\uffff#]")
 
 
@@ -62,6 +65,11 @@ def normalize_path(path: str) -> str:
         raise PathRejected("path contains a character that must be percent-encoded")
     if "%" in path:
         path = _decode_unreserved(path)
+        if _NON_ASCII_ESCAPE.search(path):
+            try:
+                unquote_to_bytes(path).decode("utf-8")
+            except UnicodeDecodeError:
+                raise PathRejected("percent-encoded bytes in path are not UTF-8") from None
     trailing = path.endswith("/")
     out: list[str] = []
     for segment in path.split("/"):

@@ -2,14 +2,14 @@
 
 A route-scoped limit only holds if every spelling the upstream treats as one endpoint meets
 the same route. Frameworks differ: many route case-insensitively, redirect or accept a
-trailing slash, cut `;jsessionid=...` path parameters (servlet containers), or drop a trailing
-dot from a segment (IIS). `server.path_matching` says which of these the upstream does; the
-gateway then matches routes on the path seen the same way (`match_key`), while the upstream
-still receives the normalized path unchanged.
+trailing slash, cut `;jsessionid=...` path parameters (servlet containers), or drop trailing
+dots and spaces from a segment (IIS, Windows file systems). `server.path_matching` says which
+of these the upstream does; the gateway then matches routes on the path seen the same way
+(`match_key`), while the upstream still receives the normalized path unchanged.
 
-Ambiguous spellings are refused by default: a `;` in a path and a segment ending in `.` answer
-400 unless the policy says how the upstream reads them (`strip`: as if absent; `literal`: as
-ordinary characters).
+Ambiguous spellings are refused by default: a `;` in a path and a segment ending in `.` or an
+encoded space answer 400 unless the policy says how the upstream reads them (`strip`: as if
+absent; `literal`: as ordinary characters).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from gateway.http.normalize import PathRejected
 
 CHOICES = ("refuse", "strip", "literal")
 _PARAMETERS = re.compile(r";[^/]*")
-_TRAILING_DOTS = re.compile(r"\.+(?=/|$)")
+_TRAILING_DOTS = re.compile(r"(?:\.|%20)+(?=/|$)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +29,7 @@ class PathMatching:
     case_sensitive: bool = True  # false: /API/Login meets the route for /api/login
     trailing_slash: str = "strict"  # ignore: an exact route also matches with '/' added/removed
     path_parameters: str = "refuse"  # ';' in a segment: refuse | strip | literal
-    trailing_dots: str = "refuse"  # a segment ending in '.': refuse | strip | literal
+    trailing_dots: str = "refuse"  # a segment ending in '.' or '%20': refuse|strip|literal
 
     @property
     def folds_case(self) -> bool:
@@ -47,10 +47,11 @@ def match_key(path: str, matching: PathMatching) -> str:
                                "ignore them when routing (see server.path_matching)")
         if matching.path_parameters == "strip":
             path = _PARAMETERS.sub("", path)
-    if path.endswith(".") or "./" in path:  # after normalization only a segment's last '.'
+    if path.endswith((".", "%20")) or "./" in path or "%20/" in path:
+        # after normalization a '.' before '/' is only ever a segment's last character
         if matching.trailing_dots == "refuse":
-            raise PathRejected("a path segment ending in '.' is ambiguous: some servers drop "
-                               "it (see server.path_matching)")
+            raise PathRejected("a path segment ending in '.' or a space is ambiguous: some "
+                               "servers drop it (see server.path_matching)")
         if matching.trailing_dots == "strip":
             path = _TRAILING_DOTS.sub("", path)
     if not matching.case_sensitive:

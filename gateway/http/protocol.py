@@ -143,14 +143,18 @@ class GatewayRequestHandler(RequestHandler):
                 status, detail = 431, "a request header line is too long"
         elif exc is not None and "Too many headers" in str(exc):
             status, detail = 431, "too many request headers"
+        elif exc is not None and "Invalid HTTP version" in str(exc):
+            status, detail = 505, "only HTTP/1.0 and HTTP/1.1 are supported"
         elif status == 400:
             detail = "malformed HTTP request"
         else:
             log.error("unhandled error in request handler", exc_info=exc)
             status, detail = 500, "internal gateway error"
         self._count_error(status)
-        return problem_response(status, detail, request_id=str(uuid.uuid4()),
-                                headers=self._error_headers(), close=True)
+        response = problem_response(status, detail, request_id=str(uuid.uuid4()),
+                                    headers=self._error_headers(), close=True)
+        response.own_version = True  # the request's version was never learned
+        return response
 
 
 def _head_follows(data: bytes, payload: Any) -> bool:

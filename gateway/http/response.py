@@ -18,6 +18,9 @@ from aiohttp.http import HttpVersion10, HttpVersion11
 
 
 class _NoInventedHeaders(web.StreamResponse):
+    # answer as HTTP/1.1 whatever the request said (set for requests the parser refused)
+    own_version = False
+
     async def _prepare_headers(self) -> None:
         had_server = hdrs.SERVER in self._headers
         had_type = hdrs.CONTENT_TYPE in self._headers
@@ -30,7 +33,7 @@ class _NoInventedHeaders(web.StreamResponse):
     async def _write_headers(self) -> None:
         request = self._req
         assert request is not None
-        if request.version in (HttpVersion11, HttpVersion10):
+        if request.version in (HttpVersion11, HttpVersion10) and not self.own_version:
             await super()._write_headers()
             return
         writer = self._payload_writer
