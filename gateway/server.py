@@ -77,6 +77,7 @@ class GatewayProcess:
             header_timeout=server_cfg.timeouts.header,
             error_headers=self.handler.error_headers,
             count_error=self.handler.protocol_error,
+            max_body=lambda: self.handler.runtime.policy.server.limits.max_body_size,
             keepalive_timeout=server_cfg.timeouts.idle,
             max_line_size=limits.max_header_size,
             max_field_size=limits.max_header_size,

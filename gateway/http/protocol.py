@@ -12,6 +12,14 @@ and answers parse errors with text bodies that echo the input. This subclass add
   `Cookie: ...` became a header of the following request). A request with a chunked body
   therefore ends its connection: requests pipelined behind it are dropped unparsed and its
   answer says `Connection: close` (the handler's side);
+- request bodies bounded in the bytes they take on the wire, not only in their decoded size:
+  chunk extensions and chunk framing count too (a 1-byte body wrapped in 256 KiB of chunk
+  extensions is a 413), at most twice `limits.max_body_size` plus 64 KiB;
+- a response that ends the connection while the request body is unread (413, 408, ...)
+  half-closes it (RFC 9112 9.6): the client sees the end at once, while the rest of its body is
+  still read and dropped for a while, so that its unread bytes cannot reset the answer away;
+- WebSocket frames from the client must be masked (RFC 6455 5.1): an unmasked frame closes the
+  connection with 1002 before it reaches the relay;
 - the gateway's own problem+json for requests the parser refuses: 414 for an over-long request
   line, 431 for an over-long header line or too many headers, 400 otherwise, each with an
   `X-Request-ID` and the default security headers, naming no software.
@@ -34,18 +42,31 @@ from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
 from gateway.http.problem import problem_response
+from gateway.http.ws_frames import MaskCheck
 
 log = logging.getLogger("gateway.http")
+
+
+class RequestBodyFlood(Exception):
+    """The body took more bytes on the wire than its size limit allows (chunk extensions)."""
+
+
+_CLOSE_PROTOCOL_ERROR = b"\x88\x02\x03\xea"  # a close frame, code 1002, unmasked (server)
 
 
 class GatewayRequestHandler(RequestHandler):
     def __init__(self, manager: web.Server, *, header_timeout: float,
                  error_headers: Callable[[], CIMultiDict[str]],
-                 count_error: Callable[[int], None], **kwargs: Any) -> None:
+                 count_error: Callable[[int], None],
+                 max_body: Callable[[], int] = lambda: 10 * 1024 * 1024,
+                 **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._header_timeout = header_timeout
         self._error_headers = error_headers
         self._count_error = count_error
+        self._max_body = max_body
+        self._body_wire_bytes = 0  # bytes received while the last request's body was open
+        self._ws_frames: MaskCheck | None = None  # set once a WebSocket is accepted
         self._head_timer: asyncio.TimerHandle | None = None
         self._last_payload: Any = None
         self._line_bytes = 0  # bytes of the current request line seen so far
@@ -102,9 +123,26 @@ class GatewayRequestHandler(RequestHandler):
             else:
                 self._line_bytes += newline
                 self._line_done = True
+        if self._ws_frames is not None:
+            if data and not self._ws_frames.feed(data):
+                log.info("closing WebSocket: unmasked frame from the client (RFC 6455 5.1)")
+                if self.transport is not None:
+                    self.transport.write(_CLOSE_PROTOCOL_ERROR)
+                    self.transport.close()
+                return
+            super().data_received(data)
+            return
+        body_open = self._last_payload is not None and not self._last_payload.is_eof()
         queued = len(self._messages)
         super().data_received(data)
+        if body_open:
+            self._body_wire_bytes += len(data)
+            payload = self._last_payload
+            if self._body_wire_bytes > 2 * self._max_body() + 65536 and not payload.is_eof():
+                payload.set_exception(RequestBodyFlood("request body framing exceeds the "
+                                                       "size limit"))
         if len(self._messages) > queued:
+            self._body_wire_bytes = 0
             self._disarm_head_timer()
             if self._ends_after is None:
                 self._stop_after_chunked(queued)
@@ -116,6 +154,26 @@ class GatewayRequestHandler(RequestHandler):
                 self._arm_head_timer()  # a pipelined head began in the same bytes
         if self._ends_after is not None and self._ends_after.is_eof():
             self.close()  # its answer completes; nothing after it is read
+
+    def set_parser(self, parser: Any, *args: Any, **kwargs: Any) -> None:
+        # aiohttp installs the WebSocket reader here (the 101 is being sent) and feeds it what
+        # arrived since the handshake; from now on every frame's mask bit is checked
+        self._ws_frames = MaskCheck()
+        if self._message_tail and not self._ws_frames.feed(self._message_tail):
+            self._message_tail = b""
+            if self.transport is not None:
+                self.transport.write(_CLOSE_PROTOCOL_ERROR)
+                self.transport.close()
+        super().set_parser(parser, *args, **kwargs)
+
+    async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
+                              start_time: float | None) -> tuple[web.StreamResponse, bool]:
+        result = await super().finish_response(request, resp, start_time)
+        transport = self.transport
+        if not resp.keep_alive and not request.content.is_eof() and transport is not None \
+                and not self._upgraded and transport.can_write_eof():
+            transport.write_eof()  # the answer is whole; its unread body is drained after
+        return result
 
     def _stop_after_chunked(self, first_new: int) -> None:
         for index in range(first_new, len(self._messages)):
@@ -176,13 +234,17 @@ class GatewayServer(web.Server):
 
     def __init__(self, handler: Any, *, header_timeout: float,
                  error_headers: Callable[[], CIMultiDict[str]],
-                 count_error: Callable[[int], None], **kwargs: Any) -> None:
+                 count_error: Callable[[int], None],
+                 max_body: Callable[[], int] = lambda: 10 * 1024 * 1024,
+                 **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._header_timeout = header_timeout
         self._error_headers = error_headers
         self._count_error = count_error
+        self._max_body = max_body
 
     def __call__(self) -> RequestHandler:
         return GatewayRequestHandler(self, loop=self._loop, header_timeout=self._header_timeout,
                                      error_headers=self._error_headers,
-                                     count_error=self._count_error, **self._kwargs)
+                                     count_error=self._count_error, max_body=self._max_body,
+                                     **self._kwargs)

@@ -25,6 +25,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.http.forwarding import downstream_response_headers
+from gateway.http.protocol import RequestBodyFlood
 from gateway.http.response import RelayedResponse
 from gateway.observability.access_log import RequestRecord
 from gateway.observability.metrics import upstream_duration, upstream_error
@@ -75,6 +76,9 @@ class RequestBody:
                 chunk = await self._content.readany()
         except TimeoutError:
             self.error = ClientBodyError(408, "request body not received in time")
+            raise self.error from None
+        except RequestBodyFlood as exc:  # chunk framing far beyond the body it carries
+            self.error = ClientBodyError(413, str(exc))
             raise self.error from None
         self._received += len(chunk)
         if self._received > self._limit:
