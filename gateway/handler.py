@@ -37,6 +37,7 @@ from gateway.observability.access_log import RequestRecord
 from gateway.observability.metrics import (
     CSP_REPORTS,
     IN_FLIGHT,
+    OVERLOAD_REFUSALS,
     RequestMetrics,
     method_label,
     upstream_error,
@@ -62,6 +63,7 @@ class Handler:
         self.websockets = WebSocketRegistry()
         self.draining = False
         self.metrics = RequestMetrics()
+        self.in_progress = 0  # requests being handled, WebSockets included (see _handle)
 
     def protocol_error(self, status: int) -> None:
         """Count an answer to a request the parser refused (it never reaches the handler)."""
@@ -79,6 +81,7 @@ class Handler:
         started = time.perf_counter()
         record = RequestRecord(method=request.method)
         IN_FLIGHT.inc()
+        self.in_progress += 1
         status = 499  # the client went away (or the connection broke) before an answer
         response = None
         try:
@@ -94,6 +97,7 @@ class Handler:
             return response
         finally:
             IN_FLIGHT.dec()
+            self.in_progress -= 1
             elapsed = time.perf_counter() - started
             # a WebSocket's lifetime is not a request latency: count it, do not time it
             self.metrics.observe(record.route, method_label(record.method), status,
@@ -148,6 +152,15 @@ class Handler:
             decorate(out, cors)
             return problem_response(status, detail, request_id=request_id, headers=out,
                                     close=close or closing, **fields)
+
+        # overload: beyond this many requests at once (open WebSockets are bounded on their
+        # own), new ones are answered at once rather than slowing every admitted one down
+        busy = self.in_progress - len(self.websockets)
+        if busy > rt.policy.server.limits.max_requests_in_progress:
+            OVERLOAD_REFUSALS.labels("requests").inc()
+            return refuse(503, "the gateway is at its limit of requests in progress; retry "
+                          "shortly", close=not request.content.is_eof(),
+                          extra=(("Retry-After", "1"),))
 
         verdict = admit(rt, request.method, request.raw_path, headers, request.content_length,
                         request.body_exists, (request.version.major, request.version.minor))

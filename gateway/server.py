@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -32,6 +33,7 @@ from gateway.config.render import redact
 from gateway.handler import Handler
 from gateway.http.protocol import GatewayServer
 from gateway.observability import access_log
+from gateway.observability.metrics import LOOP_LAG, OVERLOAD_REFUSALS
 from gateway.observability.sentry import reporter
 from gateway.reload import PolicyReloader
 from gateway.runtime import Runtime
@@ -78,6 +80,8 @@ class GatewayProcess:
             error_headers=self.handler.error_headers,
             count_error=self.handler.protocol_error,
             max_body=lambda: self.handler.runtime.policy.server.limits.max_body_size,
+            max_connections=lambda: self.handler.runtime.policy.server.limits.max_connections,
+            count_overload=lambda reason: OVERLOAD_REFUSALS.labels(reason).inc(),
             keepalive_timeout=server_cfg.timeouts.idle,
             max_line_size=limits.max_header_size,
             max_field_size=limits.max_header_size,
@@ -117,6 +121,7 @@ class GatewayProcess:
         watcher = None
         if server_cfg.watch:
             watcher = asyncio.create_task(reloader.watch(server_cfg.watch_interval))
+        lag = asyncio.create_task(measure_loop_lag())
         targets = ", ".join(t.base_url for t in policy.upstream.targets)
         log.info("gateway pid %d listening on %s (admin %s), upstream %s, %d routes",
                  os.getpid(), listen, admin_listen, targets, len(policy.routes))
@@ -126,6 +131,7 @@ class GatewayProcess:
 
         if watcher is not None:
             watcher.cancel()
+        lag.cancel()
         log.info("draining: readiness now fails, finishing in-flight requests")
         self.handler.draining = True
         await self.handler.websockets.close_all(message=b"gateway shutting down")
@@ -153,6 +159,26 @@ class GatewayProcess:
             later(grace, lambda: asyncio.ensure_future(old.limiter.close()))
 
 
+async def measure_loop_lag(interval: float = 0.25) -> None:
+    """How late the loop runs a timer: the time one turn of queued work holds everything up
+    (exported as gateway_event_loop_lag_seconds)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        asked = loop.time()
+        await asyncio.sleep(interval)
+        LOOP_LAG.set(max(0.0, loop.time() - asked - interval))
+
+
+def raise_open_file_limit() -> None:
+    """Each connection is a file descriptor: use the hard limit the system allows (as nginx's
+    worker_rlimit_nofile), since a soft limit of 1024 would refuse connections long before
+    server.limits.max_connections does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def describe_limiter(policy: Policy) -> str:
     if not policy.rate_limits:
         return "none configured"
@@ -173,6 +199,7 @@ def _event_loop_runner():  # pragma: no cover - trivial
 
 def serve(config_path: str, loaded: Loaded, reuse_port: bool = False) -> int:
     require_c_parser()
+    raise_open_file_limit()
     _event_loop_runner()(GatewayProcess(config_path, loaded, reuse_port).run())
     return 0
 

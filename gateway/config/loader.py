@@ -50,7 +50,7 @@ KEYS: dict[str, tuple[str, ...]] = {
                "watch", "watch_interval", "path_matching", "client_identity_headers"),
     "server.timeouts": ("header", "idle", "body", "shutdown"),
     "server.limits": ("max_body_size", "max_header_size", "max_headers",
-                      "max_websocket_message"),
+                      "max_websocket_message", "max_connections", "max_requests_in_progress"),
     "server.path_matching": ("case_sensitive", "trailing_slash", "path_parameters",
                              "trailing_dots"),
     "upstream": ("url", "targets", "timeouts", "max_connections", "retries", "preserve_host",
@@ -322,6 +322,9 @@ def _server(r: Reader, node: yaml.Node) -> ServerSettings | None:
             if "max_headers" in lm:
                 values["max_headers"] = r.integer(lm["max_headers"], "server.limits.max_headers",
                                                   1, 1000)
+            for key in ("max_connections", "max_requests_in_progress"):
+                if key in lm:
+                    values[key] = r.integer(lm[key], f"server.limits.{key}", 1, 1_000_000)
             limits = ServerLimits(**{k: v for k, v in values.items() if v is not None})
     watch = r.boolean(m["watch"], "server.watch") if "watch" in m else d.watch
     interval = r.duration(m["watch_interval"], "server.watch_interval") \

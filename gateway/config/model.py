@@ -41,6 +41,9 @@ class ServerLimits:
     max_header_size: int = 8 * 1024  # one header line (and the request line)
     max_headers: int = 100
     max_websocket_message: int = 1024 * 1024  # a relayed frame or message; beyond: close 1009
+    # overload protection, per worker: beyond these the gateway answers 503 at once
+    max_connections: int = 10_000  # open client connections
+    max_requests_in_progress: int = 1024  # requests being handled (WebSockets not counted)
 
 
 # Headers through which some proxy or CDN tells an application who the client is. A client

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from http import HTTPStatus
 from typing import Any
 
@@ -37,3 +38,14 @@ def problem_response(
     if close:
         resp.force_close()
     return resp
+
+
+def problem_bytes(status: int, detail: str, headers: CIMultiDict[str]) -> bytes:
+    """A whole HTTP/1.1 problem+json answer as bytes, for where no request was read (a
+    connection refused for overload); it ends the connection."""
+    body = problem_body(status, detail)
+    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
+            f"Content-Type: {CONTENT_TYPE}", f"Content-Length: {len(body)}",
+            "Connection: close", f"X-Request-ID: {uuid.uuid4()}"]
+    head += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body

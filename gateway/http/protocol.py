@@ -41,7 +41,7 @@ from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
-from gateway.http.problem import problem_response
+from gateway.http.problem import problem_bytes, problem_response
 from gateway.http.ws_frames import MaskCheck
 
 log = logging.getLogger("gateway.http")
@@ -59,12 +59,16 @@ class GatewayRequestHandler(RequestHandler):
                  error_headers: Callable[[], CIMultiDict[str]],
                  count_error: Callable[[int], None],
                  max_body: Callable[[], int] = lambda: 10 * 1024 * 1024,
+                 max_connections: Callable[[], int] = lambda: 10_000,
+                 count_overload: Callable[[str], None] = lambda reason: None,
                  **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._header_timeout = header_timeout
         self._error_headers = error_headers
         self._count_error = count_error
         self._max_body = max_body
+        self._max_connections = max_connections
+        self._count_overload = count_overload
         self._body_wire_bytes = 0  # bytes received while the last request's body was open
         self._ws_frames: MaskCheck | None = None  # set once a WebSocket is accepted
         self._head_timer: asyncio.TimerHandle | None = None
@@ -75,6 +79,17 @@ class GatewayRequestHandler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        manager = self._manager
+        if manager is not None and len(manager.connections) > self._max_connections():
+            # overloaded: answer at once and close, before reading anything
+            self._count_overload("connections")
+            out = self._error_headers()
+            out["Retry-After"] = "1"
+            transport.write(problem_bytes(503, "the gateway is at its connection limit; "
+                                          "retry shortly", out))
+            self.force_close()
+            transport.close()
+            return
         self._arm_head_timer()
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -236,15 +251,20 @@ class GatewayServer(web.Server):
                  error_headers: Callable[[], CIMultiDict[str]],
                  count_error: Callable[[int], None],
                  max_body: Callable[[], int] = lambda: 10 * 1024 * 1024,
+                 max_connections: Callable[[], int] = lambda: 10_000,
+                 count_overload: Callable[[str], None] = lambda reason: None,
                  **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._header_timeout = header_timeout
         self._error_headers = error_headers
         self._count_error = count_error
         self._max_body = max_body
+        self._max_connections = max_connections
+        self._count_overload = count_overload
 
     def __call__(self) -> RequestHandler:
         return GatewayRequestHandler(self, loop=self._loop, header_timeout=self._header_timeout,
                                      error_headers=self._error_headers,
                                      count_error=self._count_error, max_body=self._max_body,
-                                     **self._kwargs)
+                                     max_connections=self._max_connections,
+                                     count_overload=self._count_overload, **self._kwargs)

@@ -43,6 +43,14 @@ HTTP_DURATION = Histogram(
 IN_FLIGHT = Gauge(
     "gateway_http_requests_in_flight", "Requests being handled now", registry=REGISTRY,
     multiprocess_mode="livesum")
+OVERLOAD_REFUSALS = Counter(
+    "gateway_overload_refusals_total",
+    "Requests and connections refused to protect the gateway, by reason "
+    "(connections | requests)", ["reason"], registry=REGISTRY)
+LOOP_LAG = Gauge(
+    "gateway_event_loop_lag_seconds",
+    "How late the event loop ran a timer, last measured (the worst worker with --workers)",
+    registry=REGISTRY, multiprocess_mode="max")
 UPSTREAM_DURATION = Histogram(
     "gateway_upstream_request_duration_seconds", "Time until the upstream's response headers",
     ["upstream"], buckets=LATENCY_BUCKETS, registry=REGISTRY)
@@ -128,3 +136,10 @@ def upstream_duration(upstream: str, seconds: float) -> None:
     if child is None:
         child = _upstream_durations[upstream] = UPSTREAM_DURATION.labels(upstream)
     child.observe(seconds)  # type: ignore[attr-defined]
+
+
+RATELIMIT_REPLICAS = Gauge(
+    "gateway_ratelimit_replicas",
+    "Gateway processes sharing the Redis rate-limit counters, as this one last counted them "
+    "(their heartbeats in Redis); the in-process fallback divides limits by it",
+    registry=REGISTRY, multiprocess_mode="livemax")

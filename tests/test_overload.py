@@ -1,0 +1,87 @@
+"""Overload protection (issue 13): bounds on open connections and requests in progress per
+worker, answered with 503 problem+json at once, counted by reason; the loop's lag exported."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+from tests.support.client import request
+from tests.support.processes import wait_until
+
+SLOW_ROUTES = """\
+  - name: everything
+    match: {path_prefix: /}
+"""
+
+
+def metric(gw, name: str, labels: str = "") -> float | None:
+    text = request(gw.admin_port, "GET", "/metrics").body.decode()
+    for line in text.splitlines():
+        if line.startswith(name + (("{" + labels + "}") if labels else "")):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_a_connection_beyond_the_limit_gets_503_at_once_and_the_others_keep_working(
+        gateway_factory, upstream) -> None:
+    gw = gateway_factory(upstream.url, server_extra="limits: {max_connections: 8}")
+    held = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(8)]
+    try:
+        wait_until(lambda: request(gw.admin_port, "GET", "/health").status == 200)
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as extra:
+            answer = read_answer(extra)  # nothing sent: the gateway speaks first, then closes
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 ")
+        assert b"Retry-After: 1" in head and b"application/problem+json" in head
+        assert b"X-Request-ID: " in head and b"Server:" not in head
+        assert json.loads(body)["status"] == 503
+        # the held connections are served normally
+        held[0].sendall(b"GET /x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        assert read_answer(held[0]).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for sock in held:
+            sock.close()
+    wait_until(lambda: request(gw.port, "GET", "/x").status == 200)
+    assert metric(gw, "gateway_overload_refusals_total", 'reason="connections"') >= 1
+
+
+def test_requests_beyond_the_limit_in_progress_get_503_while_admitted_ones_complete(
+        gateway_factory, upstream) -> None:
+    gw = gateway_factory(upstream.url, server_extra="limits: {max_requests_in_progress: 3}")
+    results: list[int] = []
+
+    def slow() -> None:
+        results.append(request(gw.port, "GET", "/slow/1.5", timeout=10).status)
+
+    threads = [threading.Thread(target=slow) for _ in range(3)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: metric(gw, "gateway_http_requests_in_flight") == 3)
+    started = time.monotonic()
+    refused = request(gw.port, "GET", "/x")
+    assert time.monotonic() - started < 1.0  # answered at once, not queued behind the others
+    assert refused.status == 503 and refused.headers["Retry-After"] == "1"
+    assert refused.json()["detail"].startswith("the gateway is at its limit of requests")
+    for t in threads:
+        t.join()
+    assert results == [200, 200, 200]
+    assert request(gw.port, "GET", "/x").status == 200  # served normally once the load is gone
+    assert metric(gw, "gateway_overload_refusals_total", 'reason="requests"') == 1
+
+
+def test_the_event_loop_lag_is_exported(gateway_factory, upstream) -> None:
+    gw = gateway_factory(upstream.url)
+    wait_until(lambda: metric(gw, "gateway_event_loop_lag_seconds") is not None)
+    assert 0 <= metric(gw, "gateway_event_loop_lag_seconds") < 5
