@@ -49,13 +49,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 def flood_gateway(tmp_path: Path, upstream_url: str, redis_url: str, limit: int,
-                  per: str) -> Gateway:
+                  per: str, algorithm: str = "sliding_window") -> Gateway:
     return start_gateway(
         tmp_path, upstream_url, routes=ROUTES, args=("--workers", "1"),
         top_extra=f"redis: {{url: \"{redis_url}\", timeout: 100ms, failure_mode: open}}\n"
                   f"rate_limits:\n"
                   f"  flood: {{limit: {limit}, per: {per}, key: client_ip,"
-                  f" algorithm: sliding_window}}\n")
+                  f" algorithm: {algorithm}}}\n")
 
 
 def redis_errors(gw: Gateway) -> float:
@@ -103,13 +103,21 @@ async def flood(ports: list[int], total: int) -> list[int | str]:
             writer.close()
 
 
-@pytest.mark.parametrize(("total", "limit", "per"), [(500, 5, "15m"), (900, 300, "1m")],
-                         ids=["500-logins-limit-5", "900-requests-limit-300"])
+FLOODS = [(500, 5, "15m", "sliding_window"), (900, 300, "1m", "sliding_window")] + [
+    # issue 13: 1,000 simultaneous connections, each algorithm, limits 5, 300 and 1,000 (a day
+    # long, so that no refill or window edge falls inside the flood)
+    (1000, limit, "24h", algorithm) for algorithm in ("sliding_window", "fixed_window",
+                                                      "token_bucket")
+    for limit in (5, 300, 1000)]
+
+
+@pytest.mark.parametrize(("total", "limit", "per", "algorithm"), FLOODS,
+                         ids=[f"{t}-requests-limit-{lim}-{a}" for t, lim, _, a in FLOODS])
 def test_a_flood_over_two_gateways_admits_exactly_the_shared_limit(
         tmp_path: Path, upstream, redis_server: RedisServer, total: int, limit: int,
-        per: str) -> None:
+        per: str, algorithm: str) -> None:
     redis_server.command("FLUSHALL")
-    gateways = [flood_gateway(tmp_path, upstream.url, redis_server.url, limit, per)
+    gateways = [flood_gateway(tmp_path, upstream.url, redis_server.url, limit, per, algorithm)
                 for _ in range(2)]
     try:
         statuses = asyncio.run(asyncio.wait_for(
