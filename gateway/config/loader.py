@@ -253,13 +253,10 @@ def _observability(r: Reader, node: yaml.Node) -> Observability | None:
         fmt = None
     exclude = d.exclude_routes
     if "exclude_routes" in a:
-        items = r.string_list(a["exclude_routes"], "observability.access_log.exclude_routes")
-        exclude = frozenset(t for _, t in items) if items is not None else None
-        for item, text in items or ():
-            if not _ROUTE_NAME.fullmatch(text):
-                r.error(item, f"observability.access_log.exclude_routes: {text!r} is not a "
-                        "route name")
-                exclude = None
+        what = "observability.access_log.exclude_routes"
+        names = _names(r, r.string_list(a["exclude_routes"], what), what, _ROUTE_NAME,
+                       "a route name")
+        exclude = frozenset(names) if names is not None else None
     if enabled is None or fmt is None or exclude is None:
         return None
     return Observability(AccessLog(enabled, fmt, exclude), sentry)
@@ -333,13 +330,11 @@ def _server(r: Reader, node: yaml.Node) -> ServerSettings | None:
         else d.path_matching
     identity = d.client_identity_headers
     if "client_identity_headers" in m:
-        items = r.string_list(m["client_identity_headers"], "server.client_identity_headers")
-        identity = tuple(t for _, t in items) if items is not None else None
-        for item, text in items or ():
-            if not _FIELD_NAME.fullmatch(text):
-                r.error(item, f"server.client_identity_headers: {text!r} is not a header name")
-                identity = None
-            elif text.lower() in _GATEWAY_SET:
+        what = "server.client_identity_headers"
+        listed = r.string_list(m["client_identity_headers"], what)
+        identity = _names(r, listed, what, _FIELD_NAME, "a header name")
+        for item, text in listed or ():
+            if text.lower() in _GATEWAY_SET:
                 r.error(item, f"server.client_identity_headers: {text} is set by the gateway "
                         "itself (see server.trusted_proxies)")
                 identity = None
@@ -353,6 +348,18 @@ def _server(r: Reader, node: yaml.Node) -> ServerSettings | None:
                           trusted_proxies=trusted, timeouts=timeouts, limits=limits,
                           watch=watch, watch_interval=interval, path_matching=matching,
                           client_identity_headers=identity)
+
+
+def _names(r: Reader, items: list[tuple[yaml.Node, str]] | None, what: str,
+           grammar: re.Pattern[str], kind: str) -> tuple[str, ...] | None:
+    """The names of a list read by `r.string_list`, each matching `grammar`; None (each bad
+    one reported) otherwise."""
+    if items is None:
+        return None
+    bad = [(item, text) for item, text in items if not grammar.fullmatch(text)]
+    for item, text in bad:
+        r.error(item, f"{what}: {text!r} is not {kind}")
+    return None if bad else tuple(text for _, text in items)
 
 
 def _cidr_items(r: Reader, node: yaml.Node, what: str) -> list[tuple[yaml.Node, str]]:
