@@ -115,10 +115,12 @@ def _read_chain(
     target = reader.string(extends_node, "extends")
     if target is None:
         return None
-    base_path = (path.parent / target).resolve()
+    # named as given (relative to the file that names it), so that problems, `/config` and
+    # the reload watcher speak of the paths the operator wrote; compared resolved for cycles
+    base_path = path.parent / target
     here = (*chain, path.resolve())
-    if base_path in here:
-        cycle = " -> ".join(str(p) for p in (*here, base_path))
+    if base_path.resolve() in here:
+        cycle = " -> ".join(str(p) for p in (*here, base_path.resolve()))
         reader.error(extends_node, f"extends cycle: {cycle}")
         return None
     if not base_path.is_file():
