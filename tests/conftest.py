@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.postgres import Postgres, migrated_template, start_postgres
 from tests.support.processes import Gateway, Upstream, start_gateway, start_upstream, stop
 
 
@@ -32,3 +34,28 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
 @pytest.fixture
 def gateway(gateway_factory, upstream: Upstream) -> Gateway:
     return gateway_factory(upstream.url)
+
+
+# --- PostgreSQL for the demo application (upstream/) ----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    # A short path: the server's Unix socket lives in its data folder (107-byte limit).
+    with tempfile.TemporaryDirectory(prefix="pgt-") as folder:
+        pg = start_postgres(Path(folder))
+        yield pg
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def app_template(postgres: Postgres) -> str:
+    return migrated_template(postgres)
+
+
+@pytest.fixture
+def database_url(postgres: Postgres, app_template: str) -> Iterator[str]:
+    """A fresh database at the head revision, dropped after the test."""
+    name = postgres.create_database(template=app_template)
+    yield postgres.url(name)
+    postgres.drop_database(name)
