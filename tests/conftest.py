@@ -53,6 +53,25 @@ def app_template(postgres: Postgres) -> str:
     return migrated_template(postgres)
 
 
+@pytest.fixture(scope="session")
+def seeded_template(postgres: Postgres, app_template: str) -> str:
+    """The head schema with the demo data (`upstream.seed`), to clone per test."""
+    import asyncio
+
+    from upstream.seed import seed
+    name = postgres.create_database(template=app_template)
+    asyncio.run(seed(postgres.url(name)))
+    return name
+
+
+@pytest.fixture
+def seeded_database_url(postgres: Postgres, seeded_template: str) -> Iterator[str]:
+    """A fresh database with the demo data, dropped after the test."""
+    name = postgres.create_database(template=seeded_template)
+    yield postgres.url(name)
+    postgres.drop_database(name)
+
+
 @pytest.fixture
 def database_url(postgres: Postgres, app_template: str) -> Iterator[str]:
     """A fresh database at the head revision, dropped after the test."""

@@ -56,7 +56,12 @@ def start_postgres(folder: Path) -> Postgres:
         import pgserver
         server = pgserver.get_server(folder / "pg", cleanup_mode=None)
     uri = server.get_uri("DBNAME").replace("DBNAME", "{db}")
-    return Postgres(folder / "pg", uri)
+    pg = Postgres(folder / "pg", uri)
+    # A throwaway server: durability is not what the tests check, speed is.
+    for setting in ("fsync = off", "synchronous_commit = off", "full_page_writes = off"):
+        pg.psql(f"ALTER SYSTEM SET {setting}")
+    pg.psql("SELECT pg_reload_conf()")
+    return pg
 
 
 def migrated_template(pg: Postgres) -> str:

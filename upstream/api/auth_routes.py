@@ -17,7 +17,7 @@ from upstream.auth import Identity, InvalidToken, decode_token, issue_token, ver
 from upstream.models import User
 from upstream.problems import Problem, ValidationProblem
 
-IDENTITY = "identity"
+IDENTITY = web.RequestKey("identity", Identity)
 LOGIN_PATH = "/api/auth/login"
 EVENTS_PATH = "/api/calls/events"
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="upstream"'}
