@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from upstream.db import resolve_database_url, sqlalchemy_url
 from upstream.models import Base
@@ -44,22 +44,27 @@ def _run_sync(connection) -> None:
         context.run_migrations()
 
 
-async def run_async_migrations() -> None:
-    engine = create_async_engine(sqlalchemy_url(_url(offline=False)))
+async def run_async_migrations(engine: AsyncEngine | None = None) -> None:
+    own = engine is None
+    engine = engine or create_async_engine(sqlalchemy_url(_url(offline=False)))
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run_sync)
             await connection.commit()
     finally:
-        await engine.dispose()
+        if own:
+            await engine.dispose()
 
 
 def run_migrations_online() -> None:
-    connection = config.attributes.get("connection")
-    if connection is not None:  # pytest-alembic hands over its own connection
-        _run_sync(connection)
-        return
-    asyncio.run(run_async_migrations())
+    # pytest-alembic hands over its engine (async) or a connection (inside run_sync).
+    connectable = config.attributes.get("connection")
+    if connectable is None:
+        asyncio.run(run_async_migrations())
+    elif isinstance(connectable, AsyncEngine):
+        asyncio.run(run_async_migrations(connectable))
+    else:
+        _run_sync(connectable)
 
 
 if context.is_offline_mode():
