@@ -41,3 +41,52 @@ def bearer(role: str = "admin", username: str | None = None, minutes: int = 5) -
 
 ADMIN = bearer("admin")
 OPERATOR = bearer("operator")
+
+
+@dataclasses.dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+# What the command line reads from the environment; cleared before each in-process run.
+APP_ENV = ("DATABASE_URL", "ENVIRONMENT", "SECRET_KEY", "BACKUP_DIR", "UPSTREAM_DATA_DIR",
+           "RETENTION_DAYS", "BACKUP_KEEP_LAST", "RELEASE_VERSION", "JWT_EXPIRATION_MINUTES",
+           "AWS_S3_BUCKET", "AWS_S3_PREFIX", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+           "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """`python -m upstream ARGS` in this process (the same `main()` the module runs), with
+    exactly the given settings: returns its exit code and output."""
+    import io
+    import logging
+    import sys
+
+    from upstream.cli import main
+
+    def run(args: list[str], env: dict[str, str], stdin: str | None = None) -> CliResult:
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
+        with monkeypatch.context() as m:
+            for key in APP_ENV:
+                m.delenv(key, raising=False)
+            for key, value in env.items():
+                m.setenv(key, value)
+            m.setattr(sys, "stdin", io.StringIO(stdin or ""))
+            capsys.readouterr()
+            try:
+                code = main(args)
+            finally:
+                root.handlers[:], root.level = handlers, level
+            out = capsys.readouterr()
+        return CliResult(code, out.out, out.err)
+
+    return run
+
+
+def settings_env(database_url: str, **extra: str) -> dict[str, str]:
+    return {"DATABASE_URL": database_url, "ENVIRONMENT": "development", "SECRET_KEY": SECRET,
+            **extra}

@@ -18,8 +18,9 @@ import asyncpg
 import psutil
 import pytest
 
-from tests.support.app import app_env, run_app
+from tests.support.app import app_env
 from tests.support.processes import ROOT
+from tests.upstream.conftest import settings_env
 from tests.upstream.dbrows import CHANGES, all_rows, databases_like, execute
 from upstream.backup import EXIT_REFUSED, BackupError
 from upstream.backup.catalog import list_local, resolve
@@ -159,12 +160,13 @@ def test_a_damaged_backup_is_refused_by_verify_and_restore(live, tmp_path, damag
     assert not resolve(tmp_path, "latest").verified
 
 
-def test_the_command_line_refuses_a_corrupted_backup_with_one_line_and_exit_3(live, tmp_path):
+def test_the_command_line_refuses_a_corrupted_backup_with_one_line_and_exit_3(
+        live, tmp_path, cli):
     flip_a_byte(asyncio.run(create_backup(live, tmp_path)))
     before = asyncio.run(all_rows(live))
-    env = app_env(live, BACKUP_DIR=str(tmp_path))
+    env = settings_env(live, BACKUP_DIR=str(tmp_path))
     for args in (["backup", "verify", "latest"], ["backup", "restore", "latest", "--yes"]):
-        result = run_app(args, env)
+        result = cli(args, env)
         assert result.returncode == 3, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "checksum mismatch" in lines[0]
@@ -180,9 +182,9 @@ def test_a_backup_from_a_newer_schema_is_refused(live, tmp_path):
     assert refused.value.exit_code == EXIT_REFUSED
 
 
-def test_restore_asks_for_the_database_name_without_yes(live, tmp_path):
+def test_restore_asks_for_the_database_name_without_yes(live, tmp_path, cli):
     asyncio.run(create_backup(live, tmp_path))
-    result = run_app(["backup", "restore", "latest"], app_env(live, BACKUP_DIR=str(tmp_path)))
+    result = cli(["backup", "restore", "latest"], settings_env(live, BACKUP_DIR=str(tmp_path)))
     assert result.returncode == 4 and "--yes" in result.stderr
 
 
@@ -246,17 +248,17 @@ def test_prune_deletes_by_age_beyond_keep_last_and_never_the_newest_verified():
         "b40"]
 
 
-def test_prune_dry_run_deletes_nothing_then_prune_deletes(live, tmp_path):
+def test_prune_dry_run_deletes_nothing_then_prune_deletes(live, tmp_path, cli):
     first = asyncio.run(create_backup(live, tmp_path))
     asyncio.run(verify_backup(first, live))
     asyncio.run(create_backup(live, tmp_path))
     newest = asyncio.run(create_backup(live, tmp_path))
-    env = app_env(live, BACKUP_DIR=str(tmp_path))
+    env = settings_env(live, BACKUP_DIR=str(tmp_path))
     args = ["backup", "prune", "--retention-days", "0", "--keep-last", "1"]
-    dry = run_app([*args, "--dry-run"], env)
+    dry = cli([*args, "--dry-run"], env)
     assert dry.returncode == 0 and dry.stdout.count("would delete") == 1
     assert len(list_local(tmp_path)) == 3
-    assert run_app(args, env).returncode == 0
+    assert cli(args, env).returncode == 0
     assert [b.name for b in list_local(tmp_path)] == [first.name, newest.name]
 
 
@@ -265,9 +267,12 @@ def test_prune_dry_run_deletes_nothing_then_prune_deletes(live, tmp_path):
 
 @pytest.fixture
 def s3(tmp_path):
+    import logging
+
     from moto.server import ThreadedMotoServer
 
     from tests.support.processes import free_port
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # its request log is not ours
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -282,41 +287,42 @@ def s3(tmp_path):
     server.stop()
 
 
-def test_s3_upload_list_download_restore_and_prune(live, tmp_path, s3):
+def test_s3_upload_list_download_restore_and_prune(live, tmp_path, s3, cli):
     local = tmp_path / "local"
-    env = app_env(live, BACKUP_DIR=str(local), **s3)
+    env = settings_env(live, BACKUP_DIR=str(local), **s3)
     before = asyncio.run(all_rows(live))
-    created = run_app(["backup", "create", "--verify"], env)
+    created = cli(["backup", "create", "--verify"], env)
     assert created.returncode == 0, created.stderr
     verified_name = created.stdout.strip().splitlines()[-1]  # logs come first, on stdout
-    newer = run_app(["backup", "create"], env)
+    newer = cli(["backup", "create"], env)
     assert newer.returncode == 0, newer.stderr
 
-    listed = json.loads(run_app(["backup", "list", "--s3", "--json"], env).stdout)
+    listed = json.loads(cli(["backup", "list", "--s3", "--json"], env).stdout)
     assert [(b["name"], b["verified"]) for b in listed] == [
         (verified_name, True), (newer.stdout.strip().splitlines()[-1], False)]
 
     for path in local.iterdir():  # the local copies are gone: S3 is all there is
         path.unlink()
     asyncio.run(execute(live, *CHANGES))
-    restored = run_app(["backup", "restore", verified_name, "--from-s3", "--yes"], env)
+    restored = cli(["backup", "restore", verified_name, "--from-s3", "--yes"], env)
     assert restored.returncode == 0, restored.stderr
     assert asyncio.run(all_rows(live)) == before
 
-    pruned = run_app(["backup", "prune", "--retention-days", "0", "--keep-last", "0"], env)
+    pruned = cli(["backup", "prune", "--retention-days", "0", "--keep-last", "0"], env)
     assert pruned.returncode == 0, pruned.stderr
-    listed = json.loads(run_app(["backup", "list", "--s3", "--json"], env).stdout)
+    listed = json.loads(cli(["backup", "list", "--s3", "--json"], env).stdout)
     assert [b["name"] for b in listed] == [verified_name]  # the newest verified survives
 
 
-def test_s3_upload_is_refused_when_the_bucket_is_missing(live, tmp_path, s3):
-    env = app_env(live, BACKUP_DIR=str(tmp_path), **dict(s3, AWS_S3_BUCKET="no-such-bucket"))
-    result = run_app(["backup", "create"], env)
+def test_s3_upload_is_refused_when_the_bucket_is_missing(live, tmp_path, s3, cli):
+    env = settings_env(live, BACKUP_DIR=str(tmp_path),
+                       **dict(s3, AWS_S3_BUCKET="no-such-bucket"))
+    result = cli(["backup", "create"], env)
     assert result.returncode == 1
     assert "S3 upload failed" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_backup_list_is_empty_without_backups(tmp_path, live):
-    result = run_app(["backup", "list"], app_env(live, BACKUP_DIR=str(tmp_path / "none")))
+def test_backup_list_is_empty_without_backups(tmp_path, live, cli):
+    result = cli(["backup", "list"], settings_env(live, BACKUP_DIR=str(tmp_path / "none")))
     assert result.returncode == 0 and result.stdout == ""
     assert Path(tmp_path).exists()

@@ -5,52 +5,59 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import urllib.request
 
 import pytest
 
 from tests.support.app import app_env, run_app, serving
+from tests.support.processes import ROOT, free_port, stop, wait_for_port
+from tests.upstream.conftest import APP_ENV, settings_env
 from upstream.settings import SettingsError, load_settings
 
 
-def env_without_database(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "SECRET_KEY")}
-    return {**env, "ENVIRONMENT": "development", **extra}
-
-
-def test_without_database_url_every_command_uses_the_same_embedded_server(tmp_path):
-    env = env_without_database(UPSTREAM_DATA_DIR=str(tmp_path / "data"),
-                               BACKUP_DIR=str(tmp_path / "backups"))
+def test_without_database_url_every_command_uses_the_same_embedded_server(tmp_path, cli):
+    env = {"ENVIRONMENT": "development", "UPSTREAM_DATA_DIR": str(tmp_path / "data"),
+           "BACKUP_DIR": str(tmp_path / "backups")}
     try:
         for args in (["migrate", "upgrade"], ["seed"], ["backup", "create"]):
-            result = run_app(args, env)
+            result = cli(args, env)
             assert result.returncode == 0, result.stderr
-        url = run_app(["db", "url"], env).stdout.strip().splitlines()[-1]
-        assert str(tmp_path / "data") in url or "host=" in url
-        log = tmp_path / "serve.log"
-        with serving(url, log) as base:  # the API on the same server, found by its URL
+        # `serve` in its own process, with no DATABASE_URL either: it finds the same server.
+        served_env = {k: v for k, v in os.environ.items() if k not in APP_ENV}
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "upstream", "serve", "--port",
+                                 str(port)], cwd=ROOT, env={**served_env, **env},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for_port(port, proc, timeout=30)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=10) as resp:
+                assert json.load(resp) == {"status": "ready"}
             login = urllib.request.Request(
-                base + "/api/auth/login", method="POST",
+                f"http://127.0.0.1:{port}/api/auth/login", method="POST",
                 data=json.dumps({"username": "admin", "password": "admin-password"}).encode())
             with urllib.request.urlopen(login, timeout=10) as resp:
                 assert json.load(resp)["token_type"] == "bearer"
-        listed = run_app(["backup", "list"], env)
+        finally:
+            stop(proc)
+        listed = cli(["backup", "list"], env)
         assert "11 rows" in listed.stdout and "rev 0002" in listed.stdout
     finally:
-        assert run_app(["db", "stop"], env).stdout.strip().endswith("stopped")
+        assert cli(["db", "stop"], env).stdout.strip().endswith("stopped")
 
 
-def test_users_add_reads_the_password_from_stdin_and_refuses_duplicates(database_url):
-    env = app_env(database_url)
-    added = run_app(["users", "add", "carol", "--role", "operator", "--password-stdin"], env,
-                    stdin="a-long-password\n")
+def test_users_add_reads_the_password_from_stdin_and_refuses_duplicates(database_url, cli):
+    env = settings_env(database_url)
+    added = cli(["users", "add", "carol", "--role", "operator", "--password-stdin"], env,
+                stdin="a-long-password\n")
     assert added.returncode == 0, added.stderr
-    again = run_app(["users", "add", "carol", "--role", "admin", "--password-stdin"], env,
-                    stdin="another-password\n")
+    again = cli(["users", "add", "carol", "--role", "admin", "--password-stdin"], env,
+                stdin="another-password\n")
     assert again.returncode == 1
     assert again.stderr.strip() == "upstream: user carol already exists"
-    short = run_app(["users", "add", "dave", "--role", "admin", "--password-stdin"], env,
-                    stdin="short\n")
+    short = cli(["users", "add", "dave", "--role", "admin", "--password-stdin"], env,
+                stdin="short\n")
     assert short.returncode == 2 and "at least 8 characters" in short.stderr
 
 
@@ -72,8 +79,8 @@ def test_development_generates_a_secret_key_and_says_so(tmp_path, seeded_databas
 
 
 @pytest.mark.parametrize("url", ["mysql://u:p@h/db", "not a url", "postgresql://h:5432/"])
-def test_a_malformed_database_url_is_one_line(url):
-    result = run_app(["migrate", "current"], {**os.environ, "DATABASE_URL": url})
+def test_a_malformed_database_url_is_one_line(url, cli):
+    result = cli(["migrate", "current"], {"DATABASE_URL": url})
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "DATABASE_URL" in lines[0]
