@@ -15,7 +15,6 @@ import logging
 import logging.handlers
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from upstream import __version__
@@ -166,11 +165,10 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
             S3Store(settings).upload(backup)
         print(backup.name)
         return 0
-    if args.from_s3:
+    if args.from_s3:  # downloaded into BACKUP_DIR: from then on it is a local backup too
         from upstream.backup.s3 import S3Store
-        fetched = Path(tempfile.mkdtemp(prefix="upstream-s3-", dir=directory.parent
-                                        if directory.parent.exists() else None))
-        backup = catalog.resolve(fetched, str(S3Store(settings).download(args.backup, fetched)))
+        manifest = S3Store(settings).download(args.backup, directory)
+        backup = catalog.resolve(directory, str(manifest))
     else:
         backup = catalog.resolve(directory, args.backup)
     if action == "verify":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import asyncpg
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -39,7 +40,7 @@ def is_newer_than_code(revision: str | None) -> bool:
     return revision is not None and revision not in known_revisions()
 
 
-async def current_revision(conn) -> str | None:
+async def current_revision(conn: asyncpg.Connection) -> str | None:
     """The revision stamped in a database (an asyncpg connection); None when unversioned."""
     exists = await conn.fetchval("SELECT to_regclass('public.alembic_version') IS NOT NULL")
     if not exists:

@@ -80,14 +80,17 @@ async def test_login_returns_a_bearer_token_that_opens_the_api(client):
 
 
 async def test_wrong_password_and_unknown_user_get_the_same_answer_in_similar_time(client):
-    timings, bodies = {}, {}
-    for username in ("admin", "nobody-by-that-name"):
-        started = time.perf_counter()
-        resp = await client.post("/api/auth/login",
-                                 json={"username": username, "password": "wrong-password"})
-        timings[username] = time.perf_counter() - started
-        bodies[username] = await problem(resp, 401)
-        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    timings: dict[str, float] = {}
+    bodies = {}
+    for _ in range(3):  # the fastest of three: a busy machine only ever adds time
+        for username in ("admin", "nobody-by-that-name"):
+            started = time.perf_counter()
+            resp = await client.post("/api/auth/login",
+                                     json={"username": username, "password": "wrong-password"})
+            elapsed = time.perf_counter() - started
+            timings[username] = min(timings.get(username, elapsed), elapsed)
+            bodies[username] = await problem(resp, 401)
+            assert resp.headers["WWW-Authenticate"].startswith("Bearer")
     assert bodies["admin"] == bodies["nobody-by-that-name"]
     # Both pay one argon2 verification (tens of ms); without the dummy hash the unknown user
     # would answer in well under a millisecond.
