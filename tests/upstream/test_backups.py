@@ -188,6 +188,14 @@ def test_restore_asks_for_the_database_name_without_yes(live, tmp_path, cli):
     assert result.returncode == 4 and "--yes" in result.stderr
 
 
+def loading(process: psutil.Process) -> bool:
+    """pg_restore loading the new database (not its earlier `--list` check)."""
+    try:
+        return process.name() == "pg_restore" and "--single-transaction" in process.cmdline()
+    except psutil.Error:
+        return False
+
+
 def test_a_restore_killed_during_pg_restore_leaves_the_live_database_as_it_was(
         live, tmp_path):
     # Enough rows that pg_restore runs for a moment.
@@ -205,13 +213,16 @@ def test_a_restore_killed_during_pg_restore_leaves_the_live_database_as_it_was(
         deadline = time.monotonic() + 60
         while restorer is None and time.monotonic() < deadline and proc.poll() is None:
             restorer = next((c for c in psutil.Process(proc.pid).children(recursive=True)
-                             if c.name() == "pg_restore"), None)
+                             if loading(c)), None)
         assert restorer is not None, "pg_restore never ran"
+        restorer.suspend()  # hold it mid-way (SIGSTOP) while the restore command is killed
         os.kill(proc.pid, signal.SIGKILL)
-        restorer.send_signal(signal.SIGKILL)
+        restorer.kill()
     finally:
         proc.wait(10)
     assert proc.returncode == -signal.SIGKILL
+    # It was killed in the middle: the new database was being loaded, never swapped in.
+    assert asyncio.run(databases_like(live, database_name(live) + "_restore_"))
 
     assert asyncio.run(all_rows(live)) == before
 

@@ -7,7 +7,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -17,9 +19,18 @@ from tests.upstream.conftest import APP_ENV, settings_env
 from upstream.settings import SettingsError, load_settings
 
 
-def test_without_database_url_every_command_uses_the_same_embedded_server(tmp_path, cli):
-    env = {"ENVIRONMENT": "development", "UPSTREAM_DATA_DIR": str(tmp_path / "data"),
-           "BACKUP_DIR": str(tmp_path / "backups")}
+@pytest.fixture
+def short_tmp():
+    """A folder outside pytest's tmp_path: PostgreSQL runs as another user (pgserver) and
+    must traverse it, but pytest keeps /tmp/pytest-of-<user> at mode 0700 (and resets it when
+    any pytest session starts)."""
+    with tempfile.TemporaryDirectory(prefix="upt-") as folder:
+        yield Path(folder)
+
+
+def test_without_database_url_every_command_uses_the_same_embedded_server(short_tmp, cli):
+    env = {"ENVIRONMENT": "development", "UPSTREAM_DATA_DIR": str(short_tmp / "data"),
+           "BACKUP_DIR": str(short_tmp / "backups")}
     try:
         for args in (["migrate", "upgrade"], ["seed"], ["backup", "create"]):
             result = cli(args, env)
