@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,6 +42,9 @@ def gateway(gateway_factory, upstream: Upstream) -> Gateway:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield Postgres.external(os.environ["TEST_DATABASE_URL"])
+        return
     # A short path: the server's Unix socket lives in its data folder (107-byte limit).
     with tempfile.TemporaryDirectory(prefix="pgt-") as folder:
         pg = start_postgres(Path(folder))
@@ -49,19 +53,22 @@ def postgres() -> Iterator[Postgres]:
 
 
 @pytest.fixture(scope="session")
-def app_template(postgres: Postgres) -> str:
-    return migrated_template(postgres)
+def app_template(postgres: Postgres) -> Iterator[str]:
+    name = migrated_template(postgres)
+    yield name
+    postgres.drop_database(name)
 
 
 @pytest.fixture(scope="session")
-def seeded_template(postgres: Postgres, app_template: str) -> str:
+def seeded_template(postgres: Postgres, app_template: str) -> Iterator[str]:
     """The head schema with the demo data (`upstream.seed`), to clone per test."""
     import asyncio
 
     from upstream.seed import seed
     name = postgres.create_database(template=app_template)
     asyncio.run(seed(postgres.url(name)))
-    return name
+    yield name
+    postgres.drop_database(name)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """A real PostgreSQL 16 for the tests (the `pgserver` package, as the application embeds it):
 one server per test session on a temporary folder, a database per test cloned from a migrated
-template (CREATE DATABASE ... TEMPLATE is a file copy: milliseconds)."""
+template (CREATE DATABASE ... TEMPLATE is a file copy: milliseconds). With TEST_DATABASE_URL
+set, the tests use that server instead (they create and drop their own databases on it)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,14 @@ def _bin() -> Path:
 
 @dataclass
 class Postgres:
-    pgdata: Path
+    pgdata: Path | None  # None: a server the tests did not start (TEST_DATABASE_URL)
     uri_template: str  # with {db}
+
+    @classmethod
+    def external(cls, url: str) -> Postgres:
+        """A server given by URL (any database on it; the user needs CREATEDB)."""
+        from upstream.db import libpq_url
+        return cls(None, libpq_url(url, "DBNAME").replace("DBNAME", "{db}"))
 
     def url(self, database: str) -> str:
         return self.uri_template.format(db=database)
@@ -45,6 +52,8 @@ class Postgres:
         self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def stop(self) -> None:
+        if self.pgdata is None:
+            return
         user = "pgserver" if os.geteuid() == 0 else None
         subprocess.run([str(_bin() / "pg_ctl"), "-D", str(self.pgdata), "-w", "-m",
                         "immediate", "stop"], capture_output=True, user=user, timeout=60)
