@@ -38,11 +38,14 @@ class EventHub:
         self._subscribers: set[asyncio.Queue] = set()
         self._task: asyncio.Task | None = None
         self._listening = asyncio.Event()
+        self._first_attempt = asyncio.Event()
 
     async def start(self) -> None:
+        """Start listening; returns once the first connection attempt succeeded or failed (a
+        database that is down does not hold up the API's start: it keeps retrying)."""
         self._task = asyncio.create_task(self._run())
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._listening.wait(), 10)
+            await asyncio.wait_for(self._first_attempt.wait(), 10)
 
     async def close(self) -> None:
         if self._task:
@@ -81,6 +84,7 @@ class EventHub:
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, self._deliver)
                 self._listening.set()
+                self._first_attempt.set()
                 while not lost.is_set():  # a lost socket is noticed by a periodic query
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(lost.wait(), 5)
@@ -92,6 +96,7 @@ class EventHub:
                 log.warning("event listener: %s; reconnecting", exc)
             finally:
                 self._listening.clear()
+                self._first_attempt.set()
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(conn.close(timeout=1))

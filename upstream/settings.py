@@ -24,6 +24,8 @@ from pathlib import Path
 
 from upstream import __version__
 
+MIN_SECRET_LENGTH = 32
+
 
 class SettingsError(ValueError):
     """A setting is missing or malformed; the command stops with one line saying which."""
@@ -73,6 +75,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if environment == "production":
             raise SettingsError("SECRET_KEY must be set when ENVIRONMENT=production")
         secret, generated = secrets.token_urlsafe(48), True
+    elif environment == "production" and len(secret) < MIN_SECRET_LENGTH:
+        raise SettingsError(f"SECRET_KEY must have at least {MIN_SECRET_LENGTH} characters "
+                            "in production (it signs the access tokens, HS256)")
     return Settings(
         database_url=env.get("DATABASE_URL", "").strip() or None,
         environment=environment,

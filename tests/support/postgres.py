@@ -49,7 +49,11 @@ class Postgres:
         return name
 
     def drop_database(self, name: str) -> None:
-        self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        """Drop it and what a restore left beside it (`<name>_pre_restore_<time>`, ...)."""
+        family = self.psql("SELECT datname FROM pg_database WHERE starts_with(datname, "
+                           f"'{name}_')").split()
+        for db in [name, *family]:
+            self.psql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
     def stop(self) -> None:
         if self.pgdata is None:

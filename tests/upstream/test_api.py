@@ -55,6 +55,15 @@ async def test_not_ready_on_a_database_without_the_schema(aiohttp_client, settin
         postgres.drop_database(name)
 
 
+async def test_not_ready_when_the_database_does_not_answer(aiohttp_client, settings, postgres):
+    client = await aiohttp_client(make_app(settings, postgres.url("no_such_database")))
+    resp = await client.get("/ready")
+    assert resp.status == 503
+    assert "database unavailable" in (await resp.json())["reason"]
+    assert (await client.get("/health")).status == 200  # the process itself is fine
+    await problem(await client.get("/api/campaigns", headers=ADMIN), 503)
+
+
 async def test_not_ready_while_a_restore_holds_its_lock(client, database_url):
     conn = await asyncpg.connect(libpq_url(database_url, "postgres"))
     try:
@@ -170,6 +179,23 @@ async def test_unknown_and_oversized_ids_are_404(client):
     for path in ("/api/campaigns/999999", "/api/campaigns/99999999999999999999999",
                  "/api/campaigns/abc"):
         await problem(await client.get(path, headers=ADMIN), 404)
+
+
+BAD_BODIES = [b"{", b"[]", b"null", b'"x"', b"1e999", b'{"status": {}}', b'{"name": 1.5}',
+              b'{"phone_number": null}', b'{"duration_s": true, "status": "completed"}',
+              b'{"duration_s": -1, "status": "completed"}', b'{"username": []}',
+              b'{"\\u0000": 1}', "{\"name\": \"\u00e9\u0000\"}".encode()]
+WRITES = [("POST", "/api/auth/login"), ("POST", "/api/campaigns"),
+          ("PATCH", "/api/campaigns/1"), ("POST", "/api/campaigns/1/calls"),
+          ("PATCH", "/api/calls/1")]
+
+
+async def test_no_malformed_or_invalid_body_gets_a_500_anywhere(client):
+    for method, path in WRITES:
+        for body in BAD_BODIES:
+            resp = await client.request(method, path, data=body, headers=ADMIN)
+            assert resp.status in (400, 409, 422), (method, path, body, await resp.text())
+            assert resp.content_type == PROBLEM
 
 
 # --- calls -----------------------------------------------------------------------------------
@@ -313,3 +339,24 @@ async def test_metrics_read_the_latest_backup_from_the_backup_directory(client, 
     text = await (await client.get("/metrics")).text()
     assert "upstream_backup_last_verified 1.0" in text
     assert "upstream_backup_last_verified_timestamp_seconds 1.7" in text
+
+
+# --- a restore under a running API -------------------------------------------------------------
+
+
+async def test_the_api_serves_the_restored_database_after_a_restore(client, settings):
+    from upstream.backup.create import create_backup
+    from upstream.backup.restore import restore_backup
+    url = settings.database_url
+    backup = await create_backup(url, settings.backup_dir)
+    created = await client.post("/api/campaigns", json={"name": "After the backup"},
+                                headers=ADMIN)
+    assert created.status == 201
+    assert (await client.get("/api/campaigns/1", headers=ADMIN)).status == 200  # pooled
+
+    await restore_backup(backup, url)  # terminates the API's connections to the old database
+
+    assert (await client.get("/ready")).status == 200
+    await problem(await client.get(f"/api/campaigns/{(await created.json())['id']}",
+                                   headers=ADMIN), 404)  # the restored state: not there
+    assert (await client.get("/api/campaigns/1", headers=ADMIN)).status == 200

@@ -105,5 +105,7 @@ def test_settings_read_the_plan_names():
                               "RELEASE_VERSION": "2.3.4"})
     assert (settings.jwt_expiration_minutes, settings.retention_days, settings.s3_bucket,
             settings.release_version, str(settings.backup_dir)) == (15, 7, "bk", "2.3.4", "/b")
+    with pytest.raises(SettingsError, match="at least 32 characters"):
+        load_settings({"ENVIRONMENT": "production", "SECRET_KEY": "short"})
     with pytest.raises(SettingsError, match="JWT_EXPIRATION_MINUTES"):
         load_settings({"JWT_EXPIRATION_MINUTES": "soon"})

@@ -59,14 +59,28 @@ async def problems(request: web.Request, handler):
         return problem_response(exc.status, detail, headers)
     except (OperationalError, InterfaceError, OSError) as exc:
         log.warning("database unavailable: %s", exc)
-        return problem_response(503, "The database is unavailable; retry later.",
-                                {"Retry-After": "5"})
+        return _unavailable()
     except DBAPIError as exc:
+        if exc.connection_invalidated or _unreachable(exc):
+            log.warning("database unavailable: %s", exc.orig)
+            return _unavailable()
         log.exception("database error")
-        if exc.connection_invalidated:
-            return problem_response(503, "The database is unavailable; retry later.",
-                                    {"Retry-After": "5"})
         return problem_response(500, "Internal error.")
+
+
+# SQLSTATEs that mean "no usable connection" rather than a bug: connection exceptions (08),
+# shutdown or not accepting connections yet (57P), too many connections (53300), the database
+# missing or refusing connections (3D000, 55000: what a restore's swap looks like from here).
+_UNREACHABLE = ("08", "57P", "53300", "3D000", "55000")
+
+
+def _unreachable(exc: DBAPIError) -> bool:
+    return str(getattr(exc.orig, "sqlstate", "") or "").startswith(_UNREACHABLE)
+
+
+def _unavailable() -> web.Response:
+    return problem_response(503, "The database is unavailable; retry later.",
+                            {"Retry-After": "5"})
 
 
 def make_app(settings: Settings, database_url: str) -> web.Application:
