@@ -333,3 +333,14 @@ def test_backup_list_is_empty_without_backups(tmp_path, live, cli):
     result = cli(["backup", "list"], settings_env(live, BACKUP_DIR=str(tmp_path / "none")))
     assert result.returncode == 0 and result.stdout == ""
     assert Path(tmp_path).exists()
+
+
+def test_verify_finds_a_backup_by_name_by_path_or_latest(live, tmp_path, cli):
+    backup = asyncio.run(create_backup(live, tmp_path / "elsewhere"))
+    env = settings_env(live, BACKUP_DIR=str(tmp_path / "elsewhere"))
+    for ref in (backup.name, str(backup.path), str(backup.manifest_path), "latest"):
+        result = cli(["backup", "verify", ref], env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip().endswith(f"{backup.name}: verified")
+    unknown = cli(["backup", "verify", "no-such-backup"], env)
+    assert unknown.returncode == 2 and "no backup named 'no-such-backup'" in unknown.stderr
