@@ -107,6 +107,12 @@ async def test_wrong_password_and_unknown_user_get_the_same_answer_in_similar_ti
     assert 0.3 < ratio < 3, timings
 
 
+async def test_a_password_is_compared_exactly_not_trimmed(client):
+    resp = await client.post("/api/auth/login",
+                             json={"username": "admin", "password": " admin-password "})
+    await problem(resp, 401)
+
+
 @pytest.mark.parametrize("headers", [
     {}, {"Authorization": "Bearer not-a-jwt"}, {"Authorization": "Basic YWRtaW46eA=="},
     {"Authorization": "Bearer " + issue_token("another-secret-" + "x" * 32, "admin", "admin", 5)},

@@ -28,7 +28,7 @@ async def login(request: web.Request) -> web.Response:
     errors: dict[str, str] = {}
     check_fields(body, {"username", "password"}, errors)
     username = string(body, "username", errors, required=True, max_len=64)
-    password = string(body, "password", errors, required=True, max_len=1024)
+    password = string(body, "password", errors, required=True, max_len=1024, strip=False)
     if errors:
         raise ValidationProblem(errors)
     async with request.app[SESSIONS]() as session:

@@ -33,7 +33,8 @@ def check_fields(body: Mapping[str, Any], allowed: set[str], errors: dict[str, s
 
 
 def string(body: Mapping[str, Any], key: str, errors: dict[str, str], *, required: bool,
-           min_len: int = 1, max_len: int = 200) -> str | None:
+           min_len: int = 1, max_len: int = 200, strip: bool = True) -> str | None:
+    """A string field, surrounding whitespace removed unless `strip` is False (passwords)."""
     if key not in body:
         if required:
             errors[key] = "is required"
@@ -41,11 +42,13 @@ def string(body: Mapping[str, Any], key: str, errors: dict[str, str], *, require
     value = body[key]
     if not isinstance(value, str):
         errors[key] = "must be a string"
-    elif not min_len <= len(value.strip()) <= max_len or len(value) > max_len:
+        return None
+    if strip:
+        value = value.strip()
+    if not min_len <= len(value) <= max_len:
         errors[key] = f"must be {min_len} to {max_len} characters"
-    else:
-        return value.strip()
-    return None
+        return None
+    return value
 
 
 def choice(body: Mapping[str, Any], key: str, options: tuple[str, ...],
