@@ -109,3 +109,13 @@ def test_settings_read_the_plan_names():
         load_settings({"ENVIRONMENT": "production", "SECRET_KEY": "short"})
     with pytest.raises(SettingsError, match="JWT_EXPIRATION_MINUTES"):
         load_settings({"JWT_EXPIRATION_MINUTES": "soon"})
+
+
+def test_the_application_imports_nothing_of_the_gateway():
+    code = ("import sys, upstream.cli, upstream.api, upstream.backup.s3, upstream.backup.restore,"
+            " upstream.backup.prune, upstream.seed, upstream.embedded; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'gateway'))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
