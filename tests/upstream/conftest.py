@@ -34,7 +34,8 @@ async def client(aiohttp_client, settings: Settings, seeded: str):
     return await aiohttp_client(make_app(settings, seeded))
 
 
-def bearer(role: str = "admin", username: str | None = None, minutes: int = 5) -> dict:
+def bearer(role: str = "admin", username: str | None = None, minutes: int = 24 * 60) -> dict:
+    # Made when the tests are collected, which can be many minutes before they run.
     token = issue_token(SECRET, username or role, role, minutes)
     return {"Authorization": f"Bearer {token}"}
 
