@@ -14,9 +14,13 @@ COPY gateway ./gateway
 RUN pip install .
 
 COPY upstream ./upstream
+COPY alembic.ini ./
 COPY policies ./policies
 
-RUN useradd --system --no-create-home --uid 10001 gateway
+RUN useradd --system --no-create-home --uid 10001 gateway \
+    && mkdir -p /app/.data /app/backups && chown gateway /app/.data /app/backups
+# The demo API's embedded PostgreSQL (no DATABASE_URL) keeps its files in /app/.data; its
+# backups go to /app/backups. Mount volumes there to keep them.
 USER gateway
 
 # 8080 public, 9090 admin (/metrics; set GATEWAY_ADMIN_LISTEN=0.0.0.0:9090 to reach it from

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.postgres import Postgres, migrated_template, start_postgres
 from tests.support.processes import Gateway, Upstream, start_gateway, start_upstream, stop
 
 
@@ -32,3 +35,53 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
 @pytest.fixture
 def gateway(gateway_factory, upstream: Upstream) -> Gateway:
     return gateway_factory(upstream.url)
+
+
+# --- PostgreSQL for the demo application (upstream/) ----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield Postgres.external(os.environ["TEST_DATABASE_URL"])
+        return
+    # A short path: the server's Unix socket lives in its data folder (107-byte limit).
+    with tempfile.TemporaryDirectory(prefix="pgt-") as folder:
+        pg = start_postgres(Path(folder))
+        yield pg
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def app_template(postgres: Postgres) -> Iterator[str]:
+    name = migrated_template(postgres)
+    yield name
+    postgres.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def seeded_template(postgres: Postgres, app_template: str) -> Iterator[str]:
+    """The head schema with the demo data (`upstream.seed`), to clone per test."""
+    import asyncio
+
+    from upstream.seed import seed
+    name = postgres.create_database(template=app_template)
+    asyncio.run(seed(postgres.url(name)))
+    yield name
+    postgres.drop_database(name)
+
+
+@pytest.fixture
+def seeded_database_url(postgres: Postgres, seeded_template: str) -> Iterator[str]:
+    """A fresh database with the demo data, dropped after the test."""
+    name = postgres.create_database(template=seeded_template)
+    yield postgres.url(name)
+    postgres.drop_database(name)
+
+
+@pytest.fixture
+def database_url(postgres: Postgres, app_template: str) -> Iterator[str]:
+    """A fresh database at the head revision, dropped after the test."""
+    name = postgres.create_database(template=app_template)
+    yield postgres.url(name)
+    postgres.drop_database(name)

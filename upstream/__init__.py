@@ -1,5 +1,8 @@
-"""The sample upstream application ("operator demo" API) that the gateway fronts.
+"""The sample application ("operator demo" API) that the gateway fronts.
 
-For now an in-memory stand-in with the demo's endpoints; the PostgreSQL-backed application with
-its migrations and backups replaces it in its own issue.
+It owns its data (PostgreSQL), its schema (Alembic migrations in `upstream/migrations`) and its
+backups (`upstream/backup`). It imports nothing from `gateway`: the gateway is a separate
+program in front of it.
 """
+
+__version__ = "1.0.0"
