@@ -69,6 +69,7 @@ class GatewayProcess:
         sentry = reporter(policy.observability.sentry, policy.environment,
                           [t.host for t in policy.upstream.targets])
         self.handler = Handler(Runtime.build(self.loaded), sentry)  # pool needs the loop
+        self.handler.runtime.limiter.start()  # replica heartbeat, Redis probes (limiter.py)
         access_log.configure(policy.observability.access_log.format)
         self._stopping = asyncio.Event()
         reloader = PolicyReloader(self.config_path, self.loaded, self._apply)

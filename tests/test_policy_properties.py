@@ -590,7 +590,7 @@ SERVER_TIMEOUTS = ("header", "idle", "body", "shutdown")
 SERVER_LIMITS = ("max_body_size", "max_header_size", "max_headers")
 UPSTREAM = ("url", "targets", "timeouts", "max_connections", "retries", "preserve_host")
 UPSTREAM_TIMEOUTS = ("connect", "read")
-REDIS = ("url", "timeout", "failure_mode", "key_prefix")
+REDIS = ("url", "timeout", "failure_mode", "key_prefix", "fallback")
 RATE_LIMIT = ("limit", "per", "key", "algorithm", "burst", "mode")
 CORS = ("allow_origins", "allow_methods", "allow_headers", "expose_headers", "allow_credentials",
         "max_age", "dangerously_allow_public_suffix_wildcard",
@@ -681,7 +681,8 @@ class Reference:
         if "redis" in top and (m := self.mapping(top["redis"], REDIS, "redis")) is not None:
             self.keys(m, "redis", {"url": ref_redis_url, "timeout": ref_duration,
                                    "failure_mode": ref_choice("open", "closed"),
-                                   "key_prefix": ref_key_prefix})
+                                   "key_prefix": ref_key_prefix,
+                                   "fallback": ref_choice("divide", "full")})
         limits = self.rate_limits(top["rate_limits"]) if "rate_limits" in top else set()
         cors = self.cors(top["cors"]) if "cors" in top else set()
         headers = self.headers(top["headers"]) if "headers" in top else set()

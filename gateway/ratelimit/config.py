@@ -5,7 +5,8 @@
       login: {limit: 5, per: 15m, key: client_ip, algorithm: fixed_window}
       tenant: {limit: 50, per: 1s, key: "client_ip+header:X-Tenant", algorithm: token_bucket,
                burst: 100, mode: shadow}
-    redis: {url: "${REDIS_URL:-}", timeout: 100ms, failure_mode: open, key_prefix: "gw:"}
+    redis: {url: "${REDIS_URL:-}", timeout: 100ms, failure_mode: open, key_prefix: "gw:",
+            fallback: divide}
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ ALGORITHMS = ("sliding_window", "fixed_window", "token_bucket")
 CODES = {"fixed_window": "f", "sliding_window": "s", "token_bucket": "t"}
 MODES = ("enforce", "shadow")
 FAILURE_MODES = ("open", "closed")
+FALLBACKS = ("divide", "full")  # redis.fallback: the in-process limit while Redis is away
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field-name
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
 
 KEYS = {
     "rate_limits.*": ("limit", "per", "key", "algorithm", "burst", "mode", "ipv6_prefix",
                       "exempt"),
-    "redis": ("url", "timeout", "failure_mode", "key_prefix"),
+    "redis": ("url", "timeout", "failure_mode", "key_prefix", "fallback"),
 }
 
 
@@ -76,6 +78,9 @@ class RedisSettings:
     timeout: float = 0.1
     failure_mode: str = "open"
     key_prefix: str = "gw:"
+    # failure_mode open, Redis away: each replica enforces ceil(limit / replicas) (`divide`,
+    # replicas as last counted by their heartbeats in Redis), or the whole limit (`full`)
+    fallback: str = "divide"
 
 
 def parse_key(text: str) -> tuple[KeyPart, ...] | str:
@@ -199,9 +204,11 @@ def read_redis(r: Reader, node: yaml.Node) -> RedisSettings | None:
     if prefix is not None and ("{" in prefix or "}" in prefix):
         r.error(m["key_prefix"], "redis.key_prefix must not contain '{' or '}' (hash tags)")
         prefix = None
-    if None in (url, timeout, failure_mode, prefix):
+    fallback = _choice(r, m, "fallback", FALLBACKS, d.fallback, "redis")
+    if None in (url, timeout, failure_mode, prefix, fallback):
         return None
-    return RedisSettings(url=url, timeout=timeout, failure_mode=failure_mode, key_prefix=prefix)
+    return RedisSettings(url=url, timeout=timeout, failure_mode=failure_mode, key_prefix=prefix,
+                         fallback=fallback)
 
 
 def _is_null(node: yaml.Node) -> bool:

@@ -8,24 +8,94 @@ when Redis does not.
   it, and success closes the breaker. On a Cluster there is one breaker per set of nodes a
   request needs (normally one node), so a failing node does not keep requests whose keys live
   on healthy nodes away from Redis, and their successes do not keep its breaker closed.
-  While Redis is unavailable, `failure_mode: open` decides in-process (the same limits, per
-  instance), `closed` refuses with 503.
+  While Redis is unavailable, `failure_mode: open` decides in-process, `closed` refuses with
+  503.
+- Recovery in the background: while a breaker is open, a background task probes Redis every
+  PROBE_EVERY (PING, then SCRIPT EXISTS / SCRIPT LOAD, `RedisBackend.probe`) and closes the
+  breaker as soon as Redis answers, with no client request involved: shared decisions resume
+  within a few hundred ms of Redis answering again, idle or not, so the first burst after
+  recovery is decided by Redis (before, the first request of the burst probed and the rest of
+  it took the in-process fallback). A request still probes after the cool-down too (if the
+  background probe is slower); a background probe that fails leaves the breaker as it is.
+- Replicas: the same task announces this process in Redis every HEARTBEAT_EVERY (a sorted set
+  `<key_prefix>replicas` scored by Redis's clock; entries older than STALE_AFTER are dropped)
+  and counts the entries: the number of gateway processes sharing these counters (each
+  worker of `--workers N` is one). With `redis.fallback: divide` (the default), the in-process
+  fallback enforces ceil(limit / replicas) of every limit (a token bucket's capacity divided
+  likewise), the count known when the outage began (heartbeats fail while Redis is away), so
+  N replicas together admit about one limit rather than N; `full`: each replica the whole
+  limit. The task is started by `start()` (`gateway run`, at start) or the first decision,
+  and ends in close() (shutdown, or a reload that replaces the limiter), which also takes
+  this process out of the set.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import logging
+import os
+import secrets
+import socket
 import time
+from collections.abc import Sequence
+from functools import lru_cache
 from typing import NamedTuple
 
-from gateway.observability.metrics import REDIS_DURATION, REDIS_ERRORS
+from gateway.observability.metrics import RATELIMIT_REPLICAS, REDIS_DURATION, REDIS_ERRORS
 from gateway.ratelimit.algorithms import Outcome
 from gateway.ratelimit.config import RateLimitPolicy, RedisSettings
-from gateway.ratelimit.keys import Checks
+from gateway.ratelimit.keys import Checks, Item
 from gateway.ratelimit.memory import MemoryBackend
 from gateway.ratelimit.redis_backend import RedisBackend
+from gateway.ratelimit.redis_connection import RedisReplyError
+from gateway.ratelimit.resp import encode
 
 log = logging.getLogger("gateway.ratelimit")
+
+PROBE_EVERY = 0.2  # s: background probes of an open breaker
+HEARTBEAT_EVERY = 2.0  # s: this process announces itself in `<key_prefix>replicas`
+STALE_AFTER = 3 * HEARTBEAT_EVERY + 1.0  # s: a replica not heard from for this long is gone
+
+# ZADD this replica scored by Redis's clock (replicas' clocks may disagree), drop the stale,
+# count; the set expires when every replica is gone. Returns {added (1: our entry was
+# missing), count}.
+HEARTBEAT = """
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local stale = tonumber(ARGV[2])
+local added = redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - stale)
+redis.call('PEXPIRE', KEYS[1], stale * 2)
+return {added, redis.call('ZCARD', KEYS[1])}
+"""
+
+_replica_id: tuple[int, str] | None = None  # (pid, id): a forked worker makes its own
+_announcing: dict[tuple[str, str], int] = {}  # live limiters per (url, key_prefix)
+
+
+def replica_id() -> str:
+    """This process's name in the replica set: host, pid and a random part."""
+    global _replica_id
+    if _replica_id is None or _replica_id[0] != os.getpid():
+        _replica_id = (os.getpid(),
+                       f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}")
+    return _replica_id[1]
+
+
+def divided(items: Sequence[Item], replicas: int) -> Sequence[Item]:
+    """`items` with every limit divided among `replicas` (rounded up); as they are for one."""
+    if replicas <= 1:
+        return items
+    return tuple((_divided(policy, replicas), key) for policy, key in items)
+
+
+@lru_cache(maxsize=1024)
+def _divided(policy: RateLimitPolicy, replicas: int) -> RateLimitPolicy:
+    burst = None if policy.burst is None else -(-policy.burst // replicas)
+    return dataclasses.replace(policy, limit=-(-policy.limit // replicas), burst=burst)
 
 
 class Decision(NamedTuple):
@@ -94,6 +164,22 @@ class Limiter:
         self.breaker = Breaker(while_open=self.while_open)
         self.per_node = self.redis is not None and self.redis.cluster is not None
         self.node_breakers: dict[str, Breaker] = {}
+        self.replicas = 1  # gateway processes sharing the counters, as last counted
+        self._beats = 0  # heartbeats answered
+        self._rebuilt_until = 0.0  # the replica set was lost (Redis restarted): see _heartbeat
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._announce = (settings.url, settings.key_prefix)
+
+    def start(self) -> None:
+        """Start the background task (heartbeats; probes while a breaker is open) on the
+        running loop, if there is Redis; idempotent. `gateway run` starts it with the
+        limiter; otherwise the first decision does (never for `gateway explain`, which
+        decides nothing and is no replica)."""
+        if self._task is not None or self._closed or self.redis is None:
+            return
+        _announcing[self._announce] = _announcing.get(self._announce, 0) + 1
+        self._task = asyncio.get_running_loop().create_task(self._background())
 
     def breaker_for(self, checks: Checks) -> Breaker:
         """On a Cluster, the breaker of the masters holding the request's keys."""
@@ -112,6 +198,8 @@ class Limiter:
         if self.redis is None:
             admitted, outcomes = self.memory.check(checks.items)
             return Decision(admitted, tuple(zip(checks.policies, outcomes, strict=True)), "memory")
+        if self._task is None:
+            self.start()
         breaker = self.breaker_for(checks) if self.per_node else self.breaker
         if breaker.allow():
             started = time.perf_counter()
@@ -131,9 +219,92 @@ class Limiter:
                 return Decision(admitted, results, "redis")
         if self.settings.failure_mode == "closed":
             raise RateLimitUnavailable
-        admitted, outcomes = self.memory.check(checks.items)
+        items = checks.items
+        if self.replicas > 1 and self.settings.fallback == "divide":
+            items = divided(items, self.replicas)  # type: ignore[assignment]
+        admitted, outcomes = self.memory.check(items)
         return Decision(admitted, tuple(zip(checks.policies, outcomes, strict=True)), "fallback")
 
+    # --- the background task: probes while a breaker is open, heartbeats -------------------
+
+    async def _background(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time()
+        while True:
+            try:
+                if await self._probe_open():
+                    next_beat = loop.time()  # recount at once: Redis may have restarted empty
+                if loop.time() >= next_beat:
+                    next_beat = loop.time() + HEARTBEAT_EVERY
+                    await self._heartbeat()
+            except Exception as exc:  # Redis away: tried again on the next round
+                log.debug("redis background call failed: %r", exc)
+            await asyncio.sleep(PROBE_EVERY)
+
+    async def _probe_open(self) -> bool:
+        """Probe Redis for each open breaker; close those it answers for. True if one closed."""
+        assert self.redis is not None
+        if self.per_node:
+            open_ = [(n, b) for n, b in self.node_breakers.items() if b.failures >= b.threshold]
+        else:
+            open_ = [("", self.breaker)] if self.breaker.failures >= self.breaker.threshold \
+                else []
+        closed = False
+        for nodes, breaker in open_:
+            try:
+                await self.redis.probe(nodes)
+            except Exception as exc:
+                log.debug("redis background probe failed: %r", exc)
+                continue  # still open; the next round probes again
+            breaker.success()
+            closed = True
+        return closed
+
+    async def _heartbeat(self) -> None:
+        assert self.redis is not None
+        key = self.settings.key_prefix + "replicas"
+        reply = await self.redis.command(
+            encode("EVAL", HEARTBEAT, 1, key, replica_id(), round(STALE_AFTER * 1000)), key)
+        if not isinstance(reply, list) or len(reply) != 2:
+            raise RedisReplyError(str(reply))
+        added, count = reply
+        now = asyncio.get_running_loop().time()
+        if added and self._beats:
+            # our entry was gone: the set was lost (Redis restarted empty, or flushed); the
+            # other replicas are back in it within one heartbeat, so until then the count
+            # does not go down
+            self._rebuilt_until = now + HEARTBEAT_EVERY + 1.0
+        self._beats += 1
+        if now < self._rebuilt_until:
+            count = max(count, self.replicas)
+        if count != self.replicas or self._beats == 1:
+            self.replicas = count
+            log.info("rate limits: %s", self.describe_replicas())
+        RATELIMIT_REPLICAS.set(count)
+
+    def describe_replicas(self) -> str:
+        n = self.replicas
+        shared = (f"{n} gateway replicas share the rate-limit counters" if n != 1
+                  else "1 gateway replica shares the rate-limit counters")
+        if self.settings.failure_mode == "closed":
+            return shared + "; while Redis is away limited routes answer 503"
+        if self.settings.fallback == "divide" and n > 1:
+            return shared + (f"; while Redis is away each enforces 1/{n} of every limit "
+                             "in-process (redis.fallback divide)")
+        return shared + "; while Redis is away each enforces the whole limits in-process"
+
     async def close(self) -> None:
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])  # its end, not its CancelledError
+            _announcing[self._announce] -= 1
+            if not _announcing[self._announce]:  # the last limiter here: leave the set
+                del _announcing[self._announce]
+                if self._beats and self.redis is not None:
+                    key = self.settings.key_prefix + "replicas"
+                    with contextlib.suppress(Exception):
+                        await self.redis.command(encode("ZREM", key, replica_id()), key)
         if self.redis is not None:
             await self.redis.close()

@@ -11,7 +11,8 @@
   its cached keys (keys.Checks).
 
 Every check is bounded by `redis.timeout`; the limiter (limiter.py) decides what a failure
-means.
+means. Besides the checks, the limiter's background task asks `probe` (is Redis answering,
+with the script, again?) and sends its replica heartbeat through `command`.
 """
 
 from __future__ import annotations
@@ -134,6 +135,8 @@ return out
 
 SHA = hashlib.sha1(LUA.encode()).hexdigest()
 SCRIPT_LOAD = encode("SCRIPT", "LOAD", LUA)
+PING = encode("PING")
+SCRIPT_EXISTS = encode("SCRIPT", "EXISTS", SHA)
 NO_STATE = (0, 0, 0)  # the state stays in Redis; Outcome.state is the in-process backend's
 
 
@@ -283,6 +286,43 @@ class RedisBackend:
             reply = await self._after_error(
                 reply, packed, deadline, lambda p, d: cluster.call(slot, p, d))
         return reply
+
+    async def command(self, packed: bytes, key: str) -> Any:
+        """One command about `key` (its reply; a hiredis.ReplyError for an error answer),
+        bounded by the timeout: to the one Redis, or to the master of `key`'s slot."""
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        if self.cluster is not None:
+            return await self.cluster.call(slot_of(key), packed, deadline)
+        assert self.connection is not None
+        return await self.connection.call(packed, deadline)
+
+    async def probe(self, nodes: str = "") -> None:
+        """Raises unless Redis answers again and holds the script: PING (a new connection
+        first, with its SCRIPT LOAD), then SCRIPT EXISTS, and SCRIPT LOAD if it is missing.
+        On a Cluster, each master of `nodes` (as named by `nodes()`); with none named, the
+        slot map is asked for again."""
+        if self.cluster is None:
+            assert self.connection is not None
+            await self._probe(self.connection)
+            return
+        if not nodes:
+            deadline = asyncio.get_running_loop().time() + self.timeout
+            await self.cluster._wait_for_map(deadline)
+            return
+        await asyncio.gather(*(self._probe(self.cluster.connection(node))
+                               for node in nodes.split(",")))
+
+    async def _probe(self, connection: RedisConnection) -> None:
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        pong = await connection.call(PING, deadline)
+        if isinstance(pong, hiredis.ReplyError):  # LOADING, MASTERDOWN, ...
+            raise RedisReplyError(str(pong))
+        exists = await connection.call(SCRIPT_EXISTS, deadline)
+        if isinstance(exists, list) and exists and exists[0] == 1:
+            return
+        loaded = await connection.call(SCRIPT_LOAD, deadline)
+        if isinstance(loaded, hiredis.ReplyError):
+            raise RedisReplyError(str(loaded))
 
     async def close(self) -> None:
         if self.connection is not None:

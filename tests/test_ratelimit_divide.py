@@ -1,0 +1,99 @@
+"""A fallback that divides: gateways announce themselves in Redis (a heartbeat), so each knows
+how many replicas share its counters; while Redis is away in `failure_mode: open`, each
+enforces ceil(limit / replicas) in-process (`redis.fallback: divide`, the default) instead of
+the whole limit each (`full`, the old behaviour: N replicas admit up to N times the limit).
+
+Three real gateways share one real redis-server (global limit 20 per hour); Redis is killed;
+a burst of 3x the limit is spread over the three: at most limit + 3 are admitted with
+`divide` (7 each: 21), all 60 with `full`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from gateway.ratelimit.config import RateLimitPolicy
+from gateway.ratelimit.limiter import divided
+from tests.support.processes import Gateway, start_gateway, stop, wait_until
+from tests.support.redis_server import start_redis
+from tests.test_ratelimit_faults import metric, redis_errors
+from tests.test_ratelimit_recovery import ROUTES, get_all, spread_burst
+
+LIMIT = 20
+REPLICAS = "gateway_ratelimit_replicas"
+
+
+def gateway(tmp_path: Path, upstream_url: str, redis_url: str, prefix: str,
+            fallback: str | None) -> Gateway:
+    extra = f", fallback: {fallback}" if fallback else ""
+    return start_gateway(
+        tmp_path, upstream_url, routes=ROUTES,
+        top_extra=f"redis: {{url: \"{redis_url}\", timeout: 100ms, failure_mode: open, "
+                  f"key_prefix: \"{prefix}\"{extra}}}\n"
+                  "rate_limits:\n"
+                  "  warm: {limit: 1000000, per: 1h, key: global}\n"
+                  f"  limited: {{limit: {LIMIT}, per: 1h, key: global}}\n")
+
+
+def outage_burst(tmp_path: Path, upstream_url: str, count: int, fallback: str | None
+                 ) -> tuple[int, list[float], list[str]]:
+    """`count` gateways on one Redis; once each has seen all of them, Redis is killed and
+    3x the limit is sent over them at once. (admitted, replicas seen, logs)."""
+    server = start_redis(tmp_path / "redis")
+    prefix = f"gwdiv{count}{fallback}:"
+    gateways = [gateway(tmp_path, upstream_url, server.url, prefix, fallback)
+                for _ in range(count)]
+    try:
+        # readiness: every gateway has seen the others' heartbeats
+        wait_until(lambda: all(metric(gw, REPLICAS) == count for gw in gateways), timeout=10)
+        seen = [metric(gw, REPLICAS) for gw in gateways]
+        assert asyncio.run(get_all([gw.url + "/warm" for gw in gateways])) == [200] * count
+        server.kill()
+        statuses = asyncio.run(spread_burst([gw.url + "/limited" for gw in gateways],
+                                            3 * LIMIT))
+        assert all(redis_errors(gw) >= 1 for gw in gateways)  # decided without Redis
+        logs = [gw.log_text() for gw in gateways]
+    finally:
+        for gw in gateways:
+            stop(gw.proc)
+        server.stop()
+    assert sorted(set(statuses)) <= [200, 429]
+    admitted = statuses.count(200)
+    print(f"\n[fallback {fallback or 'default'}] {count} gateways, Redis killed, burst of "
+          f"{3 * LIMIT}: admitted {admitted} (limit {LIMIT}), replicas seen {seen}")
+    return admitted, seen, logs
+
+
+def test_three_replicas_divide_the_limit_while_redis_is_away(tmp_path, upstream) -> None:
+    admitted, _, logs = outage_burst(tmp_path, upstream.url, 3, None)
+    assert admitted <= LIMIT + 3
+    assert admitted == 3 * -(-LIMIT // 3)  # each enforces ceil(20 / 3) = 7
+    assert all("3 gateway replicas share the rate-limit counters" in log for log in logs)
+
+
+def test_fallback_full_keeps_the_whole_limit_per_replica(tmp_path, upstream) -> None:
+    admitted, _, _ = outage_burst(tmp_path, upstream.url, 3, "full")
+    assert admitted > LIMIT + 3
+    assert admitted == 3 * LIMIT
+
+
+def test_a_single_replica_falls_back_to_the_whole_limit(tmp_path, upstream) -> None:
+    admitted, seen, _ = outage_burst(tmp_path, upstream.url, 1, None)
+    assert seen == [1]
+    assert admitted == LIMIT
+
+
+@pytest.mark.parametrize("algorithm, burst", [("sliding_window", None),
+                                              ("fixed_window", None),
+                                              ("token_bucket", None), ("token_bucket", 50)])
+def test_divided_limits(algorithm: str, burst: int | None) -> None:
+    policy = RateLimitPolicy(name="p", limit=20, period_ms=60_000, algorithm=algorithm,
+                             burst=burst)
+    ((one, key),) = divided(((policy, "k"),), 3)
+    assert key == "k" and one.name == "p" and one.algorithm == algorithm
+    assert one.limit == 7
+    assert one.capacity == (17 if burst else 7)
+    assert divided(((policy, "k"),), 1) == ((policy, "k"),)
