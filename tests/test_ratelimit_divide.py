@@ -97,3 +97,23 @@ def test_divided_limits(algorithm: str, burst: int | None) -> None:
     assert one.limit == 7
     assert one.capacity == (17 if burst else 7)
     assert divided(((policy, "k"),), 1) == ((policy, "k"),)
+
+
+def test_a_stopped_gateway_leaves_the_replica_set(tmp_path, upstream) -> None:
+    """On shutdown a gateway removes its entry (ZREM), so the others count one fewer at their
+    next heartbeat (2 s) rather than after the 7 s an entry takes to go stale."""
+    server = start_redis(tmp_path / "redis")
+    prefix = "gwleave:"
+    gateways = [gateway(tmp_path, upstream.url, server.url, prefix, None) for _ in range(2)]
+    try:
+        wait_until(lambda: all(metric(gw, REPLICAS) == 2 for gw in gateways), timeout=10)
+        assert server.command("ZCARD", prefix + "replicas") == b":2\r\n"
+        assert stop(gateways[1].proc) == 0
+        assert server.command("ZCARD", prefix + "replicas") == b":1\r\n"
+        wait_until(lambda: metric(gateways[0], REPLICAS) == 1, timeout=4)
+        log = gateways[0].log_text()
+    finally:
+        for gw in gateways:
+            stop(gw.proc)
+        server.stop()
+    assert "rate limits: 1 gateway replica shares the rate-limit counters" in log

@@ -302,6 +302,7 @@ class Limiter:
             _announcing[self._announce] -= 1
             if not _announcing[self._announce]:  # the last limiter here: leave the set
                 del _announcing[self._announce]
+                RATELIMIT_REPLICAS.set(0)  # not counted (until another limiter here counts)
                 if self._beats and self.redis is not None:
                     key = self.settings.key_prefix + "replicas"
                     with contextlib.suppress(Exception):
