@@ -156,6 +156,7 @@ class GatewayProcess:
         if new.pool is not old.pool:
             later(grace, lambda: asyncio.ensure_future(old.pool.close()))
         if new.limiter is not old.limiter:
+            new.limiter.start()  # its heartbeat and probes, before its first request
             log.info("rate limits: %s", describe_limiter(new.policy))
             later(grace, lambda: asyncio.ensure_future(old.limiter.close()))
 

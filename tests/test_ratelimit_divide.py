@@ -11,6 +11,8 @@ a burst of 3x the limit is spread over the three: at most limit + 3 are admitted
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -27,10 +29,10 @@ REPLICAS = "gateway_ratelimit_replicas"
 
 
 def gateway(tmp_path: Path, upstream_url: str, redis_url: str, prefix: str,
-            fallback: str | None) -> Gateway:
+            fallback: str | None, server_extra: str = "") -> Gateway:
     extra = f", fallback: {fallback}" if fallback else ""
     return start_gateway(
-        tmp_path, upstream_url, routes=ROUTES,
+        tmp_path, upstream_url, routes=ROUTES, server_extra=server_extra,
         top_extra=f"redis: {{url: \"{redis_url}\", timeout: 100ms, failure_mode: open, "
                   f"key_prefix: \"{prefix}\"{extra}}}\n"
                   "rate_limits:\n"
@@ -117,3 +119,29 @@ def test_a_stopped_gateway_leaves_the_replica_set(tmp_path, upstream) -> None:
             stop(gw.proc)
         server.stop()
     assert "rate limits: 1 gateway replica shares the rate-limit counters" in log
+
+
+def test_a_reload_that_replaces_the_limiter_keeps_this_replica_counted(
+    tmp_path, upstream
+) -> None:
+    """A reload with other `redis` settings makes a new limiter: it starts announcing at once
+    (before any request), so when the old one closes after the grace period and leaves, this
+    process is still in the set."""
+    server = start_redis(tmp_path / "redis")
+    prefix = "gwreload:"
+    gw = gateway(tmp_path, upstream.url, server.url, prefix, None,
+                 server_extra="timeouts: {shutdown: 1s}")
+    try:
+        wait_until(lambda: metric(gw, REPLICAS) == 1, timeout=10)
+        text = gw.config.read_text()
+        assert f'key_prefix: "{prefix}"}}' in text
+        gw.config.write_text(text.replace(f'key_prefix: "{prefix}"}}',
+                                          f'key_prefix: "{prefix}", fallback: full}}'))
+        gw.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "whole limits in-process" in gw.log_text(), timeout=5)
+        time.sleep(1.5)  # the old limiter closes after `timeouts.shutdown` (1 s)
+        assert server.command("ZCARD", prefix + "replicas") == b":1\r\n"
+        wait_until(lambda: metric(gw, REPLICAS) == 1, timeout=4)  # the next heartbeat
+    finally:
+        stop(gw.proc)
+        server.stop()
