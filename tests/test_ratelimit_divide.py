@@ -145,3 +145,23 @@ def test_a_reload_that_replaces_the_limiter_keeps_this_replica_counted(
     finally:
         stop(gw.proc)
         server.stop()
+
+
+def test_each_worker_is_a_replica(tmp_path, upstream) -> None:
+    """With `--workers 2` each worker is a process with its own Redis connection: two
+    replicas in the set."""
+    server = start_redis(tmp_path / "redis")
+    prefix = "gwworkers:"
+    gw = start_gateway(
+        tmp_path, upstream.url, routes=ROUTES, args=("--workers", "2"),
+        top_extra=f"redis: {{url: \"{server.url}\", timeout: 100ms, key_prefix: \"{prefix}\"}}\n"
+                  "rate_limits:\n"
+                  "  warm: {limit: 1000000, per: 1h, key: global}\n"
+                  f"  limited: {{limit: {LIMIT}, per: 1h, key: global}}\n")
+    try:
+        wait_until(lambda: server.command("ZCARD", prefix + "replicas") == b":2\r\n",
+                   timeout=10)
+        wait_until(lambda: metric(gw, REPLICAS) == 2, timeout=10)
+    finally:
+        stop(gw.proc)
+        server.stop()
