@@ -52,6 +52,9 @@ def flood_gateway(tmp_path: Path, upstream_url: str, redis_url: str, limit: int,
                   per: str, algorithm: str = "sliding_window") -> Gateway:
     return start_gateway(
         tmp_path, upstream_url, routes=ROUTES, args=("--workers", "1"),
+        # the admitted part of a flood reaches the test upstream at once: a bounded pool that
+        # waits (never 503/504 from the upstream side), so that only the limit decides
+        upstream_extra="max_connections: 64\npool_timeout: 30s\ntimeouts: {connect: 10s}",
         top_extra=f"redis: {{url: \"{redis_url}\", timeout: 100ms, failure_mode: open}}\n"
                   f"rate_limits:\n"
                   f"  flood: {{limit: {limit}, per: {per}, key: client_ip,"
