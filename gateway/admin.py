@@ -17,6 +17,17 @@ from gateway.handler import Handler
 from gateway.observability.metrics import exposition
 
 
+def _counters(rt: Any) -> dict[str, Any]:
+    """Where the rate-limit counters live and what applies while Redis is away (live)."""
+    redis = rt.policy.redis
+    if not redis.url:
+        return {"counters": "in-process", "replicas": 1}
+    limiter = rt.limiter
+    return {"counters": "redis", "replicas": limiter.replicas, "fallback": redis.fallback,
+            "failure_mode": redis.failure_mode,
+            "while_redis_is_away": limiter.describe_replicas()}
+
+
 async def _no_server_header(_: web.Request, response: web.StreamResponse) -> None:
     response.headers.popall("Server", None)
 
@@ -48,6 +59,7 @@ def admin_app(handler_of: Callable[[], Handler],
             "digest": document.digest,
             "loaded_at": loaded_at.isoformat(timespec="seconds"),
             "last_reload": last_reload(),  # null until a reload is tried
+            "rate_limits": _counters(rt),
         })
 
     async def metrics(request: web.Request) -> web.Response:

@@ -23,6 +23,7 @@ from gateway.http.client_ip import client_ip, forwarded_hops, parse_ip
 from gateway.http.forwarding import HOP_BY_HOP, upstream_request_headers
 from gateway.http.normalize import PathRejected
 from gateway.http.path_matching import match_key
+from gateway.ratelimit.config import RedisSettings
 from gateway.ratelimit.keys import limit_tag, storage_key
 from gateway.runtime import Runtime
 from gateway.security_headers import HeadersPolicy
@@ -114,6 +115,7 @@ def explain(rt: Runtime, req: DescribedRequest) -> dict[str, Any]:
         return report
 
     report["query"] = verdict.query
+    report["counters"] = _counters(rt.policy.redis)
     # a preflight spends no quota; an exempt client is not counted by that limit
     report["rate_limits"] = [] if verdict.preflight \
         else _limits(rt, verdict.route.name, client, headers)
@@ -199,6 +201,18 @@ def _limits(rt: Runtime, route: str, client: str,
     return out
 
 
+def _counters(redis: RedisSettings) -> str:
+    """Where the limits are counted, and what applies while Redis is away."""
+    if not redis.url:
+        return "in this process only (no redis.url)"
+    if redis.failure_mode == "closed":
+        return "in Redis; while Redis is away limited routes answer 503 (failure_mode closed)"
+    if redis.fallback == "divide":
+        return ("in Redis; while Redis is away each of N replicas (counted by their "
+                "heartbeats in Redis) enforces ceil(limit / N) in-process (fallback divide)")
+    return "in Redis; while Redis is away each replica enforces the whole limits in-process"
+
+
 def _exempt(rt: Runtime, route: str, client: str) -> list[str]:
     route_limits = rt.route_limits.get(route)
     if route_limits is None:
@@ -235,6 +249,8 @@ def format_report(report: dict[str, Any]) -> str:
         shadow = " (shadow)" if lim["mode"] == "shadow" else ""
         lines.append(f"  rate limit:      {lim['name']}{shadow}: {lim['limit']} per "
                      f"{lim['per_ms'] / 1000:g}s, {lim['algorithm']}, key {lim['key']}{note}")
+    if report.get("rate_limits"):
+        lines.append(f"  counted:         {report['counters']}")
     for name in report.get("exempt_from", ()):
         lines.append(f"  rate limit:      {name}: not counted (client in its exempt ranges)")
     outcome = report["outcome"]

@@ -11,8 +11,10 @@ a burst of 3x the limit is spread over the three: at most limit + 3 are admitted
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,9 @@ def outage_burst(tmp_path: Path, upstream_url: str, count: int, fallback: str | 
         # readiness: every gateway has seen the others' heartbeats
         wait_until(lambda: all(metric(gw, REPLICAS) == count for gw in gateways), timeout=10)
         seen = [metric(gw, REPLICAS) for gw in gateways]
+        shown = json.loads(urllib.request.urlopen(gateways[0].admin_url + "/config",
+                                                  timeout=5).read())["rate_limits"]
+        assert shown["replicas"] == count and shown["fallback"] == (fallback or "divide")
         assert asyncio.run(get_all([gw.url + "/warm" for gw in gateways])) == [200] * count
         server.kill()
         statuses = asyncio.run(spread_burst([gw.url + "/limited" for gw in gateways],
