@@ -70,6 +70,7 @@ class GatewayRequestHandler(RequestHandler):
         self._max_connections = max_connections
         self._count_overload = count_overload
         self._body_wire_bytes = 0  # bytes received while the last request's body was open
+        self._answered: Any = None  # the payload of the last request answered
         self._ws_frames: MaskCheck | None = None  # set once a WebSocket is accepted
         self._head_timer: asyncio.TimerHandle | None = None
         self._last_payload: Any = None
@@ -79,8 +80,9 @@ class GatewayRequestHandler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        manager = self._manager
-        if manager is not None and len(manager.connections) > self._max_connections():
+        # the server's own map of open connections (`connections` would copy it every time)
+        open_now = len(getattr(self._manager, "_connections", ()))
+        if open_now > self._max_connections():
             # overloaded: answer at once and close, before reading anything
             self._count_overload("connections")
             out = self._error_headers()
@@ -153,7 +155,10 @@ class GatewayRequestHandler(RequestHandler):
         if body_open:
             self._body_wire_bytes += len(data)
             payload = self._last_payload
-            if self._body_wire_bytes > 2 * self._max_body() + 65536 and not payload.is_eof():
+            # not once it is answered: a body drained after the answer (lingering) ends by
+            # time, and an exception there would be logged as unhandled
+            if self._body_wire_bytes > 2 * self._max_body() + 65536 and not payload.is_eof() \
+                    and payload is not self._answered:
                 payload.set_exception(RequestBodyFlood("request body framing exceeds the "
                                                        "size limit"))
         if len(self._messages) > queued:
@@ -184,6 +189,7 @@ class GatewayRequestHandler(RequestHandler):
     async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
                               start_time: float | None) -> tuple[web.StreamResponse, bool]:
         result = await super().finish_response(request, resp, start_time)
+        self._answered = request.content
         transport = self.transport
         if not resp.keep_alive and not request.content.is_eof() and transport is not None \
                 and not self._upgraded and transport.can_write_eof():
