@@ -59,18 +59,21 @@ class Upstream:
         return f"http://127.0.0.1:{self.raw_port}"
 
 
+def start_ready(module: str, *args: str) -> subprocess.Popen:
+    """`python -m module args`, once it has printed its `{"ready": ...}` line."""
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    if '"ready"' not in proc.stdout.readline():
+        proc.kill()
+        raise RuntimeError(f"{module} did not start")
+    return proc
+
+
 def start_upstream() -> Upstream:
     port, raw_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.upstream", "--port", str(port),
-         "--raw-port", str(raw_port)],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if '"ready"' not in line:
-        proc.kill()
-        raise RuntimeError("test upstream did not start")
+    proc = start_ready("tests.support.upstream", "--port", str(port),
+                       "--raw-port", str(raw_port))
     return Upstream(port, raw_port, proc)
 
 

@@ -29,7 +29,6 @@ import itertools
 import json
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -37,7 +36,8 @@ from pathlib import Path
 
 import h11
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.processes import free_port, start_ready
+
 SYNC_PREFIX = "/__sync/"
 
 
@@ -217,12 +217,6 @@ async def main(port: int, log_path: Path) -> None:
 # the test side
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Recorder:
     port: int
@@ -278,19 +272,11 @@ class Recorder:
 
 
 def start_recorder(tmp: Path) -> Recorder:
-    port = _free_port()
+    port = free_port()
     log = tmp / f"recorder-{port}.jsonl"
     log.touch()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.recorder", "--port", str(port), "--log", str(log)],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if '"ready"' not in line:
-        proc.kill()
-        raise RuntimeError("recorder did not start")
-    return Recorder(port, log, proc)
+    return Recorder(port, log, start_ready("tests.support.recorder", "--port", str(port),
+                                           "--log", str(log)))
 
 
 if __name__ == "__main__":

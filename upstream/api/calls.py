@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from upstream.api.campaigns import PAGE_DEFAULT, PAGE_MAX, call_json
 from upstream.api.keys import HUB, SESSIONS
+from upstream.api.pages import keyset_page
 from upstream.api.validation import check_fields, choice, json_object, path_id, query_int
 from upstream.events import notify
 from upstream.models import CALL_STATUSES, Call
@@ -40,12 +41,7 @@ async def list_calls(request: web.Request) -> web.Response:
         query = query.where(Call.campaign_id == campaign_id)
     if status:
         query = query.where(Call.status == status)
-    async with request.app[SESSIONS]() as session:
-        rows = list((await session.execute(query)).scalars())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return web.json_response({"items": [call_json(c) for c in rows],
-                              "next_cursor": str(rows[-1].id) if more else None})
+    return await keyset_page(request, query, limit, call_json)
 
 
 async def update_call(request: web.Request) -> web.Response:

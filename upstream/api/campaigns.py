@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from upstream.api.auth_routes import require_admin
 from upstream.api.keys import SESSIONS
+from upstream.api.pages import keyset_page
 from upstream.api.validation import (
     PHONE,
     check_fields,
@@ -54,12 +55,7 @@ async def list_campaigns(request: web.Request) -> web.Response:
     query = select(Campaign).where(Campaign.id > after).order_by(Campaign.id).limit(limit + 1)
     if status:
         query = query.where(Campaign.status == status)
-    async with request.app[SESSIONS]() as session:
-        rows = list((await session.execute(query)).scalars())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return web.json_response({"items": [campaign_json(c) for c in rows],
-                              "next_cursor": str(rows[-1].id) if more else None})
+    return await keyset_page(request, query, limit, campaign_json)
 
 
 async def create_campaign(request: web.Request) -> web.Response:
