@@ -80,4 +80,3 @@ def query_int(request: web.Request, key: str, errors: dict[str, str], *, default
         errors[key] = f"must be an integer from {minimum} to {maximum}"
         return None
     return int(raw)
-
