@@ -65,6 +65,12 @@ class Handler:
         self.metrics = RequestMetrics()
         self.in_progress = 0  # requests being handled, WebSockets included (see _handle)
 
+    def requests_full(self) -> bool:
+        """Whether one more request would pass server.limits.max_requests_in_progress (open
+        WebSockets are bounded on their own)."""
+        return self.in_progress - len(self.websockets) >= \
+            self.runtime.policy.server.limits.max_requests_in_progress
+
     def protocol_error(self, status: int) -> None:
         """Count an answer to a request the parser refused (it never reaches the handler)."""
         self.metrics.observe("unmatched", "OTHER", status, "gateway", 0.0)
@@ -155,8 +161,8 @@ class Handler:
 
         # overload: beyond this many requests at once (open WebSockets are bounded on their
         # own), new ones are answered at once rather than slowing every admitted one down
-        busy = self.in_progress - len(self.websockets)
-        if busy > rt.policy.server.limits.max_requests_in_progress:
+        if self.in_progress - len(self.websockets) > \
+                rt.policy.server.limits.max_requests_in_progress:
             OVERLOAD_REFUSALS.labels("requests").inc()
             return refuse(503, "the gateway is at its limit of requests in progress; retry "
                           "shortly", close=not request.content.is_eof(),

@@ -83,6 +83,7 @@ class GatewayProcess:
             max_body=lambda: self.handler.runtime.policy.server.limits.max_body_size,
             max_connections=lambda: self.handler.runtime.policy.server.limits.max_connections,
             count_overload=lambda reason: OVERLOAD_REFUSALS.labels(reason).inc(),
+            requests_full=self.handler.requests_full,
             keepalive_timeout=server_cfg.timeouts.idle,
             max_line_size=limits.max_header_size,
             max_field_size=limits.max_header_size,

@@ -3,6 +3,7 @@ worker, answered with 503 problem+json at once, counted by reason; the loop's la
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -85,3 +86,34 @@ def test_the_event_loop_lag_is_exported(gateway_factory, upstream) -> None:
     gw = gateway_factory(upstream.url)
     wait_until(lambda: metric(gw, "gateway_event_loop_lag_seconds") is not None)
     assert 0 <= metric(gw, "gateway_event_loop_lag_seconds") < 5
+
+
+def test_a_refused_connection_whose_request_was_already_sent_still_reads_its_503(
+        gateway_factory, upstream) -> None:
+    """Refused at connect, the gateway half-closes and drops what the client sends: a request
+    with a body already on its way (here 2 MiB, more than the socket buffers hold) does not
+    reset the answer away."""
+    gw = gateway_factory(upstream.url, server_extra="limits: {max_requests_in_progress: 1}")
+    slow = threading.Thread(target=lambda: request(gw.port, "GET", "/slow/1.5", timeout=10))
+    slow.start()
+    wait_until(lambda: metric(gw, "gateway_http_requests_in_flight") == 1)
+    body = b"x" * (2 * 1024 * 1024)
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        sender = threading.Thread(target=lambda: _send_quietly(sock, (
+            b"POST /x HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n" % len(body)) + body))
+        sender.start()
+        answer = read_answer(sock)
+        sender.join()
+    slow.join()
+    head, _, problem = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 "), answer[:200]
+    assert json.loads(problem)["detail"].startswith("the gateway is at its limit of requests")
+    assert metric(gw, "gateway_overload_refusals_total", 'reason="requests"') == 1
+    assert metric(gw, "gateway_http_requests_total",
+                  'code="503",method="OTHER",route="unmatched",source="gateway"') == 1
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    # the gateway may close once the client has read the end of its answer
+    with contextlib.suppress(OSError):
+        sock.sendall(data)

@@ -34,7 +34,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
@@ -43,6 +43,7 @@ from multidict import CIMultiDict
 
 from gateway.http.problem import problem_bytes, problem_response
 from gateway.http.ws_frames import MaskCheck
+from gateway.loop_turns import after_turns
 
 log = logging.getLogger("gateway.http")
 
@@ -52,6 +53,7 @@ class RequestBodyFlood(Exception):
 
 
 _CLOSE_PROTOCOL_ERROR = b"\x88\x02\x03\xea"  # a close frame, code 1002, unmasked (server)
+REFUSED_LINGER = 1.0  # seconds a connection refused at connect is drained before it closes
 
 
 class GatewayRequestHandler(RequestHandler):
@@ -61,6 +63,7 @@ class GatewayRequestHandler(RequestHandler):
                  max_body: Callable[[], int] = lambda: 10 * 1024 * 1024,
                  max_connections: Callable[[], int] = lambda: 10_000,
                  count_overload: Callable[[str], None] = lambda reason: None,
+                 requests_full: Callable[[], bool] = lambda: False,
                  **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._header_timeout = header_timeout
@@ -77,36 +80,67 @@ class GatewayRequestHandler(RequestHandler):
         self._line_bytes = 0  # bytes of the current request line seen so far
         self._line_done = False
         self._ends_after: Any = None  # the chunked request's payload; nothing parsed after it
+        self._requests_full = requests_full
+        self._refused: asyncio.BaseTransport | None = None  # answered 503 at connect
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        # the server's own map of open connections (`connections` would copy it every time)
-        open_now = len(getattr(self._manager, "_connections", ()))
-        if open_now > self._max_connections():
-            # overloaded: answer at once and close, before reading anything
-            self._count_overload("connections")
-            out = self._error_headers()
-            out["Retry-After"] = "1"
-            transport.write(problem_bytes(503, "the gateway is at its connection limit; "
-                                          "retry shortly", out))
-            self.force_close()
-            transport.close()
+        # the server's own map of open connections (`connections` would copy it every time);
+        # a refused connection is never added to it
+        if len(getattr(self._manager, "_connections", ())) >= self._max_connections():
+            self._refuse(transport, "connections",
+                         "the gateway is at its connection limit; retry shortly")
             return
+        if self._requests_full():
+            # its request would be refused by the handler anyway: answered here, before any
+            # parsing, which is what keeps an overloaded worker serving what it admitted
+            self._refuse(transport, "requests",
+                         "the gateway is at its limit of requests in progress; retry shortly")
+            return
+        super().connection_made(transport)
         self._arm_head_timer()
 
+    def _refuse(self, transport: asyncio.BaseTransport, reason: str, detail: str) -> None:
+        """Answer 503 at once without reading anything, then half-close: a request the client
+        already sent is read and dropped until it closes (or REFUSED_LINGER passes), so that
+        its unread bytes cannot reset the answer away."""
+        self._count_overload(reason)
+        self._count_error(503)
+        self._refused = transport
+        out = self._error_headers()
+        out["Retry-After"] = "1"
+        tcp = cast(asyncio.Transport, transport)
+        tcp.write(problem_bytes(503, detail, out))
+        if tcp.can_write_eof():
+            tcp.write_eof()
+        self._loop.call_later(REFUSED_LINGER, tcp.close)
+
+    def eof_received(self) -> bool | None:
+        if self._refused is not None:
+            return None  # the client is done: the transport closes
+        return super().eof_received()
+
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._refused is not None:
+            self._refused = None  # never served: nothing of aiohttp's to release
+            return
         self._disarm_head_timer()
         super().connection_lost(exc)
 
     def _arm_head_timer(self) -> None:
         self._line_bytes = 0
         self._line_done = False
-        self._head_timer = self._loop.call_later(self._header_timeout, self._head_timed_out)
+        self._head_timer = self._loop.call_later(self._header_timeout, self._head_timer_fired)
 
     def _disarm_head_timer(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def _head_timer_fired(self) -> None:
+        # bytes that arrived while the loop was busy are read in its next poll: confirm the
+        # silence after it (gateway/loop_turns.py), unless the head completes meanwhile
+        fired = self._head_timer
+        after_turns(self._loop, 2, lambda: self._head_timer is fired and self._head_timed_out())
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -122,6 +156,8 @@ class GatewayRequestHandler(RequestHandler):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._refused is not None:
+            return  # answered at connect (_refuse): dropped
         # aiohttp calls data_received(b"") itself when it resumes reading a body; bytes that
         # arrive once the last request's body is complete begin the next head, whether or
         # not that request is still being answered.
@@ -259,8 +295,10 @@ class GatewayServer(web.Server):
                  max_body: Callable[[], int] = lambda: 10 * 1024 * 1024,
                  max_connections: Callable[[], int] = lambda: 10_000,
                  count_overload: Callable[[str], None] = lambda reason: None,
+                 requests_full: Callable[[], bool] = lambda: False,
                  **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
+        self._requests_full = requests_full
         self._header_timeout = header_timeout
         self._error_headers = error_headers
         self._count_error = count_error
@@ -273,4 +311,5 @@ class GatewayServer(web.Server):
                                      error_headers=self._error_headers,
                                      count_error=self._count_error, max_body=self._max_body,
                                      max_connections=self._max_connections,
-                                     count_overload=self._count_overload, **self._kwargs)
+                                     count_overload=self._count_overload,
+                                     requests_full=self._requests_full, **self._kwargs)

@@ -31,6 +31,7 @@ from typing import Any
 
 import hiredis
 
+from gateway.loop_turns import after_turns
 from gateway.ratelimit.redis_endpoint import Endpoint
 from gateway.ratelimit.resp import encode
 
@@ -359,18 +360,6 @@ class RedisConnection:
         self._closed = True
         if self._link is not None:
             self._link.drop(RedisConnectionLost("connection closed"))
-
-
-def after_turns(loop: asyncio.AbstractEventLoop, turns: int, callback: Callable[[], None]
-                ) -> None:
-    """Run `callback` once the loop has polled its sockets `turns - 1` more times: a callback
-    queued from a queued callback runs after the next poll (libuv runs due timers, then the
-    callbacks queued before them, then polls; asyncio selects, then runs the callbacks queued
-    before it). From a timer, 2 turns are one poll."""
-    if turns <= 0:
-        callback()
-    else:
-        loop.call_soon(after_turns, loop, turns - 1, callback)
 
 
 async def within(future: asyncio.Future[Any], deadline: float) -> Any:
