@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING
 
 from multidict import CIMultiDictProxy
 
-from gateway.config.model import Route
 from gateway.cors import is_preflight
 from gateway.http.forwarding import connection_listed
 from gateway.http.normalize import PathRejected, normalize_target
 from gateway.http.path_matching import match_key
 from gateway.routing import request_host
+from gateway.settings.policy import Route
+from gateway.tokens import REFUSED_METHODS
 
 if TYPE_CHECKING:  # runtime.py imports this module
     from gateway.runtime import Runtime
@@ -35,8 +36,6 @@ if TYPE_CHECKING:  # runtime.py imports this module
 # allowed (HTTP/1.0). Userinfo, a path, spaces or raw non-ASCII are refused, never routed.
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~\-]*)(?::(?:[0-9]{1,5})?)?")
 
-# CONNECT would make the gateway a tunnel; TRACE/TRACK echo credentials (cross-site tracing).
-REFUSED_METHODS = frozenset({"CONNECT", "TRACE", "TRACK"})
 
 
 @dataclass(frozen=True, slots=True)

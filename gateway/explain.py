@@ -15,18 +15,18 @@ from typing import Any
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.admission import Admission, CspReport, admit
-from gateway.config.model import Route, RouteMatch
-from gateway.cors import CorsPolicy
 from gateway.cors import actual as actual_cors
 from gateway.cors import preflight as cors_preflight
 from gateway.http.client_ip import client_ip, forwarded_hops, parse_ip
 from gateway.http.forwarding import HOP_BY_HOP, upstream_request_headers
 from gateway.http.normalize import PathRejected
 from gateway.http.path_matching import match_key
-from gateway.ratelimit.config import RedisSettings
 from gateway.ratelimit.keys import limit_tag, storage_key
 from gateway.runtime import Runtime
-from gateway.security_headers import HeadersPolicy
+from gateway.settings.cors import CorsPolicy
+from gateway.settings.headers import HeadersPolicy
+from gateway.settings.policy import Route, RouteMatch
+from gateway.settings.ratelimit import RedisSettings
 
 DEFAULT_PEER = "192.0.2.10"  # a documentation address: "some client on the internet"
 REQUEST_ID = "(generated)"

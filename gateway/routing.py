@@ -25,8 +25,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from gateway.config.model import Route, RouteMatch
-from gateway.http.path_matching import DEFAULT, PathMatching, route_pattern, slash_twin
+from gateway.http.path_matching import route_pattern, slash_twin
+from gateway.settings.path_matching import DEFAULT, PathMatching
+from gateway.settings.policy import Route, RouteMatch, shadowed_routes
 
 
 def host_matches(pattern: str | None, host: str) -> bool:
@@ -173,22 +174,4 @@ class Router:
 
     def shadowed(self) -> list[tuple[Route, Route]]:
         """(route, earlier route) pairs where the earlier one catches every request of the later."""
-        out = []
-        for i, later in enumerate(self._routes):
-            for earlier in self._routes[:i]:
-                if _covers(earlier.match, later.match):
-                    out.append((later, earlier))
-                    break
-        return out
-
-
-def _covers(a: RouteMatch, b: RouteMatch) -> bool:
-    if a.methods is not None and (b.methods is None or not b.methods <= a.methods):
-        return False
-    if a.host is not None and a.host != b.host:
-        return False
-    if a.path is not None:
-        return b.path == a.path
-    prefix = a.path_prefix or ""
-    target = b.path if b.path is not None else (b.path_prefix or "")
-    return target.startswith(prefix)
+        return shadowed_routes(self._routes)

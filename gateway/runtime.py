@@ -12,18 +12,18 @@ from typing import Any
 
 from gateway.admission import COLLECTOR
 from gateway.config import Loaded, Policy
-from gateway.cors import CorsPolicy
 from gateway.http.client_ip import TrustedProxies, parse_ip
 from gateway.http.forwarding import ForwardingRules
-from gateway.http.path_matching import PathMatching
 from gateway.observability.metrics import RATELIMIT_DECISIONS
 from gateway.proxy.pool import UpstreamPool
-from gateway.ratelimit.config import RateLimitPolicy
 from gateway.ratelimit.headers import policy_header
 from gateway.ratelimit.keys import Checks
 from gateway.ratelimit.limiter import Limiter
 from gateway.routing import Router
-from gateway.security_headers import HeadersPolicy
+from gateway.settings.cors import CorsPolicy
+from gateway.settings.headers import HeadersPolicy
+from gateway.settings.path_matching import PathMatching
+from gateway.settings.ratelimit import RateLimitPolicy
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,8 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.config.model import Route, RouteMatch
 from gateway.routing import Router
+from gateway.settings.policy import Route, RouteMatch
 
 SIZES = (10, 1_000, 10_000)
 GOAL = 1.5

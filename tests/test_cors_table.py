@@ -13,7 +13,8 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway import cors
-from gateway.cors import PREFLIGHT_VARY, CorsPolicy, add_vary
+from gateway.cors import add_vary
+from gateway.settings.cors import PREFLIGHT_VARY, CorsPolicy
 
 ACAO = "Access-Control-Allow-Origin"
 ACAC = "Access-Control-Allow-Credentials"

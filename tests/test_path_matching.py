@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config.model import Route, RouteMatch
 from gateway.http.normalize import PathRejected, normalize_path
-from gateway.http.path_matching import DEFAULT, PathMatching, match_key
+from gateway.http.path_matching import match_key
 from gateway.routing import Router, request_host
+from gateway.settings.path_matching import DEFAULT, PathMatching
+from gateway.settings.policy import Route, RouteMatch
 
 LOOSE = PathMatching(case_sensitive=False, trailing_slash="ignore")
 ROUTES = (

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import PolicyError, load_policy
-from gateway.config.units import parse_duration, parse_size
+from gateway.units import parse_duration, parse_size
 
 VALID = """\
 version: 1

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from gateway.config import Loaded, PolicyError, load_policy
 from gateway.config.loader import KEYS
-from gateway.config.model import Policy
+from gateway.settings.policy import Policy
 
 # Function-scoped fixtures (tmp_path) do not mix with @given: one directory for the module.
 _DIR = Path(tempfile.mkdtemp(prefix="policy-properties-"))

@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.ratelimit.algorithms import evaluate
-from gateway.ratelimit.config import RateLimitPolicy
 from gateway.ratelimit.keys import Checks
 from gateway.ratelimit.memory import MemoryBackend
 from gateway.ratelimit.redis_backend import RedisBackend
+from gateway.settings.ratelimit import RateLimitPolicy
 from tests.support.redis_server import start_redis
 
 ALGOS = ["fixed_window", "sliding_window", "token_bucket"]

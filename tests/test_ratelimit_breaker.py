@@ -9,9 +9,9 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from gateway.ratelimit.config import RateLimitPolicy, RedisSettings
 from gateway.ratelimit.keys import Checks
 from gateway.ratelimit.limiter import Limiter
+from gateway.settings.ratelimit import RateLimitPolicy, RedisSettings
 from tests.support.redis_server import start_redis
 
 POLICY = RateLimitPolicy(name="p", limit=100, period_ms=60_000)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import PolicyError, load_policy
-from gateway.ratelimit.config import KeyPart
+from gateway.settings.ratelimit import KeyPart
 
 BASE = """\
 version: 1

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.ratelimit.config import RateLimitPolicy
 from gateway.ratelimit.limiter import divided
+from gateway.settings.ratelimit import RateLimitPolicy
 from tests.support.processes import Gateway, start_gateway, stop, wait_until
 from tests.support.redis_server import start_redis
 from tests.test_ratelimit_faults import metric, redis_errors

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.ratelimit.algorithms import evaluate
-from gateway.ratelimit.config import RateLimitPolicy
 from gateway.ratelimit.headers import rate_limit_headers, retry_after
+from gateway.settings.ratelimit import RateLimitPolicy
 
 ALGOS = ["fixed_window", "sliding_window", "token_bucket"]
 

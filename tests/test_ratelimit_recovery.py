@@ -18,9 +18,9 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.ratelimit.config import RateLimitPolicy, RedisSettings
 from gateway.ratelimit.keys import Checks
 from gateway.ratelimit.limiter import Limiter
+from gateway.settings.ratelimit import RateLimitPolicy, RedisSettings
 from tests.support.processes import Gateway, start_gateway, stop, wait_until
 from tests.support.redis_server import RedisServer, start_redis
 from tests.test_ratelimit_faults import metric, redis_errors, window_count

@@ -13,12 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from gateway.ratelimit.config import RateLimitPolicy
 from gateway.ratelimit.keys import Checks
 from gateway.ratelimit.redis_backend import RedisBackend, slot_of
 from gateway.ratelimit.redis_cluster import ClusterRouter, redirect, slot_ranges
 from gateway.ratelimit.redis_endpoint import parse
 from gateway.ratelimit.resp import encode
+from gateway.settings.ratelimit import RateLimitPolicy
 from tests.support.redis_cluster import RedisCluster, start_redis_cluster
 from tests.support.redis_server import RedisServer
 

@@ -17,7 +17,6 @@ from typing import Any
 import hiredis
 import pytest
 
-from gateway.ratelimit.config import RateLimitPolicy
 from gateway.ratelimit.keys import Checks
 from gateway.ratelimit.redis_backend import RedisBackend
 from gateway.ratelimit.redis_connection import (
@@ -27,6 +26,7 @@ from gateway.ratelimit.redis_connection import (
 )
 from gateway.ratelimit.redis_endpoint import parse
 from gateway.ratelimit.resp import encode as cmd
+from gateway.settings.ratelimit import RateLimitPolicy
 from tests.support.processes import free_port
 from tests.support.redis_server import RedisServer, start_redis
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.ratelimit.config import RateLimitPolicy
 from gateway.ratelimit.keys import Checks
 from gateway.ratelimit.redis_backend import RedisBackend
 from gateway.ratelimit.redis_connection import RedisConnectionLost, RedisReplyError
+from gateway.settings.ratelimit import RateLimitPolicy
 from tests.support.processes import stop
 from tests.support.redis_sentinel import start_sentinel
 from tests.support.redis_server import RedisServer, start_redis

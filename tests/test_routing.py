@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.config.model import Route, RouteMatch
 from gateway.routing import Router, host_matches, request_host
+from gateway.settings.policy import Route, RouteMatch
 
 
 def route(name: str, **match) -> Route:

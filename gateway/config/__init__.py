@@ -2,6 +2,6 @@
 
 from gateway.config.errors import PolicyError, Problem
 from gateway.config.loader import Loaded, load_policy
-from gateway.config.model import Policy
+from gateway.settings.policy import Policy
 
 __all__ = ["Loaded", "Policy", "PolicyError", "Problem", "load_policy"]

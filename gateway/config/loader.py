@@ -17,10 +17,14 @@ from types import MappingProxyType
 import yaml
 from yarl import URL
 
-from gateway import csp_reports
-from gateway.config import browser
 from gateway.config.errors import PolicyError, Problem
-from gateway.config.model import (
+from gateway.config.reader import Reader
+from gateway.config.sections import cors_and_headers, csp_reports, rate_limits
+from gateway.config.source import Document, read_document
+from gateway.http.normalize import PathRejected, normalize_path
+from gateway.settings import path_matching
+from gateway.settings.csp import CspReports
+from gateway.settings.policy import (
     AccessLog,
     Address,
     Observability,
@@ -32,14 +36,11 @@ from gateway.config.model import (
     ServerTimeouts,
     UpstreamSettings,
     UpstreamTarget,
+    shadowed_routes,
 )
-from gateway.config.reader import Reader
-from gateway.config.source import Document, read_document
-from gateway.http import path_matching
-from gateway.http.normalize import PathRejected, normalize_path
-from gateway.observability.sentry import SentrySettings
-from gateway.ratelimit import config as ratelimit_config
-from gateway.routing import Router
+from gateway.settings.ratelimit import RedisSettings
+from gateway.settings.sentry import SentrySettings
+from gateway.tokens import TOKEN
 
 # Every mapping the policy file may contain and its keys: the loader reads these, and the test
 # suite checks that docs/policy.md documents each one.
@@ -59,8 +60,8 @@ KEYS: dict[str, tuple[str, ...]] = {
     "upstream.timeouts": ("connect", "read"),
     "routes[]": ("name", "match", "websocket", "rate_limits", "cors", "headers"),
     "routes[].match": ("path", "path_prefix", "methods", "host"),
-    **ratelimit_config.KEYS,
-    **browser.KEYS,
+    **rate_limits.KEYS,
+    **cors_and_headers.KEYS,
     **csp_reports.KEYS,
     "observability": ("access_log", "sentry"),
     "observability.sentry": ("dsn", "traces_sample_rate", "profiles_sample_rate"),
@@ -70,7 +71,6 @@ _PORT = re.compile(r"[0-9]{1,5}")
 _URL_HOST = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9])?")
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
 _METHOD = re.compile(r"[A-Z][A-Z0-9\-_]*")
-_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
 # what the gateway sets on every forwarded request: not removable as a client's claim
 _GATEWAY_SET = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
                           "x-real-ip", "x-request-id", "forwarded", "via"})
@@ -128,13 +128,13 @@ def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy 
         r.error(root, "missing required key 'upstream'")
     else:
         upstream = _upstream(r, doc["upstream"])
-    redis = ratelimit_config.read_redis(r, doc["redis"]) if "redis" in doc \
-        else ratelimit_config.RedisSettings()
-    limits = _Named(ratelimit_config.read_rate_limits(r, doc["rate_limits"]),
+    redis = rate_limits.read_redis(r, doc["redis"]) if "redis" in doc \
+        else RedisSettings()
+    limits = _Named(rate_limits.read_rate_limits(r, doc["rate_limits"]),
                     doc["rate_limits"]) if "rate_limits" in doc else _Named({})
-    cors = _Named(browser.read_cors(r, doc["cors"]), doc["cors"]) if "cors" in doc \
+    cors = _Named(cors_and_headers.read_cors(r, doc["cors"]), doc["cors"]) if "cors" in doc \
         else _Named({})
-    headers = _Named(browser.read_headers(r, doc["headers"]), doc["headers"]) \
+    headers = _Named(cors_and_headers.read_headers(r, doc["headers"]), doc["headers"]) \
         if "headers" in doc else _Named({})
     collector = csp_reports.read_csp_reports(r, doc["csp_reports"], limits) \
         if "csp_reports" in doc else None
@@ -173,7 +173,7 @@ class _Named(dict):
 
 
 def _warn_unused(r: Reader, doc: dict[str, yaml.Node], routes: tuple[Route, ...],
-                 collector: csp_reports.CspReports | None) -> None:
+                 collector: CspReports | None) -> None:
     """A defined policy that no route uses is usually a route lost in an edit (an extending
     file that copied the routes list and dropped one)."""
     used = {
@@ -193,7 +193,7 @@ def _warn_unused(r: Reader, doc: dict[str, yaml.Node], routes: tuple[Route, ...]
                 r.warn(key, f"{what[section]} {key.value!r} is not used by any route")
 
 
-def counts_requests(routes: tuple[Route, ...], collector: csp_reports.CspReports | None) -> bool:
+def counts_requests(routes: tuple[Route, ...], collector: CspReports | None) -> bool:
     """Whether any rate limit applies to some request."""
     return any(route.rate_limits for route in routes) or \
         (collector is not None and bool(collector.rate_limits))
@@ -332,7 +332,7 @@ def _server(r: Reader, node: yaml.Node) -> ServerSettings | None:
     if "client_identity_headers" in m:
         what = "server.client_identity_headers"
         listed = r.string_list(m["client_identity_headers"], what)
-        identity = _names(r, listed, what, _FIELD_NAME, "a header name")
+        identity = _names(r, listed, what, TOKEN, "a header name")
         for item, text in listed or ():
             if text.lower() in _GATEWAY_SET:
                 r.error(item, f"server.client_identity_headers: {text} is set by the gateway "
@@ -628,7 +628,7 @@ def _routes(r: Reader, node: yaml.Node, limits: Mapping[str, object],
                             rate_limits=route_limits, cors=cors_name, headers=headers_name))
         route_nodes.append(item)
     node_of = dict(zip((rt.name for rt in routes), route_nodes, strict=True))
-    for later, earlier in Router(routes).shadowed():
+    for later, earlier in shadowed_routes(routes):
         r.warn(node_of[later.name],
                f"route {later.name!r} is shadowed by the earlier route {earlier.name!r} "
                "and never matches")

@@ -15,7 +15,7 @@ import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 
 from gateway.config.errors import Problem
-from gateway.config.units import parse_duration, parse_size
+from gateway.units import parse_duration, parse_size
 
 T = TypeVar("T")
 _STR_TAG = "tag:yaml.org,2002:str"

@@ -15,28 +15,14 @@ absent; `literal`: as ordinary characters).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from gateway.http.normalize import PathRejected
+from gateway.settings.path_matching import PathMatching
 
-CHOICES = ("refuse", "strip", "literal")
 _PARAMETERS = re.compile(r";[^/]*")
 _TRAILING_DOTS = re.compile(r"(?:\.|%20)+(?=/|$)")
 
 
-@dataclass(frozen=True, slots=True)
-class PathMatching:
-    case_sensitive: bool = True  # false: /API/Login meets the route for /api/login
-    trailing_slash: str = "strict"  # ignore: an exact route also matches with '/' added/removed
-    path_parameters: str = "refuse"  # ';' in a segment: refuse | strip | literal
-    trailing_dots: str = "refuse"  # a segment ending in '.' or '%20': refuse|strip|literal
-
-    @property
-    def folds_case(self) -> bool:
-        return not self.case_sensitive
-
-
-DEFAULT = PathMatching()
 
 
 def match_key(path: str, matching: PathMatching) -> str:

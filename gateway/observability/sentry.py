@@ -16,20 +16,13 @@ from __future__ import annotations
 
 import os
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 from gateway import __version__
 from gateway.observability.access_log import RequestRecord
+from gateway.settings.sentry import SentrySettings
 
 SKIP_TRANSACTIONS = frozenset({"health"})
-
-
-@dataclass(frozen=True, slots=True)
-class SentrySettings:
-    dsn: str = ""
-    traces_sample_rate: float | None = None
-    profiles_sample_rate: float | None = None
 
 
 class Reporter:

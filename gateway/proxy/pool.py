@@ -14,8 +14,8 @@ import itertools
 
 import aiohttp
 
-from gateway.config.model import UpstreamSettings, UpstreamTarget
 from gateway.proxy.capacity import Slots
+from gateway.settings.policy import UpstreamSettings, UpstreamTarget
 
 # Headers aiohttp would otherwise invent for the upstream request.
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")

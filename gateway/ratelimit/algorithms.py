@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from gateway.ratelimit.config import RateLimitPolicy
+from gateway.settings.ratelimit import RateLimitPolicy
 
 State = tuple[int, int, int]
 

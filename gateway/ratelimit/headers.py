@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gateway.ratelimit.algorithms import Outcome
-from gateway.ratelimit.config import RateLimitPolicy
+from gateway.settings.ratelimit import RateLimitPolicy
 
 Result = tuple[RateLimitPolicy, Outcome]
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from multidict import CIMultiDictProxy
 
-from gateway.ratelimit.config import RateLimitPolicy
+from gateway.settings.ratelimit import RateLimitPolicy
 
 Item = tuple[RateLimitPolicy, str]  # a policy and the storage key it counts against
 

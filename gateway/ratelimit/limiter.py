@@ -45,12 +45,12 @@ from typing import NamedTuple
 
 from gateway.observability.metrics import RATELIMIT_REPLICAS, REDIS_DURATION, REDIS_ERRORS
 from gateway.ratelimit.algorithms import Outcome
-from gateway.ratelimit.config import RateLimitPolicy, RedisSettings
 from gateway.ratelimit.keys import Checks, Item
 from gateway.ratelimit.memory import MemoryBackend
 from gateway.ratelimit.redis_backend import RedisBackend
 from gateway.ratelimit.redis_connection import RedisReplyError
 from gateway.ratelimit.resp import encode
+from gateway.settings.ratelimit import RateLimitPolicy, RedisSettings
 
 log = logging.getLogger("gateway.ratelimit")
 

@@ -27,13 +27,13 @@ from typing import Any
 import hiredis
 
 from gateway.ratelimit.algorithms import Outcome
-from gateway.ratelimit.config import RateLimitPolicy
 from gateway.ratelimit.keys import Checks, Item
 from gateway.ratelimit.redis_cluster import SLOTS, ClusterRouter
 from gateway.ratelimit.redis_connection import RedisConnection, RedisReplyError
 from gateway.ratelimit.redis_endpoint import parse
 from gateway.ratelimit.redis_sentinel import SentinelLocator
 from gateway.ratelimit.resp import bulk, encode
+from gateway.settings.ratelimit import RateLimitPolicy
 
 LUA = """
 local function idiv(a, b)

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from gateway.cors import CorsPolicy
-from gateway.csp_reports import CspReports
-from gateway.http.path_matching import DEFAULT as DEFAULT_PATH_MATCHING
-from gateway.http.path_matching import PathMatching
-from gateway.observability.sentry import SentrySettings
-from gateway.ratelimit.config import RateLimitPolicy, RedisSettings
-from gateway.security_headers import HeadersPolicy
+from gateway.settings.cors import CorsPolicy
+from gateway.settings.csp import CspReports
+from gateway.settings.headers import HeadersPolicy
+from gateway.settings.path_matching import DEFAULT as DEFAULT_PATH_MATCHING
+from gateway.settings.path_matching import PathMatching
+from gateway.settings.ratelimit import RateLimitPolicy, RedisSettings
+from gateway.settings.sentry import SentrySettings
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -152,3 +152,27 @@ class Policy:
     headers: Mapping[str, HeadersPolicy] = field(default_factory=lambda: MappingProxyType({}))
     csp_reports: CspReports | None = None
     observability: Observability = Observability()
+
+
+def shadowed_routes(routes: Sequence[Route]) -> list[tuple[Route, Route]]:
+    """(route, earlier route) pairs where the earlier one catches every request of the later
+    (first match wins, so the later one never matches): a load-time warning."""
+    out = []
+    for i, later in enumerate(routes):
+        for earlier in routes[:i]:
+            if _covers(earlier.match, later.match):
+                out.append((later, earlier))
+                break
+    return out
+
+
+def _covers(a: RouteMatch, b: RouteMatch) -> bool:
+    if a.methods is not None and (b.methods is None or not b.methods <= a.methods):
+        return False
+    if a.host is not None and a.host != b.host:
+        return False
+    if a.path is not None:
+        return b.path == a.path
+    prefix = a.path_prefix or ""
+    target = b.path if b.path is not None else (b.path_prefix or "")
+    return target.startswith(prefix)

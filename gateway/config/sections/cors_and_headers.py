@@ -4,14 +4,14 @@ pointed at the YAML node at fault."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import yaml
 
 from gateway.config.reader import Reader
-from gateway.cors import CorsPolicy
-from gateway.security_headers import HeadersPolicy, HeaderValueError, check_header
+from gateway.settings.cors import CorsPolicy
+from gateway.settings.headers import HeadersPolicy, HeaderValueError, check_header
+from gateway.tokens import TOKEN
 
 KEYS = {
     "cors.*": ("allow_origins", "allow_methods", "allow_headers", "expose_headers",
@@ -19,7 +19,6 @@ KEYS = {
                "dangerously_allow_insecure_origins"),
     "headers.*": ("set", "set_if_missing", "remove"),
 }
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _LISTS = ("allow_origins", "allow_methods", "allow_headers", "expose_headers")
 
 
@@ -84,7 +83,7 @@ def _header_map(r: Reader, node: yaml.Node, what: str
     out = {}
     for key, value in node.value:
         name = key.value
-        if not _HEADER_NAME.fullmatch(name):
+        if not TOKEN.fullmatch(name):
             r.error(key, f"{what}: {name!r} is not a header name")
         elif isinstance(value, yaml.ScalarNode) and value.tag in (
                 "tag:yaml.org,2002:int", "tag:yaml.org,2002:str"):
@@ -121,7 +120,7 @@ def read_headers(r: Reader, node: yaml.Node) -> dict[str, HeadersPolicy]:
                 continue
             seen[low] = section
             if section == "remove":
-                if not _HEADER_NAME.fullmatch(header):
+                if not TOKEN.fullmatch(header):
                     r.error(key_node, f"{where}.remove: {header!r} is not a header name")
                 continue
             if section == "set_if_missing" and low == "strict-transport-security":

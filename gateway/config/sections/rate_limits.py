@@ -1,4 +1,4 @@
-"""The `rate_limits` and `redis` policy sections: read and validated through the loader's Reader.
+"""Reads the `rate_limits` and `redis` sections.
 
     rate_limits:
       api:   {limit: 100, per: 1m, key: client_ip}
@@ -13,23 +13,22 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import yaml
 
+from gateway.config.reader import Reader
 from gateway.ratelimit import redis_endpoint
+from gateway.settings.ratelimit import (
+    ALGORITHMS,
+    FAILURE_MODES,
+    FALLBACKS,
+    MODES,
+    KeyPart,
+    RateLimitPolicy,
+    RedisSettings,
+)
+from gateway.tokens import TOKEN
 
-if TYPE_CHECKING:  # the loader imports this module; the Reader only arrives as an argument
-    from gateway.config.reader import Reader
-
-ALGORITHMS = ("sliding_window", "fixed_window", "token_bucket")
-# one letter per algorithm: in storage keys, and what the Lua script and algorithms.py switch on
-CODES = {"fixed_window": "f", "sliding_window": "s", "token_bucket": "t"}
-MODES = ("enforce", "shadow")
-FAILURE_MODES = ("open", "closed")
-FALLBACKS = ("divide", "full")  # redis.fallback: the in-process limit while Redis is away
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field-name
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
 
 KEYS = {
@@ -37,50 +36,6 @@ KEYS = {
                       "exempt"),
     "redis": ("url", "timeout", "failure_mode", "key_prefix", "fallback"),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class KeyPart:
-    kind: str  # client_ip | header | global
-    header: str | None = None  # lower-case field name, for kind == "header"
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimitPolicy:
-    name: str
-    limit: int
-    period_ms: int
-    key: tuple[KeyPart, ...] = (KeyPart("client_ip"),)
-    algorithm: str = "sliding_window"
-    burst: int | None = None  # token_bucket capacity; defaults to `limit`
-    mode: str = "enforce"
-    # an IPv6 client is counted by its /64 (one subscriber's network, which a client can
-    # rotate addresses within at will); IPv4 and IPv4-mapped addresses as they are
-    ipv6_prefix: int = 64
-    # clients in these networks are not counted by this limit (a load balancer's health
-    # checker, an internal monitor); other limits of the route still apply to them
-    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    # derived once here, read on every request
-    code: str = field(init=False, repr=False, compare=False)  # CODES[algorithm]
-    enforced: bool = field(init=False, repr=False, compare=False)
-    capacity: int = field(init=False, repr=False, compare=False)  # burst, or limit
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "code", CODES.get(self.algorithm, "?"))
-        object.__setattr__(self, "enforced", self.mode == "enforce")
-        object.__setattr__(self, "capacity",
-                           self.burst if self.burst is not None else self.limit)
-
-
-@dataclass(frozen=True, slots=True)
-class RedisSettings:
-    url: str = ""  # empty: in-process counters, one instance only
-    timeout: float = 0.1
-    failure_mode: str = "open"
-    key_prefix: str = "gw:"
-    # failure_mode open, Redis away: each replica enforces ceil(limit / replicas) (`divide`,
-    # replicas as last counted by their heartbeats in Redis), or the whole limit (`full`)
-    fallback: str = "divide"
 
 
 def parse_key(text: str) -> tuple[KeyPart, ...] | str:
@@ -92,7 +47,7 @@ def parse_key(text: str) -> tuple[KeyPart, ...] | str:
             parts.append(KeyPart(item))
         elif item.startswith("header:"):
             name = item[len("header:"):].strip()
-            if not _TOKEN.fullmatch(name):
+            if not TOKEN.fullmatch(name):
                 return f"{name!r} is not a valid header name"
             parts.append(KeyPart("header", name.lower()))
         else:
