@@ -51,8 +51,8 @@ def admin_app(handler_of: Callable[[], Handler],
 
     async def config(_: web.Request) -> web.Response:
         rt = handler_of().runtime
-        document = rt.loaded.document
-        loaded_at = datetime.datetime.fromtimestamp(rt.loaded_at, datetime.UTC)
+        document = rt.compiled.loaded.document
+        loaded_at = datetime.datetime.fromtimestamp(rt.compiled.loaded_at, datetime.UTC)
         return web.json_response({
             "policy": policy_data(document),
             "source_files": list(document.files),

@@ -17,10 +17,10 @@ from __future__ import annotations
 import binascii
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from multidict import CIMultiDictProxy
 
+from gateway.compiled import CompiledPolicy
 from gateway.cors import is_preflight
 from gateway.http.forwarding import connection_listed
 from gateway.http.normalize import PathRejected, normalize_target
@@ -28,9 +28,6 @@ from gateway.http.path_matching import match_key
 from gateway.routing import request_host
 from gateway.settings.policy import Route
 from gateway.tokens import REFUSED_METHODS
-
-if TYPE_CHECKING:  # runtime.py imports this module
-    from gateway.runtime import Runtime
 
 # RFC 9110 7.2 / RFC 3986 3.2: a reg-name or IP literal, an optional port; an empty Host is
 # allowed (HTTP/1.0). Userinfo, a path, spaces or raw non-ASCII are refused, never routed.
@@ -74,11 +71,10 @@ class CspReport:
     path: str = ""
 
 
-COLLECTOR = "(csp-reports)"  # its key in Runtime.route_limits; no route can have this name
 
 
 def admit(
-    rt: Runtime,
+    rt: CompiledPolicy,
     method: str,
     target: str,
     headers: CIMultiDictProxy[str],

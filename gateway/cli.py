@@ -8,24 +8,22 @@ saying what.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
 import platform
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from gateway import __version__
+from gateway.compiled import CompiledPolicy
 from gateway.config import Loaded, PolicyError, load_policy
 from gateway.config.loader import counts_requests, workers_without_redis
 from gateway.config.render import policy_yaml
 from gateway.explain import DEFAULT_PEER, DescribedRequest, explain, format_report
 from gateway.policytest import check_case, load_cases
-from gateway.runtime import Runtime
 
 T = TypeVar("T")
 
@@ -79,19 +77,6 @@ def _load(path: str | None) -> Loaded | int:
     return loaded
 
 
-def _with_runtime(loaded: Loaded, work: Callable[[Runtime], T]) -> T:
-    """Run `work` against the policy compiled exactly as `gateway run` compiles it."""
-
-    async def inside_loop() -> T:
-        rt = Runtime.build(loaded)
-        try:
-            return work(rt)
-        finally:
-            await rt.pool.close()
-
-    return asyncio.run(inside_loop())
-
-
 def _explain(args: argparse.Namespace, loaded: Loaded) -> int:
     headers = []
     for text in args.header:
@@ -101,7 +86,7 @@ def _explain(args: argparse.Namespace, loaded: Loaded) -> int:
             return 1
         headers.append((name.strip(), value.strip()))
     request = DescribedRequest(args.method, args.url, tuple(headers), args.client_ip)
-    report = _with_runtime(loaded, lambda rt: explain(rt, request))
+    report = explain(CompiledPolicy.build(loaded), request)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -113,7 +98,8 @@ def _test(args: argparse.Namespace, loaded: Loaded) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
-    results = _with_runtime(loaded, lambda rt: [(c, check_case(rt, c)) for c in cases])
+    compiled = CompiledPolicy.build(loaded)  # exactly as `gateway run` compiles it
+    results = [(c, check_case(compiled, c)) for c in cases]
     failed = 0
     for case, failures in results:
         if failures:

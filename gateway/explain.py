@@ -15,6 +15,7 @@ from typing import Any
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.admission import Admission, CspReport, admit
+from gateway.compiled import CompiledPolicy
 from gateway.cors import actual as actual_cors
 from gateway.cors import preflight as cors_preflight
 from gateway.http.client_ip import client_ip, forwarded_hops, parse_ip
@@ -22,7 +23,6 @@ from gateway.http.forwarding import HOP_BY_HOP, upstream_request_headers
 from gateway.http.normalize import PathRejected
 from gateway.http.path_matching import match_key
 from gateway.ratelimit.keys import limit_tag, storage_key
-from gateway.runtime import Runtime
 from gateway.settings.cors import CorsPolicy
 from gateway.settings.headers import HeadersPolicy
 from gateway.settings.policy import Route, RouteMatch
@@ -65,7 +65,7 @@ def describe_match(match: RouteMatch) -> list[str]:
     return out
 
 
-def explain(rt: Runtime, req: DescribedRequest) -> dict[str, Any]:
+def explain(rt: CompiledPolicy, req: DescribedRequest) -> dict[str, Any]:
     scheme, url_host, target = split_url(req.url)
     incoming = CIMultiDict(req.headers)
     if url_host is not None and "Host" not in incoming:
@@ -147,7 +147,7 @@ def explain(rt: Runtime, req: DescribedRequest) -> dict[str, Any]:
     return report
 
 
-def _matching(rt: Runtime, path: str) -> dict[str, Any]:
+def _matching(rt: CompiledPolicy, path: str) -> dict[str, Any]:
     m = rt.path_matching
     try:
         key = match_key(path, m)
@@ -188,7 +188,7 @@ def _security(policy: HeadersPolicy | None, https: bool) -> dict[str, Any]:
             "removed": list(policy.remove)}
 
 
-def _limits(rt: Runtime, route: str, client: str,
+def _limits(rt: CompiledPolicy, route: str, client: str,
             headers: CIMultiDictProxy[str]) -> list[dict[str, Any]]:
     route_limits = rt.route_limits.get(route)
     out = []
@@ -213,7 +213,7 @@ def _counters(redis: RedisSettings) -> str:
     return "in Redis; while Redis is away each replica enforces the whole limits in-process"
 
 
-def _exempt(rt: Runtime, route: str, client: str) -> list[str]:
+def _exempt(rt: CompiledPolicy, route: str, client: str) -> list[str]:
     route_limits = rt.route_limits.get(route)
     if route_limits is None:
         return []

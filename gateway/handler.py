@@ -7,8 +7,9 @@
 Every response, the gateway's own included, goes through `decorate`: CORS headers from the
 route's policy (the upstream's Access-Control-* removed), rate-limit headers, security headers.
 
-Everything the handler needs from the policy is compiled once into a `Runtime` (runtime.py)
-when the policy is loaded; a request reads the Runtime reference once, at its start.
+Everything the handler needs from the policy is compiled once (compiled.py) when the policy is
+loaded, and held with the live resources in a `Runtime` (runtime.py); a request reads the
+Runtime reference once, at its start.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from collections.abc import Callable
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.admission import COLLECTOR, CspReport, Refusal, admit
+from gateway.admission import CspReport, Refusal, admit
+from gateway.compiled import COLLECTOR, RouteLimits
 from gateway.cors import actual as actual_cors
 from gateway.cors import add_vary
 from gateway.cors import preflight as cors_preflight
@@ -49,7 +51,7 @@ from gateway.proxy.websocket import HandshakeRefused, WebSocketRegistry, relay_w
 from gateway.ratelimit.headers import rate_limit_headers, retry_after, violated
 from gateway.ratelimit.keys import Checks, limit_tag, storage_key
 from gateway.ratelimit.limiter import Decision, RateLimitUnavailable
-from gateway.runtime import RouteLimits, Runtime
+from gateway.runtime import Runtime
 from gateway.security_headers import apply as apply_security_headers
 
 log = logging.getLogger("gateway.handler")
@@ -78,8 +80,8 @@ class Handler:
     def error_headers(self) -> CIMultiDict[str]:
         """Headers for answers to requests too broken to route: the default security headers."""
         out: CIMultiDict[str] = CIMultiDict()
-        if self.runtime.default_headers is not None:
-            apply_security_headers(self.runtime.default_headers, out, https=False)
+        if self.runtime.compiled.default_headers is not None:
+            apply_security_headers(self.runtime.compiled.default_headers, out, https=False)
         return out
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -122,7 +124,7 @@ class Handler:
         rt = self.runtime  # read once: the whole request runs under this policy
         headers = request.headers
         peer = request.remote or ""
-        peer_trusted = bool(rt.trusted) and rt.trusted.trusts(parse_ip(peer))
+        peer_trusted = bool(rt.compiled.trusted) and rt.compiled.trusted.trusts(parse_ip(peer))
         request_id = choose_request_id(headers, peer_trusted)
         record.request_id = request_id
         record.client_ip = peer
@@ -130,8 +132,8 @@ class Handler:
             peer_trusted and headers.get("X-Forwarded-Proto", "").lower() == "https")
         # before a route is known (404, 400, ...), the default policies speak, so that a
         # browser can read the gateway's answer
-        cors_policy = rt.default_cors
-        headers_policy = rt.default_headers
+        cors_policy = rt.compiled.default_cors
+        headers_policy = rt.compiled.default_headers
         rl_headers: list[tuple[str, str]] = []
 
         def decorate(out: CIMultiDict[str], cors: bool = True) -> None:
@@ -168,23 +170,24 @@ class Handler:
                           "shortly", close=not request.content.is_eof(),
                           extra=(("Retry-After", "1"),))
 
-        verdict = admit(rt, request.method, request.raw_path, headers, request.content_length,
-                        request.body_exists, (request.version.major, request.version.minor))
+        verdict = admit(rt.compiled, request.method, request.raw_path, headers,
+                        request.content_length, request.body_exists,
+                        (request.version.major, request.version.minor))
         route = verdict.route
         record.path = verdict.path
         if route is not None:
             record.route = route.name
-            cors_policy = rt.route_cors.get(route.name)
-            headers_policy = rt.route_headers.get(route.name)
+            cors_policy = rt.compiled.route_cors.get(route.name)
+            headers_policy = rt.compiled.route_headers.get(route.name)
         if isinstance(verdict, Refusal):
             return refuse(verdict.status, verdict.detail, verdict.close, extra=verdict.headers)
-        client = client_ip(peer, headers.getall("X-Forwarded-For", ()), rt.trusted)
+        client = client_ip(peer, headers.getall("X-Forwarded-For", ()), rt.compiled.trusted)
         record.client_ip = client
 
         limits_name = COLLECTOR if isinstance(verdict, CspReport) else verdict.route.name
         # a preflight is answered here and reaches nothing: it spends none of the route's quota
         route_limits = None if getattr(verdict, "preflight", False) \
-            else rt.route_limits.get(limits_name)
+            else rt.compiled.route_limits.get(limits_name)
         if route_limits is not None:
             try:
                 decision = await self._check_limits(rt, limits_name, route_limits, client,
@@ -237,7 +240,7 @@ class Handler:
             scheme="https" if request.secure else "http",
             request_id=request_id,
             upstream_authority=None,
-            rules=rt.forwarding,
+            rules=rt.compiled.forwarding,
         )
         if self.sentry.enabled:
             fwd_headers.update(self.sentry.trace_headers())
@@ -309,7 +312,8 @@ class Handler:
 
     async def _check_limits(self, rt: Runtime, route: str, route_limits: RouteLimits,
                             client: str, headers: CIMultiDictProxy[str]) -> Decision | None:
-        cache = route_limits.keys_by_client
+        state = rt.limit_state[route]
+        cache = state.keys_by_client
         checks = cache.get(client) if cache is not None else None
         if checks is None:
             prefix = rt.policy.redis.key_prefix
@@ -331,5 +335,5 @@ class Handler:
                 label = "shadow_limited"
                 log.info("shadow rate limit %s would refuse client %s on route %s",
                          policy.name, client, route)
-            route_limits.counters[policy.name, label].inc()
+            state.counters[policy.name, label].inc()
         return decision

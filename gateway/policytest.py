@@ -28,11 +28,11 @@ from typing import Any
 
 import yaml
 
+from gateway.compiled import CompiledPolicy
 from gateway.config.errors import PolicyError
 from gateway.config.reader import Reader
 from gateway.config.source import compose_file
 from gateway.explain import DEFAULT_PEER, DescribedRequest, explain
-from gateway.runtime import Runtime
 
 EXPECT_KEYS = ("route", "outcome", "path", "client_ip", "upstream_headers", "rate_limits",
                "cors", "response_headers")
@@ -116,7 +116,7 @@ def _cors_word(outcome: str) -> str:
     return "none"
 
 
-def check_case(rt: Runtime, case: Case) -> list[str]:
+def check_case(rt: CompiledPolicy, case: Case) -> list[str]:
     """What differs from the case's expectations (empty when the case passes)."""
     report = explain(rt, case.request)
     outcome = report["outcome"]

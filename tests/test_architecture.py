@@ -1,0 +1,133 @@
+"""The gateway's shape (docs/architecture.md): every module imports alone in a fresh
+interpreter, and imports run one way through the layers
+
+    tokens -> settings -> config -> decisions -> io
+
+(a module may import its own layer and those below it, never one above)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "gateway"
+LAYERS = ("tokens", "settings", "config", "decisions", "io")
+
+# the grammar everything shares; pure modules that import nothing of the gateway above them
+TOKENS = {"gateway", "gateway.tokens", "gateway.units", "gateway.loop_turns",
+          "gateway.http.normalize", "gateway.ratelimit.redis_endpoint", "gateway.redis.endpoint"}
+# pure functions of the compiled policy and a request: no socket, no event loop
+DECISIONS = {"gateway.routing", "gateway.cors", "gateway.security_headers",
+             "gateway.csp_reports", "gateway.admission", "gateway.explain", "gateway.policytest",
+             "gateway.compiled", "gateway.plan", "gateway.http.path_matching",
+             "gateway.http.client_ip", "gateway.http.forwarding", "gateway.ratelimit.algorithms",
+             "gateway.ratelimit.keys", "gateway.ratelimit.headers"}
+
+
+def modules() -> list[str]:
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        out.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return out
+
+
+def layer_of(module: str) -> str:
+    if module in TOKENS:
+        return "tokens"
+    if module.startswith("gateway.settings"):
+        return "settings"
+    if module.startswith("gateway.config"):
+        return "config"
+    if module in DECISIONS:
+        return "decisions"
+    path = PACKAGE.joinpath(*module.split(".")[1:])
+    if (path / "__init__.py").is_file() and not _imports(module):
+        return "tokens"  # an empty package marker: importing it imports nothing
+    return "io"
+
+
+def _source(module: str) -> Path:
+    path = PACKAGE.joinpath(*module.split(".")[1:])
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def _imports(module: str) -> list[tuple[str, int]]:
+    """(imported gateway module, line) for every import statement in `module`, type-only
+    ones included: a dependency is a dependency."""
+    tree = ast.parse(_source(module).read_text())
+    known = set(modules())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names
+                      if alias.name.split(".")[0] == "gateway"]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                and node.module.split(".")[0] == "gateway":
+            for alias in node.names:  # `from gateway.x import y` may import module gateway.x.y
+                name = f"{node.module}.{alias.name}"
+                found.append((name if name in known else node.module, node.lineno))
+    return found
+
+
+def back_edges() -> list[str]:
+    out = []
+    for module in modules():
+        here = LAYERS.index(layer_of(module))
+        for target, line in _imports(module):
+            if LAYERS.index(layer_of(target)) > here:
+                out.append(f"{_source(module).relative_to(ROOT)}:{line}: {module} "
+                           f"({layer_of(module)}) imports {target} ({layer_of(target)})")
+    return out
+
+
+def test_imports_run_one_way_through_the_layers() -> None:
+    assert back_edges() == []
+
+
+def test_the_layer_check_sees_a_back_edge(tmp_path: Path, monkeypatch) -> None:
+    """The check itself can fail: a settings module importing the router is reported with its
+    file and line."""
+    source = _source("gateway.settings.policy")
+    original = source.read_text()
+    real_read = Path.read_text
+
+    def patched(self: Path, *args, **kwargs) -> str:
+        if self == source:
+            return original + "\nfrom gateway.routing import Router\n"
+        return real_read(self, *args, **kwargs)
+
+    before = back_edges()
+    monkeypatch.setattr(Path, "read_text", patched)
+    edges = [edge for edge in back_edges() if edge not in before]
+    assert len(edges) == 1
+    assert edges[0].startswith("gateway/settings/policy.py:")
+    assert "imports gateway.routing (decisions)" in edges[0]
+
+
+def test_every_layer_is_populated() -> None:
+    """The classification is not vacuous: each layer holds modules that exist."""
+    by_layer = {layer: [m for m in modules() if layer_of(m) == layer] for layer in LAYERS}
+    assert all(by_layer.values()), by_layer
+    assert {"gateway.handler", "gateway.server", "gateway.proxy.forwarder"} <= set(by_layer["io"])
+
+
+def _import_alone(module: str) -> tuple[str, int, str]:
+    proc = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    last = proc.stderr.strip().splitlines()[-1:]
+    return module, proc.returncode, last[0] if last else ""
+
+
+@pytest.mark.parametrize("batch", range(4))
+def test_every_module_imports_alone_in_a_fresh_interpreter(batch: int) -> None:
+    mine = modules()[batch::4]
+    with ThreadPoolExecutor(4) as pool:
+        failed = [f"{m}: {err}" for m, rc, err in pool.map(_import_alone, mine) if rc != 0]
+    assert mine and failed == []
