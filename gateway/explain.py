@@ -1,9 +1,8 @@
 """`gateway explain`: what the gateway would do with one request, and why.
 
-Runs the same admission, client-IP, rate-limit key and header-rewriting code as the request
-handler against a described request (nothing is sent anywhere, no counter is touched) and
-reports the outcome as data; `format_report` renders it for people, `--json` prints the data
-for tools.
+Makes the same plan as the request handler (gateway/plan.py) for a described request (nothing
+is sent anywhere, no counter is touched) and reports it as data; `format_report` renders it
+for people, `--json` prints the data for tools.
 """
 
 from __future__ import annotations
@@ -14,17 +13,12 @@ from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.admission import Admission, CspReport, admit
+from gateway.admission import Admission, Refusal
 from gateway.compiled import CompiledPolicy
-from gateway.cors import actual as actual_cors
-from gateway.cors import preflight as cors_preflight
-from gateway.http.client_ip import client_ip, forwarded_hops, parse_ip
-from gateway.http.forwarding import HOP_BY_HOP, upstream_request_headers
+from gateway.http.forwarding import HOP_BY_HOP, via
 from gateway.http.normalize import PathRejected
 from gateway.http.path_matching import match_key
-from gateway.ratelimit.keys import limit_tag, storage_key
-from gateway.settings.cors import CorsPolicy
-from gateway.settings.headers import HeadersPolicy
+from gateway.plan import Action, CorsOutcome, Head, IpSource, Plan, UpstreamHost, peer_trusted, plan
 from gateway.settings.policy import Route, RouteMatch
 from gateway.settings.ratelimit import RedisSettings
 
@@ -66,6 +60,7 @@ def describe_match(match: RouteMatch) -> list[str]:
 
 
 def explain(rt: CompiledPolicy, req: DescribedRequest) -> dict[str, Any]:
+    """The plan the gateway makes for `req` (gateway/plan.py), as a report."""
     scheme, url_host, target = split_url(req.url)
     incoming = CIMultiDict(req.headers)
     if url_host is not None and "Host" not in incoming:
@@ -75,76 +70,74 @@ def explain(rt: CompiledPolicy, req: DescribedRequest) -> dict[str, Any]:
     length = int(length_text) if length_text and length_text.isascii() \
         and length_text.isdigit() else None
     has_body = length not in (None, 0) or "chunked" in headers.get("Transfer-Encoding", "")
-
-    peer_ip = parse_ip(req.peer)
-    peer_trusted = bool(rt.trusted) and rt.trusted.trusts(peer_ip)
-    xff = headers.getall("X-Forwarded-For", ())
-    client = client_ip(req.peer, xff, rt.trusted)
-    if not peer_trusted:
-        why_ip = f"peer {req.peer} is not a trusted proxy, so forwarding headers are ignored"
-    elif not forwarded_hops(xff):
-        why_ip = f"peer {req.peer} is a trusted proxy but sent no X-Forwarded-For"
-    else:
-        why_ip = (f"peer {req.peer} is a trusted proxy; X-Forwarded-For walked right to left, "
-                  "skipping trusted hops")
+    head = Head(req.method, target, headers, req.peer, secure=scheme == "https",
+                content_length=length, has_body=has_body)
+    the_plan = plan(rt, head, trusted_peer=peer_trusted(rt, req.peer), request_id=REQUEST_ID)
+    verdict = the_plan.verdict
 
     report: dict[str, Any] = {
         "request": {"method": req.method, "target": target, "host": headers.get("Host"),
                     "scheme": scheme, "peer": req.peer},
-        "client_ip": {"address": client, "why": why_ip},
+        "client_ip": {"address": the_plan.client_ip, "source": the_plan.ip_source.value,
+                      "why": _WHY_IP[the_plan.ip_source].format(peer=req.peer)},
     }
-    verdict = admit(rt, req.method, target, headers, length, has_body)
     if verdict.path is not None:
         report["path_matching"] = _matching(rt, verdict.path)
     report["path"] = verdict.path
     report["route"] = _route(verdict.route)
-    route = verdict.route
-    cors_policy = rt.route_cors.get(route.name) if route else rt.default_cors
-    headers_policy = rt.route_headers.get(route.name) if route else rt.default_headers
-    https = scheme == "https" or (peer_trusted and
-                                  headers.get("X-Forwarded-Proto", "").lower() == "https")
-    report["cors"] = _cors(cors_policy, headers, preflight=getattr(verdict, "preflight", False))
-    report["response_headers"] = _security(headers_policy, https)
-    if isinstance(verdict, CspReport):
+    report["cors"] = _cors(the_plan)
+    report["response_headers"] = _security(the_plan)
+    action = the_plan.action
+    if action is Action.ANSWER:
+        assert isinstance(verdict, Refusal)
+        report["outcome"] = {"action": action.value, "status": verdict.status,
+                             "detail": verdict.detail}
+        return report
+    if isinstance(verdict, Admission):
+        report["query"] = verdict.query
+    report["counters"] = _counters(rt.policy.redis)
+    report["rate_limits"] = [
+        {"name": c.policy.name, "limit": c.policy.limit, "per_ms": c.policy.period_ms,
+         "algorithm": c.policy.algorithm, "mode": c.policy.mode, "key": c.key,
+         "note": c.note} for c in the_plan.limit_checks(rt)]
+    report["exempt_from"] = list(the_plan.exempt_from)
+    if action is Action.COLLECT_CSP_REPORT:
         report["outcome"] = {"action": "answer", "status": 204,
                              "detail": "the CSP report collector logs and counts the report"}
         return report
-    if not isinstance(verdict, Admission):
-        report["outcome"] = {"action": "answer", "status": verdict.status,
-                             "detail": verdict.detail}
-        return report
-
-    report["query"] = verdict.query
-    report["counters"] = _counters(rt.policy.redis)
-    # a preflight spends no quota; an exempt client is not counted by that limit
-    report["rate_limits"] = [] if verdict.preflight \
-        else _limits(rt, verdict.route.name, client, headers)
-    report["exempt_from"] = [] if verdict.preflight \
-        else _exempt(rt, verdict.route.name, client)
-    if verdict.preflight:
-        allowed = report["cors"]["outcome"] == "preflight allowed"
+    if action is Action.PREFLIGHT:
+        allowed = the_plan.cors is CorsOutcome.PREFLIGHT_ALLOWED
         report["outcome"] = {"action": "answer", "status": 204 if allowed else 403,
                              "detail": "CORS preflight, answered by the gateway"}
         return report
-    target_url = rt.policy.upstream.targets[0]
-    out = upstream_request_headers(
-        headers, version=(1, 1), peer=req.peer, peer_trusted=peer_trusted, client_ip=client,
-        scheme=scheme, request_id=REQUEST_ID,
-        upstream_authority=None if rt.policy.upstream.preserve_host else target_url.authority,
-        rules=rt.forwarding)
+    assert isinstance(verdict, Admission)
+    targets = rt.policy.upstream.targets
+    out = the_plan.upstream_headers(rt)
+    if the_plan.upstream_host is UpstreamHost.TARGET:
+        out["Host"] = targets[0].authority if len(targets) == 1 else \
+            "(the chosen target's authority: " + ", ".join(t.authority for t in targets) + ")"
     sent = {k.lower(): v for k, v in out.items()}
     report["outcome"] = {
-        "action": "relay websocket" if verdict.websocket else "forward",
-        "upstream": target_url.base_url + verdict.path_qs,
+        "action": action.value,
+        "upstream": targets[0].base_url + verdict.path_qs,
         "continue": verdict.send_continue,
     }
     report["upstream_request"] = {
         "set": {k: v for k, v in out.items() if headers.get(k) != v},
         "removed": sorted({k for k in headers if k.lower() not in sent}),
     }
-    report["response_headers"]["removed"] += [
-        *sorted(n.title() for n in HOP_BY_HOP), "(any named in Connection)"]
+    if action is Action.FORWARD:
+        report["response_headers"]["removed"] += [
+            *sorted(n.title() for n in HOP_BY_HOP), "(any named in Connection)"]
     return report
+
+
+_WHY_IP = {
+    IpSource.PEER: "peer {peer} is not a trusted proxy, so forwarding headers are ignored",
+    IpSource.TRUSTED_PEER: "peer {peer} is a trusted proxy but sent no X-Forwarded-For",
+    IpSource.FORWARDED_FOR: "peer {peer} is a trusted proxy; X-Forwarded-For walked right to "
+                            "left, skipping trusted hops",
+}
 
 
 def _matching(rt: CompiledPolicy, path: str) -> dict[str, Any]:
@@ -158,47 +151,36 @@ def _matching(rt: CompiledPolicy, path: str) -> dict[str, Any]:
             "trailing_dots": m.trailing_dots}
 
 
-def _cors(policy: CorsPolicy | None, headers: CIMultiDictProxy[str],
-          preflight: bool) -> dict[str, Any]:
+def _cors(the_plan: Plan) -> dict[str, Any]:
+    policy = the_plan.cors_policy
+    outcome = the_plan.cors
     if policy is None:
         return {"policy": None, "outcome": "no CORS policy on this route"}
-    origin = headers.get("Origin")
-    if origin is None:
+    if outcome is CorsOutcome.NOT_CROSS_ORIGIN:
         return {"policy": policy.name, "outcome": "no Origin: not a cross-origin request"}
-    if preflight:
-        answer = cors_preflight(policy, headers)
-        if answer.allowed:
-            return {"policy": policy.name, "outcome": "preflight allowed",
-                    "headers": dict(answer.headers)}
-        return {"policy": policy.name, "outcome": "preflight refused", "reason": answer.reason}
-    added = actual_cors(policy, headers)
-    if added:
-        return {"policy": policy.name, "outcome": "origin allowed", "headers": dict(added)}
-    return {"policy": policy.name, "outcome": f"origin {origin!r} not allowed: no CORS headers"}
+    if outcome is CorsOutcome.PREFLIGHT_REFUSED:
+        return {"policy": policy.name, "outcome": "preflight refused",
+                "reason": the_plan.cors_reason}
+    if outcome is CorsOutcome.ORIGIN_NOT_ALLOWED:
+        origin = the_plan.head.headers.get("Origin")
+        return {"policy": policy.name, "outcome": f"origin {origin!r} not allowed: no CORS "
+                "headers"}
+    return {"policy": policy.name, "outcome": outcome.value,
+            "headers": dict(the_plan.cors_headers)}
 
 
-def _security(policy: HeadersPolicy | None, https: bool) -> dict[str, Any]:
-    added: dict[str, str] = {"Via": "1.1 gateway", "X-Request-ID": REQUEST_ID}
+def _security(the_plan: Plan) -> dict[str, Any]:
+    added: dict[str, str] = {"X-Request-ID": REQUEST_ID}
+    if the_plan.action is Action.FORWARD:  # the gateway's own answers carry no Via
+        added["Via"] = via(the_plan.head.version)
+    policy = the_plan.headers_policy
     if policy is None:
         return {"policy": None, "added": added, "if_missing": {}, "removed": []}
     added.update(policy.set)
-    if https and policy.hsts:
+    if the_plan.https and policy.hsts:
         added["Strict-Transport-Security"] = policy.hsts
     return {"policy": policy.name, "added": added, "if_missing": dict(policy.set_if_missing),
             "removed": list(policy.remove)}
-
-
-def _limits(rt: CompiledPolicy, route: str, client: str,
-            headers: CIMultiDictProxy[str]) -> list[dict[str, Any]]:
-    route_limits = rt.route_limits.get(route)
-    out = []
-    for p in route_limits.applying_to(client) if route_limits else ():
-        tag, note = limit_tag(p, client, headers)
-        out.append({"name": p.name, "limit": p.limit, "per_ms": p.period_ms,
-                    "algorithm": p.algorithm, "mode": p.mode,
-                    "key": storage_key(rt.policy.redis.key_prefix, p, tag),
-                    "note": note})
-    return out
 
 
 def _counters(redis: RedisSettings) -> str:
@@ -211,14 +193,6 @@ def _counters(redis: RedisSettings) -> str:
         return ("in Redis; while Redis is away each of N replicas (counted by their "
                 "heartbeats in Redis) enforces ceil(limit / N) in-process (fallback divide)")
     return "in Redis; while Redis is away each replica enforces the whole limits in-process"
-
-
-def _exempt(rt: CompiledPolicy, route: str, client: str) -> list[str]:
-    route_limits = rt.route_limits.get(route)
-    if route_limits is None:
-        return []
-    applying = route_limits.applying_to(client)
-    return [p.name for p in route_limits.policies if p not in applying]
 
 
 def _route(route: Route | None) -> dict[str, Any] | None:

@@ -21,17 +21,13 @@ import time
 from collections.abc import Callable
 
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
-from gateway.admission import CspReport, Refusal, admit
-from gateway.compiled import COLLECTOR, RouteLimits
-from gateway.cors import actual as actual_cors
+from gateway.admission import Admission, Refusal
 from gateway.cors import add_vary
-from gateway.cors import preflight as cors_preflight
 from gateway.csp_reports import CONTENT_TYPES as CSP_CONTENT_TYPES
 from gateway.csp_reports import summarize
-from gateway.http.client_ip import client_ip, parse_ip
-from gateway.http.forwarding import choose_request_id, upstream_request_headers
+from gateway.http.forwarding import choose_request_id
 from gateway.http.problem import problem_response
 from gateway.http.response import GatewayResponse
 from gateway.observability import access_log
@@ -45,11 +41,12 @@ from gateway.observability.metrics import (
     upstream_error,
 )
 from gateway.observability.sentry import Reporter
+from gateway.plan import Action, CorsOutcome, Head, Plan, peer_trusted, plan
 from gateway.proxy.capacity import Full
 from gateway.proxy.forwarder import ClientBodyError, RequestBody, UpstreamError, forward
 from gateway.proxy.websocket import HandshakeRefused, WebSocketRegistry, relay_websocket
 from gateway.ratelimit.headers import rate_limit_headers, retry_after, violated
-from gateway.ratelimit.keys import Checks, limit_tag, storage_key
+from gateway.ratelimit.keys import Checks
 from gateway.ratelimit.limiter import Decision, RateLimitUnavailable
 from gateway.runtime import Runtime
 from gateway.security_headers import apply as apply_security_headers
@@ -122,18 +119,19 @@ class Handler:
     async def _handle(self, request: web.BaseRequest,
                       record: RequestRecord) -> web.StreamResponse:
         rt = self.runtime  # read once: the whole request runs under this policy
+        compiled = rt.compiled
         headers = request.headers
         peer = request.remote or ""
-        peer_trusted = bool(rt.compiled.trusted) and rt.compiled.trusted.trusts(parse_ip(peer))
-        request_id = choose_request_id(headers, peer_trusted)
+        trusted = peer_trusted(compiled, peer)
+        request_id = choose_request_id(headers, trusted)
         record.request_id = request_id
         record.client_ip = peer
-        https = request.secure or (
-            peer_trusted and headers.get("X-Forwarded-Proto", "").lower() == "https")
-        # before a route is known (404, 400, ...), the default policies speak, so that a
-        # browser can read the gateway's answer
-        cors_policy = rt.compiled.default_cors
-        headers_policy = rt.compiled.default_headers
+        # until the plan is made (overload), the default policies speak, so that a browser can
+        # read the gateway's answer
+        cors_policy = compiled.default_cors
+        headers_policy = compiled.default_headers
+        cors_added: tuple[tuple[str, str], ...] = ()
+        https = request.secure
         rl_headers: list[tuple[str, str]] = []
 
         def decorate(out: CIMultiDict[str], cors: bool = True) -> None:
@@ -142,15 +140,13 @@ class Handler:
                 for name in [n for n in out if n.lower().startswith("access-control-")]:
                     out.popall(name, None)  # only the policy speaks CORS
                 if cors:
-                    out.extend(actual_cors(cors_policy, headers))
+                    out.extend(cors_added)
                 out["Vary"] = add_vary(out.getall("Vary", ()), "Origin")
             for name, value in rl_headers:
                 out[name] = value
             if headers_policy is not None:
                 apply_security_headers(headers_policy, out, https)
 
-        # a chunked body ends its connection (http/protocol.py: trailers must not reach the
-        # next request), and the answer says so
         closing = self.draining or "Transfer-Encoding" in headers
 
         def refuse(status: int, detail: str, close: bool = False, cors: bool = True,
@@ -170,28 +166,28 @@ class Handler:
                           "shortly", close=not request.content.is_eof(),
                           extra=(("Retry-After", "1"),))
 
-        verdict = admit(rt.compiled, request.method, request.raw_path, headers,
-                        request.content_length, request.body_exists,
-                        (request.version.major, request.version.minor))
-        route = verdict.route
+        the_plan = plan(compiled, Head(
+            request.method, request.raw_path, headers, peer, request.secure,
+            (request.version.major, request.version.minor), request.content_length,
+            request.body_exists), trusted_peer=trusted, request_id=request_id)
+        verdict = the_plan.verdict
         record.path = verdict.path
-        if route is not None:
-            record.route = route.name
-            cors_policy = rt.compiled.route_cors.get(route.name)
-            headers_policy = rt.compiled.route_headers.get(route.name)
-        if isinstance(verdict, Refusal):
+        if verdict.route is not None:
+            record.route = verdict.route.name
+        cors_policy, headers_policy = the_plan.cors_policy, the_plan.headers_policy
+        https = the_plan.https
+        if the_plan.cors is CorsOutcome.ORIGIN_ALLOWED:
+            cors_added = the_plan.cors_headers
+        if the_plan.action is Action.ANSWER:
+            assert isinstance(verdict, Refusal)
             return refuse(verdict.status, verdict.detail, verdict.close, extra=verdict.headers)
-        client = client_ip(peer, headers.getall("X-Forwarded-For", ()), rt.compiled.trusted)
+        client = the_plan.client_ip
         record.client_ip = client
 
-        limits_name = COLLECTOR if isinstance(verdict, CspReport) else verdict.route.name
-        # a preflight is answered here and reaches nothing: it spends none of the route's quota
-        route_limits = None if getattr(verdict, "preflight", False) \
-            else rt.compiled.route_limits.get(limits_name)
+        route_limits = the_plan.limits
         if route_limits is not None:
             try:
-                decision = await self._check_limits(rt, limits_name, route_limits, client,
-                                                    headers)
+                decision = await self._check_limits(rt, the_plan)
             except RateLimitUnavailable:
                 return refuse(503, "rate limiting is unavailable")
         else:
@@ -202,23 +198,22 @@ class Handler:
                 rl_headers.append(("Retry-After", str(retry_after(decision.results))))
                 names = violated(decision.results)
                 record.limited_by = tuple(names)
-                if isinstance(verdict, CspReport):
+                if the_plan.action is Action.COLLECT_CSP_REPORT:
                     CSP_REPORTS.labels("limited").inc()
                 return refuse(429, "rate limit exceeded: " + ", ".join(names),
                               **{"violated-policies": names})
 
-        if isinstance(verdict, CspReport):
+        if the_plan.action is Action.COLLECT_CSP_REPORT:
             return await self._collect_csp_report(request, rt, client, refuse, decorate,
                                                   request_id)
 
-        if verdict.preflight:
-            assert cors_policy is not None
-            answer = cors_preflight(cors_policy, headers)
-            if not answer.allowed:
-                return refuse(403, f"CORS preflight refused: {answer.reason}", cors=False)
+        if the_plan.action is Action.PREFLIGHT:
+            if the_plan.cors is not CorsOutcome.PREFLIGHT_ALLOWED:
+                return refuse(403, f"CORS preflight refused: {the_plan.cors_reason}",
+                              cors=False)
             out = CIMultiDict()
             decorate(out, cors=False)
-            for name, value in answer.headers:
+            for name, value in the_plan.cors_headers:
                 out[name] = add_vary(out.getall(name, ()), value) if name == "Vary" else value
             out["X-Request-ID"] = request_id
             response = GatewayResponse(status=204, headers=out)
@@ -226,22 +221,13 @@ class Handler:
                 response.force_close()
             return response
 
+        assert isinstance(verdict, Admission)
         if verdict.send_continue and request.version >= (1, 1):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0
 
         upstream_settings = rt.policy.upstream
-        fwd_headers = upstream_request_headers(
-            headers,
-            version=(request.version.major, request.version.minor),
-            peer=peer,
-            peer_trusted=peer_trusted,
-            client_ip=client,
-            scheme="https" if request.secure else "http",
-            request_id=request_id,
-            upstream_authority=None,
-            rules=rt.compiled.forwarding,
-        )
+        fwd_headers = the_plan.upstream_headers(compiled)
         if self.sentry.enabled:
             fwd_headers.update(self.sentry.trace_headers())
         path_qs = verdict.path_qs
@@ -310,15 +296,15 @@ class Handler:
         decorate(out)
         return GatewayResponse(status=204, headers=out)
 
-    async def _check_limits(self, rt: Runtime, route: str, route_limits: RouteLimits,
-                            client: str, headers: CIMultiDictProxy[str]) -> Decision | None:
+    async def _check_limits(self, rt: Runtime, the_plan: Plan) -> Decision | None:
+        route = the_plan.limits_name
+        assert route is not None
         state = rt.limit_state[route]
         cache = state.keys_by_client
+        client = the_plan.client_ip
         checks = cache.get(client) if cache is not None else None
         if checks is None:
-            prefix = rt.policy.redis.key_prefix
-            checks = Checks((p, storage_key(prefix, p, limit_tag(p, client, headers)[0]))
-                            for p in route_limits.applying_to(client))
+            checks = Checks((c.policy, c.key) for c in the_plan.limit_checks(rt.compiled))
             if cache is not None:
                 if len(cache) >= 10_000:  # bounded: start over rather than track recency
                     cache.clear()

@@ -90,8 +90,13 @@ def choose_request_id(headers: CIMultiDictProxy[str], peer_trusted: bool) -> str
     return str(uuid.uuid4())
 
 
+def via(version: tuple[int, int]) -> str:
+    """The gateway's own Via entry for a message of HTTP `version`."""
+    return f"{version[0]}.{version[1]} {VIA_PSEUDONYM}"
+
+
 def _via(headers: CIMultiDictProxy[str], version: tuple[int, int]) -> str:
-    mine = f"{version[0]}.{version[1]} {VIA_PSEUDONYM}"
+    mine = via(version)
     existing = ", ".join(headers.getall("Via", ()))
     return f"{existing}, {mine}" if existing else mine
 
