@@ -31,6 +31,7 @@ from gateway.admin import admin_app
 from gateway.config import Loaded, Policy
 from gateway.config.render import redact
 from gateway.handler import Handler
+from gateway.http.aiohttp_internals import has_c_parser
 from gateway.http.protocol import GatewayServer
 from gateway.observability import access_log
 from gateway.observability.metrics import LOOP_LAG, OVERLOAD_REFUSALS
@@ -43,11 +44,9 @@ log = logging.getLogger("gateway.server")
 
 def require_c_parser() -> None:
     """The pure-Python parser accepts requests llhttp refuses; never serve with it."""
-    try:
-        from aiohttp import _http_parser  # noqa: F401
-    except ImportError:
+    if not has_c_parser():
         raise SystemExit("gateway: aiohttp's C HTTP parser is not available "
-                         "(unset AIOHTTP_NO_EXTENSIONS or reinstall aiohttp)") from None
+                         "(unset AIOHTTP_NO_EXTENSIONS or reinstall aiohttp)")
     if os.environ.get("AIOHTTP_NO_EXTENSIONS"):
         raise SystemExit("gateway: AIOHTTP_NO_EXTENSIONS is set; the gateway needs the C parser")
 
