@@ -31,6 +31,7 @@ from gateway.csp_reports import summarize
 from gateway.http.client_ip import client_ip, parse_ip
 from gateway.http.forwarding import choose_request_id, upstream_request_headers
 from gateway.http.problem import problem_response
+from gateway.http.protocol import send_100_continue
 from gateway.http.response import GatewayResponse
 from gateway.observability import access_log
 from gateway.observability.access_log import RequestRecord
@@ -224,8 +225,7 @@ class Handler:
             return response
 
         if verdict.send_continue and request.version >= (1, 1):
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0
+            await send_100_continue(request)
 
         upstream_settings = rt.policy.upstream
         fwd_headers = upstream_request_headers(
