@@ -70,7 +70,7 @@ the gateway touches a private attribute or method of an aiohttp object.
                           (method)
     aiohttp._http_parser  aiohttp (module)               llhttp, the C parser: the gateway never
                                                          serves with the pure-Python one ->
-                                                         has_c_parser
+                                                         has_c_parser, require_c_parser
     Too many headers      http_exceptions.BadHttpMessage the C parser's text for more header fields
                           (message)                      than max_headers: 431 -> parse_error_kind
     Invalid HTTP version  http_exceptions.BadHttpMessage the C parser's text for a version it
@@ -91,6 +91,7 @@ then run the whole suite.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -240,6 +241,16 @@ def has_c_parser() -> bool:
     except ImportError:
         return False
     return True
+
+
+def require_c_parser() -> None:
+    """The pure-Python parser accepts requests llhttp refuses: never serve with it (exits
+    with a message saying why). Checked by every serving process and by the supervisor."""
+    if not has_c_parser():
+        raise SystemExit("gateway: aiohttp's C HTTP parser is not available "
+                         "(unset AIOHTTP_NO_EXTENSIONS or reinstall aiohttp)")
+    if os.environ.get("AIOHTTP_NO_EXTENSIONS"):
+        raise SystemExit("gateway: AIOHTTP_NO_EXTENSIONS is set; the gateway needs the C parser")
 
 
 # ---- responses: StreamResponse ---------------------------------------------------------------
