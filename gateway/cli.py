@@ -148,7 +148,6 @@ def _main(argv: list[str] | None) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from gateway import server  # imported late: `check` and `version` need no event loop
 
     # Until the event loop installs its own handler, SIGTERM means: nothing in flight, exit 0.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -159,10 +158,15 @@ def _main(argv: list[str] | None) -> int:
                                                                   policy.csp_reports):
         print(f"gateway: {workers_without_redis(workers)}", file=sys.stderr)
         return 2
+    # imported late: `check` and `version` need no event loop
     if args.worker or workers == 1:
+        from gateway import server
+
         try:
             return server.serve(args.config, loaded, reuse_port=args.worker)
         except OSError as exc:
             print(f"gateway: cannot listen: {exc}", file=sys.stderr)
             return 1
-    return server.supervise(args.config, workers, loaded.policy.server.timeouts.shutdown)
+    from gateway import supervisor
+
+    return supervisor.supervise(args.config, workers, loaded.policy.server.timeouts.shutdown)

@@ -29,6 +29,7 @@ from gateway.csp_reports import CONTENT_TYPES as CSP_CONTENT_TYPES
 from gateway.csp_reports import summarize
 from gateway.http.forwarding import choose_request_id
 from gateway.http.problem import problem_response
+from gateway.http.protocol import send_100_continue
 from gateway.http.response import GatewayResponse
 from gateway.observability import access_log
 from gateway.observability.access_log import RequestRecord
@@ -223,8 +224,7 @@ class Handler:
 
         assert isinstance(verdict, Admission)
         if verdict.send_continue and request.version >= (1, 1):
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0
+            await send_100_continue(request)
 
         upstream_settings = rt.policy.upstream
         fwd_headers = the_plan.upstream_headers(compiled)

@@ -6,8 +6,9 @@
     SIGTERM/SIGINT: readiness fails at once -> listeners close -> WebSockets get 1001 ->
                     in-flight requests finish (up to timeouts.shutdown) -> exit 0
 
-With `--workers N` a supervisor process starts N workers that share the port through
-SO_REUSEPORT, forwards SIGTERM/SIGHUP to them and restarts any that die.
+This is one serving process: `gateway run` alone, or one of the `--workers N` processes that
+share the port through SO_REUSEPORT (`reuse_port`). Starting those N, forwarding SIGTERM/SIGHUP
+to them and restarting any that die is the supervisor's (supervisor.py).
 """
 
 from __future__ import annotations
@@ -17,20 +18,15 @@ import contextlib
 import logging
 import os
 import resource
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
-import time
 
 from aiohttp import web
-from prometheus_client.multiprocess import mark_process_dead
 
 from gateway.admin import admin_app
 from gateway.config import Loaded, Policy
 from gateway.config.render import redact
 from gateway.handler import Handler
+from gateway.http.aiohttp_internals import require_c_parser
 from gateway.http.protocol import GatewayServer
 from gateway.observability import access_log
 from gateway.observability.metrics import LOOP_LAG, OVERLOAD_REFUSALS
@@ -39,17 +35,6 @@ from gateway.reload import PolicyReloader
 from gateway.runtime import Runtime
 
 log = logging.getLogger("gateway.server")
-
-
-def require_c_parser() -> None:
-    """The pure-Python parser accepts requests llhttp refuses; never serve with it."""
-    try:
-        from aiohttp import _http_parser  # noqa: F401
-    except ImportError:
-        raise SystemExit("gateway: aiohttp's C HTTP parser is not available "
-                         "(unset AIOHTTP_NO_EXTENSIONS or reinstall aiohttp)") from None
-    if os.environ.get("AIOHTTP_NO_EXTENSIONS"):
-        raise SystemExit("gateway: AIOHTTP_NO_EXTENSIONS is set; the gateway needs the C parser")
 
 
 class ListenError(OSError):
@@ -205,64 +190,3 @@ def serve(config_path: str, loaded: Loaded, reuse_port: bool = False) -> int:
     raise_open_file_limit()
     _event_loop_runner()(GatewayProcess(config_path, loaded, reuse_port).run())
     return 0
-
-
-def supervise(config_path: str, workers: int, shutdown_timeout: float) -> int:
-    """Run `workers` worker processes on one port; forward signals; restart the ones that die."""
-    require_c_parser()
-    command = [sys.executable, "-m", "gateway", "run", "--config", config_path, "--worker"]
-    # workers keep their metrics in files here, and any of them serves the sum on /metrics
-    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    stopping = False
-    reload_pending = False
-
-    def on_stop(_signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    def on_hup(_signum: int, _frame: object) -> None:
-        nonlocal reload_pending
-        reload_pending = True
-
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, on_hup)
-    # SIGHUP is still blocked (cli): workers inherit the mask across exec, so one
-    # forwarded before a worker can reload stays pending in it instead of killing it
-    procs = [subprocess.Popen(command) for _ in range(workers)]
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-    log.info("supervisor pid %d started %d workers: %s", os.getpid(), workers,
-             " ".join(str(p.pid) for p in procs))
-    while not stopping:
-        time.sleep(0.1)
-        if reload_pending:
-            reload_pending = False
-            for p in procs:
-                with contextlib.suppress(ProcessLookupError):
-                    p.send_signal(signal.SIGHUP)
-        for i, p in enumerate(procs):
-            if p.poll() is not None and not stopping:
-                log.error("worker %d exited with %s; starting a new one", p.pid, p.returncode)
-                mark_process_dead(p.pid, metrics_dir)  # its live gauges go; counters stay
-                time.sleep(0.5)
-                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
-                procs[i] = subprocess.Popen(command)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-    for p in procs:
-        with contextlib.suppress(ProcessLookupError):
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + shutdown_timeout + 5
-    code = 0
-    for p in procs:
-        try:
-            rc = p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            rc = p.wait()
-        # killed by SIGTERM itself: it had not installed its handler, so it never served
-        if rc not in (0, -signal.SIGTERM):
-            log.error("worker %d exited with %s during shutdown", p.pid, rc)
-            code = 1
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    return code

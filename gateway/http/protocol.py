@@ -24,8 +24,12 @@ and answers parse errors with text bodies that echo the input. This subclass add
   line, 431 for an over-long header line or too many headers, 400 otherwise, each with an
   `X-Request-ID` and the default security headers, naming no software.
 
-It relies on aiohttp 3.14's RequestHandler internals (`_messages`, `handle_error`), which is why
-pyproject pins aiohttp to that minor version.
+It also sends the interim `100 Continue` the handler decides on (`send_100_continue`): the
+handler writes no bytes to the connection itself.
+
+It relies on aiohttp 3.14's RequestHandler internals (the queue of parsed requests,
+`handle_error`, ...), reached only through http/aiohttp_internals.py, which lists them and says
+why pyproject pins aiohttp to that minor version.
 """
 
 from __future__ import annotations
@@ -37,10 +41,17 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from aiohttp import web
-from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
+from gateway.http.aiohttp_internals import (
+    HandlerInternals,
+    ServerInternals,
+    parse_error_kind,
+    response_started,
+    unread_chunks,
+    write_interim,
+)
 from gateway.http.problem import problem_bytes, problem_response
 from gateway.http.ws_frames import MaskCheck
 from gateway.loop_turns import after_turns
@@ -54,9 +65,16 @@ class RequestBodyFlood(Exception):
 
 _CLOSE_PROTOCOL_ERROR = b"\x88\x02\x03\xea"  # a close frame, code 1002, unmasked (server)
 REFUSED_LINGER = 1.0  # seconds a connection refused at connect is drained before it closes
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class GatewayRequestHandler(RequestHandler):
+async def send_100_continue(request: web.BaseRequest) -> None:
+    """Tell a client waiting on `Expect: 100-continue` to send its body (RFC 9110 10.1.1).
+    The final answer still counts as not started: it can be any answer, an error included."""
+    await write_interim(request, _CONTINUE)
+
+
+class GatewayRequestHandler(HandlerInternals):
     def __init__(self, manager: web.Server, *, header_timeout: float,
                  error_headers: Callable[[], CIMultiDict[str]],
                  count_error: Callable[[int], None],
@@ -84,9 +102,8 @@ class GatewayRequestHandler(RequestHandler):
         self._refused: asyncio.BaseTransport | None = None  # answered 503 at connect
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # the server's own map of open connections (`connections` would copy it every time);
-        # a refused connection is never added to it
-        if len(getattr(self._manager, "_connections", ())) >= self._max_connections():
+        # a refused connection is never added to the server's open connections
+        if self.server_connection_count() >= self._max_connections():
             self._refuse(transport, "connections",
                          "the gateway is at its connection limit; retry shortly")
             return
@@ -112,7 +129,7 @@ class GatewayRequestHandler(RequestHandler):
         tcp.write(problem_bytes(503, detail, out))
         if tcp.can_write_eof():
             tcp.write_eof()
-        self._loop.call_later(REFUSED_LINGER, tcp.close)
+        self.event_loop.call_later(REFUSED_LINGER, tcp.close)
 
     def eof_received(self) -> bool | None:
         if self._refused is not None:
@@ -129,7 +146,7 @@ class GatewayRequestHandler(RequestHandler):
     def _arm_head_timer(self) -> None:
         self._line_bytes = 0
         self._line_done = False
-        self._head_timer = self._loop.call_later(self._header_timeout, self._head_timer_fired)
+        self._head_timer = self.event_loop.call_later(self._header_timeout, self._head_timer_fired)
 
     def _disarm_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -140,13 +157,14 @@ class GatewayRequestHandler(RequestHandler):
         # bytes that arrived while the loop was busy are read in its next poll: confirm the
         # silence after it (gateway/loop_turns.py), unless the head completes meanwhile
         fired = self._head_timer
-        after_turns(self._loop, 2, lambda: self._head_timer is fired and self._head_timed_out())
+        after_turns(self.event_loop, 2,
+                    lambda: self._head_timer is fired and self._head_timed_out())
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
         log.info("closing connection: request head not received within %ss",
                  self._header_timeout)
-        if self._request_in_progress:
+        if self.answering:
             # the head was pipelined behind a request still being answered: that answer
             # completes, then the connection closes with the partial head unread
             self.close()
@@ -164,7 +182,7 @@ class GatewayRequestHandler(RequestHandler):
         if (
             data
             and self._head_timer is None
-            and not self._upgraded
+            and not self.is_upgraded
             and self._ends_after is None
             and (self._last_payload is None or self._last_payload.is_eof())
         ):
@@ -186,7 +204,8 @@ class GatewayRequestHandler(RequestHandler):
             super().data_received(data)
             return
         body_open = self._last_payload is not None and not self._last_payload.is_eof()
-        queued = len(self._messages)
+        messages = self.parsed_messages
+        queued = len(messages)
         super().data_received(data)
         if body_open:
             self._body_wire_bytes += len(data)
@@ -197,15 +216,15 @@ class GatewayRequestHandler(RequestHandler):
                     and payload is not self._answered:
                 payload.set_exception(RequestBodyFlood("request body framing exceeds the "
                                                        "size limit"))
-        if len(self._messages) > queued:
+        if len(messages) > queued:
             self._body_wire_bytes = 0
             self._disarm_head_timer()
             if self._ends_after is None:
                 self._stop_after_chunked(queued)
             else:  # parsed behind a chunked request: dropped, never handled
-                while len(self._messages) > queued:
-                    self._messages.pop()
-            self._last_payload = self._messages[-1][1] if self._messages else None
+                while len(messages) > queued:
+                    messages.pop()
+            self._last_payload = messages[-1][1] if messages else None
             if self._ends_after is None and _head_follows(data, self._last_payload):
                 self._arm_head_timer()  # a pipelined head began in the same bytes
         if self._ends_after is not None and self._ends_after.is_eof():
@@ -215,8 +234,8 @@ class GatewayRequestHandler(RequestHandler):
         # aiohttp installs the WebSocket reader here (the 101 is being sent) and feeds it what
         # arrived since the handshake; from now on every frame's mask bit is checked
         self._ws_frames = MaskCheck()
-        if self._message_tail and not self._ws_frames.feed(self._message_tail):
-            self._message_tail = b""
+        if self.upgrade_tail and not self._ws_frames.feed(self.upgrade_tail):
+            self.upgrade_tail = b""
             if self.transport is not None:
                 self.transport.write(_CLOSE_PROTOCOL_ERROR)
                 self.transport.close()
@@ -228,17 +247,18 @@ class GatewayRequestHandler(RequestHandler):
         self._answered = request.content
         transport = self.transport
         if not resp.keep_alive and not request.content.is_eof() and transport is not None \
-                and not self._upgraded and transport.can_write_eof():
+                and not self.is_upgraded and transport.can_write_eof():
             transport.write_eof()  # the answer is whole; its unread body is drained after
         return result
 
     def _stop_after_chunked(self, first_new: int) -> None:
-        for index in range(first_new, len(self._messages)):
-            message, payload = self._messages[index]
+        messages = self.parsed_messages
+        for index in range(first_new, len(messages)):
+            message, payload = messages[index]
             if getattr(message, "chunked", False):
                 self._ends_after = payload
-                while len(self._messages) > index + 1:
-                    self._messages.pop()
+                while len(messages) > index + 1:
+                    messages.pop()
                 return
 
     def handle_error(
@@ -248,17 +268,18 @@ class GatewayRequestHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        if request.writer.output_size > 0:
+        if response_started(request):
             # Part of a response is out: only an incomplete message can tell the truth.
             raise ConnectionError("response already started; closing the connection")
-        if isinstance(exc, LineTooLong):
+        kind = parse_error_kind(exc)
+        if kind == "line_too_long":
             if not self._line_done or self._line_bytes > self.max_line_size:
                 status, detail = 414, "request line too long"
             else:
                 status, detail = 431, "a request header line is too long"
-        elif exc is not None and "Too many headers" in str(exc):
+        elif kind == "too_many_headers":
             status, detail = 431, "too many request headers"
-        elif exc is not None and "Invalid HTTP version" in str(exc):
+        elif kind == "bad_version":
             status, detail = 505, "only HTTP/1.0 and HTTP/1.1 are supported"
         elif status == 400:
             detail = "malformed HTTP request"
@@ -278,11 +299,11 @@ def _head_follows(data: bytes, payload: Any) -> bool:
     (still buffered: the handler has not run yet)."""
     if payload is None or not payload.is_eof():
         return False
-    buffered = getattr(payload, "_buffer", None)
+    buffered = unread_chunks(payload)
     return not data.endswith(buffered[-1] if buffered else b"\r\n\r\n")
 
 
-class GatewayServer(web.Server):
+class GatewayServer(ServerInternals):
     """aiohttp's low-level server, making GatewayRequestHandler connections.
 
     `error_headers` gives the headers for answers to unparsable requests (the default
@@ -307,9 +328,11 @@ class GatewayServer(web.Server):
         self._count_overload = count_overload
 
     def __call__(self) -> RequestHandler:
-        return GatewayRequestHandler(self, loop=self._loop, header_timeout=self._header_timeout,
+        return GatewayRequestHandler(self, loop=self.event_loop,
+                                     header_timeout=self._header_timeout,
                                      error_headers=self._error_headers,
                                      count_error=self._count_error, max_body=self._max_body,
                                      max_connections=self._max_connections,
                                      count_overload=self._count_overload,
-                                     requests_full=self._requests_full, **self._kwargs)
+                                     requests_full=self._requests_full,
+                                     **self.handler_kwargs)

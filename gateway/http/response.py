@@ -9,38 +9,40 @@ WebSocket handshake all use these.
 aiohttp also echoes the request's version in the status line (`HTTP/2.0 505 ...` to an
 `HTTP/2.0` request line); an answer to a version the gateway refuses is sent as HTTP/1.1, the
 version this server speaks (RFC 9110 6.2), and ends the connection.
+
+Both are hooks of `ResponseHooks` (http/aiohttp_internals.py), which owns the overrides of
+aiohttp's private header steps.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion10, HttpVersion11
 
+from gateway.http.aiohttp_internals import ResponseHooks
 
-class _NoInventedHeaders(web.StreamResponse):
+
+class _NoInventedHeaders(ResponseHooks):
     # answer as HTTP/1.1 whatever the request said (set for requests the parser refused)
     own_version = False
 
-    async def _prepare_headers(self) -> None:
-        had_server = hdrs.SERVER in self._headers
-        had_type = hdrs.CONTENT_TYPE in self._headers
-        await super()._prepare_headers()
-        if not had_server:
-            self._headers.popall(hdrs.SERVER, None)
-        if not had_type:
-            self._headers.popall(hdrs.CONTENT_TYPE, None)
+    def before_default_headers(self) -> tuple[bool, bool]:
+        return hdrs.SERVER in self.headers, hdrs.CONTENT_TYPE in self.headers
 
-    async def _write_headers(self) -> None:
-        request = self._req
-        assert request is not None
-        if request.version in (HttpVersion11, HttpVersion10) and not self.own_version:
-            await super()._write_headers()
-            return
-        writer = self._payload_writer
-        assert writer is not None
-        self._headers[hdrs.CONNECTION] = "close"
-        await writer.write_headers(f"HTTP/1.1 {self._status} {self._reason}", self._headers)
-        writer.send_headers()
+    def after_default_headers(self, before: Any) -> None:
+        had_server, had_type = before
+        if not had_server:
+            self.headers.popall(hdrs.SERVER, None)
+        if not had_type:
+            self.headers.popall(hdrs.CONTENT_TYPE, None)
+
+    def status_line(self, version: Any) -> str | None:
+        if version in (HttpVersion11, HttpVersion10) and not self.own_version:
+            return None
+        self.headers[hdrs.CONNECTION] = "close"
+        return f"HTTP/1.1 {self.status} {self.reason}"
 
 
 class RelayedResponse(_NoInventedHeaders):
