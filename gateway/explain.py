@@ -122,8 +122,11 @@ def explain(rt: CompiledPolicy, req: DescribedRequest) -> dict[str, Any]:
         "upstream": targets[0].base_url + verdict.path_qs,
         "continue": verdict.send_continue,
     }
+    # a name whose values differ from the client's is listed with all the values it goes with
+    changed = {k.lower() for k in out if out.getall(k) != headers.getall(k, [])}
     report["upstream_request"] = {
-        "set": {k: v for k, v in out.items() if headers.get(k) != v},
+        "headers": [[k, v] for k, v in out.items()],
+        "set": [[k, v] for k, v in out.items() if k.lower() in changed],
         "removed": sorted({k for k in headers if k.lower() not in sent}),
     }
     if action is Action.FORWARD:
@@ -235,7 +238,7 @@ def format_report(report: dict[str, Any]) -> str:
         extra = ", after 100 Continue" if outcome["continue"] else ""
         lines.append(f"  outcome:         {outcome['action']} to {outcome['upstream']}{extra}")
         up = report["upstream_request"]
-        for name, value in up["set"].items():
+        for name, value in up["set"]:
             lines.append(f"  upstream header: {name}: {value}")
         if up["removed"]:
             lines.append("  not forwarded:   " + ", ".join(up["removed"]))

@@ -25,6 +25,9 @@ from gateway.settings.headers import HeadersPolicy
 from gateway.settings.policy import Route
 from gateway.settings.ratelimit import RateLimitPolicy
 
+# methods whose requests say nothing of a body when they have none
+BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
 
 class Action(enum.Enum):
     ANSWER = "answer"  # the gateway answers the request itself (a refusal)
@@ -113,10 +116,16 @@ class Plan:
         (the forwarder puts the chosen target's authority there). Built on demand: a request
         refused after the plan (429) never needs them."""
         head = self.head
-        return upstream_request_headers(
+        out = upstream_request_headers(
             head.headers, version=head.version, peer=head.peer, peer_trusted=self.peer_trusted,
             client_ip=self.client_ip, scheme="https" if head.secure else "http",
             request_id=self.request_id, upstream_authority=None, rules=compiled.forwarding)
+        if not head.has_body and head.method not in BODYLESS_METHODS \
+                and "Content-Length" not in out:
+            # said here rather than left to the HTTP client (aiohttp adds it for these
+            # methods), so that the plan shows it; a body's own framing comes with the body
+            out["Content-Length"] = "0"
+        return out
 
     @property
     def exempt_from(self) -> tuple[str, ...]:

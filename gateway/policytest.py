@@ -138,8 +138,9 @@ def check_case(rt: CompiledPolicy, case: Case) -> list[str]:
                     failures.append(f"response header {name}: expected {value!r}, "
                                     f"got {added.get(name.lower())!r}")
         elif key == "upstream_headers":
-            sent = {k.lower(): v for k, v in report.get("upstream_request", {}).get("set", {})
-                    .items()}
+            sent: dict[str, str] = {}
+            for k, v in report.get("upstream_request", {}).get("headers", ()):
+                sent[k.lower()] = f"{sent[k.lower()]}, {v}" if k.lower() in sent else v
             for name, value in (wanted or {}).items():
                 if sent.get(name.lower()) != str(value):
                     failures.append(f"upstream header {name}: expected {value!r}, "

@@ -38,7 +38,7 @@ def test_explain_reports_route_path_client_ip_and_upstream() -> None:
     assert report["route"]["matched_because"][0] == "path is exactly /api/auth/login"
     assert report["outcome"] == {"action": "forward", "continue": False,
                                  "upstream": "http://127.0.0.1:8000/api/auth/login"}
-    assert report["upstream_request"]["set"]["X-Forwarded-Host"] == "shop.example"
+    assert dict(report["upstream_request"]["set"])["X-Forwarded-Host"] == "shop.example"
 
 
 def test_explain_client_ip_follows_the_trusted_proxy_rule() -> None:
