@@ -8,6 +8,7 @@ None, so one pass reports all errors in a file.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -169,3 +170,15 @@ class Reader:
             if value is not None:
                 out.append((item, value))
         return out
+
+
+def checked_names(r: Reader, items: list[tuple[yaml.Node, str]] | None, what: str,
+           grammar: re.Pattern[str], kind: str) -> tuple[str, ...] | None:
+    """The names of a list read by `r.string_list`, each matching `grammar`; None (each bad
+    one reported) otherwise."""
+    if items is None:
+        return None
+    bad = [(item, text) for item, text in items if not grammar.fullmatch(text)]
+    for item, text in bad:
+        r.error(item, f"{what}: {text!r} is not {kind}")
+    return None if bad else tuple(text for _, text in items)

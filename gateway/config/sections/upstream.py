@@ -1,0 +1,119 @@
+"""Reads the `upstream` section (targets, timeouts, pool and its budgets)."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+from yarl import URL
+
+from gateway.config.reader import Reader
+from gateway.settings.policy import (
+    UpstreamSettings,
+    UpstreamTarget,
+)
+
+_PORT = re.compile(r"[0-9]{1,5}")
+_URL_HOST = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9])?")
+
+KEYS = {
+    "upstream": ("url", "targets", "timeouts", "max_connections", "retries", "preserve_host",
+                 "pool_timeout", "max_websockets", "max_websockets_per_client",
+                 "max_streaming_bodies", "max_streaming_bodies_per_client", "request_buffer"),
+    "upstream.timeouts": ("connect", "read"),
+}
+
+
+def _target(r: Reader, node: yaml.Node, what: str) -> UpstreamTarget | None:
+    text = r.string(node, what)
+    if text is None:
+        return None
+    try:
+        url = URL(text)
+    except ValueError as exc:
+        r.error(node, f"{what}: {text!r} is not a URL ({exc})")
+        return None
+    authority = text.partition("://")[2].partition("/")[0]
+    if authority.startswith("["):
+        host_text, _, rest = authority.partition("]")
+        host_text += "]"
+        port_text = rest[1:] if rest.startswith(":") else ("" if not rest else "junk")
+    elif ":" in authority:
+        host_text, _, port_text = authority.rpartition(":")
+    else:
+        host_text, port_text = authority, ""
+    if (port_text and not _PORT.fullmatch(port_text)) or not _URL_HOST.fullmatch(host_text):
+        r.error(node, f"{what} must be scheme://host[:port] with a plain host name or IP "
+                f"address, got {text!r}")
+        return None
+    if url.scheme not in ("http", "https") or not url.host:
+        r.error(node, f"{what} must be an http:// or https:// URL with a host, got {text!r}")
+        return None
+    if url.explicit_port == 0:
+        r.error(node, f"{what}: port 0 is not a port to connect to")
+        return None
+    if url.path not in ("", "/") or url.query_string or url.fragment or url.user:
+        r.error(node, f"{what} must be scheme://host[:port] only (no path, query or userinfo)")
+        return None
+    # raw_host: the ASCII (punycode) form; url.host would decode it for the Host header
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return UpstreamTarget(url.scheme, url.raw_host, port)
+
+
+def read_upstream(r: Reader, node: yaml.Node) -> UpstreamSettings | None:
+    m = r.mapping(node, KEYS["upstream"], "upstream")
+    if m is None:
+        return None
+    targets: list[UpstreamTarget] = []
+    if ("url" in m) == ("targets" in m):
+        r.error(node, "upstream needs exactly one of 'url' or 'targets'")
+    elif "url" in m:
+        t = _target(r, m["url"], "upstream.url")
+        targets = [t] if t else []
+    else:
+        for item in r.sequence(m["targets"], "upstream.targets") or ():
+            t = _target(r, item, "each entry of upstream.targets")
+            if t:
+                targets.append(t)
+        if not targets:
+            r.error(m["targets"], "upstream.targets must list at least one URL")
+    d = UpstreamSettings(targets=())
+    values: dict[str, object] = {}
+    if "timeouts" in m:
+        tm = r.mapping(m["timeouts"], KEYS["upstream.timeouts"], "upstream.timeouts")
+        for key, value in (tm or {}).items():
+            values[f"{key}_timeout"] = r.duration(value, f"upstream.timeouts.{key}")
+    if "max_connections" in m:
+        values["max_connections"] = r.integer(m["max_connections"], "upstream.max_connections",
+                                              1, 100_000)
+    if "retries" in m:
+        values["retries"] = r.integer(m["retries"], "upstream.retries", 0, 10)
+    if "preserve_host" in m:
+        values["preserve_host"] = r.boolean(m["preserve_host"], "upstream.preserve_host")
+    if "pool_timeout" in m:
+        values["pool_timeout"] = r.duration(m["pool_timeout"], "upstream.pool_timeout")
+    for key in ("max_websockets", "max_websockets_per_client", "max_streaming_bodies",
+                "max_streaming_bodies_per_client"):
+        if key in m:
+            values[key] = r.integer(m[key], f"upstream.{key}", 0, 100_000)
+    if "request_buffer" in m:
+        values["request_buffer"] = r.size(m["request_buffer"], "upstream.request_buffer")
+        if values["request_buffer"] is not None and values["request_buffer"] > 64 * 1024 ** 2:
+            r.error(m["request_buffer"], "upstream.request_buffer is held in memory per "
+                    "request: at most 64MiB")
+            values["request_buffer"] = None
+    if not targets:
+        return None
+    fields = {k: v for k, v in values.items() if v is not None}
+    return UpstreamSettings(targets=tuple(targets), **{**_defaults(d), **fields})
+
+
+def _defaults(d: UpstreamSettings) -> dict[str, object]:
+    return {"connect_timeout": d.connect_timeout, "read_timeout": d.read_timeout,
+            "max_connections": d.max_connections, "retries": d.retries,
+            "preserve_host": d.preserve_host, "pool_timeout": d.pool_timeout,
+            "max_websockets": d.max_websockets,
+            "max_websockets_per_client": d.max_websockets_per_client,
+            "max_streaming_bodies": d.max_streaming_bodies,
+            "max_streaming_bodies_per_client": d.max_streaming_bodies_per_client,
+            "request_buffer": d.request_buffer}
