@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 import uvloop
 
-from gateway.ratelimit.redis_connection import RedisConnection
-from gateway.ratelimit.redis_endpoint import parse
-from gateway.ratelimit.resp import encode as cmd
+from gateway.redis.connection import RedisConnection
+from gateway.redis.endpoint import parse
+from gateway.redis.resp import encode as cmd
 from tests.support.processes import Gateway, start_gateway, stop
 from tests.support.redis_server import RedisServer, start_redis
 

@@ -1,4 +1,4 @@
-"""The gateway's Redis Cluster routing (gateway/ratelimit/redis_cluster.py) against a real
+"""The gateway's Redis Cluster routing (gateway/redis/cluster.py) against a real
 3-node cluster: calls go to the slot's master, a slot moved to another node (MOVED) and a slot
 being migrated (ASK) are followed, the slot map is learnt from any seed that answers, and
 CLUSTER SLOTS replies are read as Redis writes them."""
@@ -15,9 +15,9 @@ from redis.crc import key_slot
 
 from gateway.ratelimit.keys import Checks
 from gateway.ratelimit.redis_backend import RedisBackend, slot_of
-from gateway.ratelimit.redis_cluster import ClusterRouter, redirect, slot_ranges
-from gateway.ratelimit.redis_endpoint import parse
-from gateway.ratelimit.resp import encode
+from gateway.redis.cluster import ClusterRouter, redirect, slot_ranges
+from gateway.redis.endpoint import parse
+from gateway.redis.resp import encode
 from gateway.settings.ratelimit import RateLimitPolicy
 from tests.support.redis_cluster import RedisCluster, start_redis_cluster
 from tests.support.redis_server import RedisServer

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.ratelimit.redis_connection import RedisConnection, RedisConnectionLost
-from gateway.ratelimit.redis_endpoint import parse
-from gateway.ratelimit.resp import encode as cmd
+from gateway.redis.connection import RedisConnection, RedisConnectionLost
+from gateway.redis.endpoint import parse
+from gateway.redis.resp import encode as cmd
 from tests.support.redis_server import RedisServer, start_redis
 
 

@@ -1,4 +1,4 @@
-"""The pipelined Redis connection (redis_connection.py) against real redis-server processes:
+"""The pipelined Redis connection (gateway/redis/connection.py) against real redis-server processes:
 replies matched to callers, one write per loop turn, error replies as values, cancellation,
 the one-timer deadline, reconnecting after kills and restarts, AUTH/SELECT/setup on every new
 connection, and the backend's NOSCRIPT reload."""
@@ -19,13 +19,13 @@ import pytest
 
 from gateway.ratelimit.keys import Checks
 from gateway.ratelimit.redis_backend import RedisBackend
-from gateway.ratelimit.redis_connection import (
+from gateway.redis.connection import (
     RedisConnection,
     RedisConnectionLost,
     RedisReplyError,
 )
-from gateway.ratelimit.redis_endpoint import parse
-from gateway.ratelimit.resp import encode as cmd
+from gateway.redis.endpoint import parse
+from gateway.redis.resp import encode as cmd
 from gateway.settings.ratelimit import RateLimitPolicy
 from tests.support.processes import free_port
 from tests.support.redis_server import RedisServer, start_redis

@@ -1,5 +1,6 @@
-"""redis.url parsing (redis_endpoint.parse): what each URL form means, what is refused and why,
-the TLS context of rediss://, and how the policy loader reports a bad URL. Pure: no Redis."""
+"""redis.url parsing (gateway.redis.endpoint.parse): what each URL form means, what is refused
+and why, the TLS context of rediss://, and how the policy loader reports a bad URL. Pure: no
+Redis."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from redis.connection import parse_url as redis_py_parse_url
 
 from gateway.config import PolicyError, load_policy
-from gateway.ratelimit.redis_endpoint import Endpoint, parse
+from gateway.redis.endpoint import Endpoint, parse
 from tests.test_ratelimit_config import BASE
 
 VALID: list[tuple[str, Endpoint]] = [

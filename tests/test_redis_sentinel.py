@@ -1,4 +1,4 @@
-"""redis+sentinel:// master discovery (gateway/ratelimit/redis_sentinel.py) against real
+"""redis+sentinel:// master discovery (gateway/redis/sentinel.py) against real
 redis-server and Sentinel processes: an unknown service fails as a connection error, a stalled
 Sentinel does not hide a healthy one, a Sentinel without a password accepts the URL's, and
 close() closes the Sentinel connections."""
@@ -17,7 +17,7 @@ import pytest
 
 from gateway.ratelimit.keys import Checks
 from gateway.ratelimit.redis_backend import RedisBackend
-from gateway.ratelimit.redis_connection import RedisConnectionLost, RedisReplyError
+from gateway.redis.connection import RedisConnectionLost, RedisReplyError
 from gateway.settings.ratelimit import RateLimitPolicy
 from tests.support.processes import stop
 from tests.support.redis_sentinel import start_sentinel

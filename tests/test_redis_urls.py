@@ -10,8 +10,8 @@ import pytest
 
 from gateway.ratelimit.keys import Checks
 from gateway.ratelimit.redis_backend import RedisBackend
-from gateway.ratelimit.redis_connection import RedisReplyError
-from gateway.ratelimit.resp import encode
+from gateway.redis.connection import RedisReplyError
+from gateway.redis.resp import encode
 from gateway.settings.ratelimit import RateLimitPolicy
 from tests.support.redis_sentinel import start_sentinel
 from tests.support.redis_server import RedisServer, start_redis

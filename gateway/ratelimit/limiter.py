@@ -48,8 +48,8 @@ from gateway.ratelimit.algorithms import Outcome
 from gateway.ratelimit.keys import Checks, Item
 from gateway.ratelimit.memory import MemoryBackend
 from gateway.ratelimit.redis_backend import RedisBackend
-from gateway.ratelimit.redis_connection import RedisReplyError
-from gateway.ratelimit.resp import encode
+from gateway.redis.connection import RedisReplyError
+from gateway.redis.resp import encode
 from gateway.settings.ratelimit import RateLimitPolicy, RedisSettings
 
 log = logging.getLogger("gateway.ratelimit")

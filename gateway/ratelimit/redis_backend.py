@@ -28,11 +28,11 @@ import hiredis
 
 from gateway.ratelimit.algorithms import Outcome
 from gateway.ratelimit.keys import Checks, Item
-from gateway.ratelimit.redis_cluster import SLOTS, ClusterRouter
-from gateway.ratelimit.redis_connection import RedisConnection, RedisReplyError
-from gateway.ratelimit.redis_endpoint import parse
-from gateway.ratelimit.redis_sentinel import SentinelLocator
-from gateway.ratelimit.resp import bulk, encode
+from gateway.redis.cluster import SLOTS, ClusterRouter
+from gateway.redis.connection import RedisConnection, RedisReplyError
+from gateway.redis.endpoint import parse
+from gateway.redis.resp import bulk, encode
+from gateway.redis.sentinel import SentinelLocator
 from gateway.settings.ratelimit import RateLimitPolicy
 
 LUA = """

@@ -17,7 +17,7 @@ import re
 import yaml
 
 from gateway.config.reader import Reader
-from gateway.ratelimit import redis_endpoint
+from gateway.redis import endpoint as redis_endpoint
 from gateway.settings.ratelimit import (
     ALGORITHMS,
     FAILURE_MODES,

@@ -1,4 +1,4 @@
-"""Where the rate-limit Redis is: `redis.url` parsed into an Endpoint, checked at load time.
+"""Where Redis is: `redis.url` parsed into an Endpoint, checked at load time.
 
     redis://[[user]:password@]host[:port][/db]
     rediss://...                       TLS; ?ssl_ca_certs=, ssl_certfile=, ssl_keyfile=,

@@ -1,5 +1,5 @@
 """Where the master is, by Redis Sentinel: asked on every new connection to Redis
-(redis_connection.py `locate`), so a failover is followed when the gateway reconnects.
+(connection.py `locate`), so a failover is followed when the gateway reconnects.
 
 Every Sentinel of the URL is asked at once (`SENTINEL MASTER <service>`) on a pipelined
 connection of its own; the first to name a master that it does not flag as down wins. So a
@@ -18,9 +18,9 @@ import asyncio
 import dataclasses
 from typing import Any
 
-from gateway.ratelimit.redis_connection import RedisConnection, RedisConnectionLost
-from gateway.ratelimit.redis_endpoint import Endpoint
-from gateway.ratelimit.resp import encode
+from gateway.redis.connection import RedisConnection, RedisConnectionLost
+from gateway.redis.endpoint import Endpoint
+from gateway.redis.resp import encode
 
 
 def master_address(reply: Any) -> tuple[str, int] | str:

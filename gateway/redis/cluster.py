@@ -1,5 +1,5 @@
-"""Redis Cluster for the rate-limit script: which master serves a slot, and one pipelined
-connection (redis_connection.py) per master.
+"""Redis Cluster: which master serves a slot, and one pipelined connection (connection.py)
+per master.
 
 - The slot map comes from `CLUSTER SLOTS`, asked of a seed or a known node on first use and
   again, in the background and at most every REFRESH_EVERY, after a node fails or redirects.
@@ -26,11 +26,11 @@ from typing import Any
 
 import hiredis
 
-from gateway.ratelimit.redis_connection import RedisConnection, RedisConnectionLost
-from gateway.ratelimit.redis_endpoint import Endpoint
-from gateway.ratelimit.resp import encode
+from gateway.redis.connection import RedisConnection, RedisConnectionLost
+from gateway.redis.endpoint import Endpoint
+from gateway.redis.resp import encode
 
-log = logging.getLogger("gateway.ratelimit")
+log = logging.getLogger("gateway.redis")
 
 SLOTS = 16384
 REFRESH_EVERY = 0.1  # s: background map refreshes at most this often

@@ -1,5 +1,5 @@
 """RESP2, the Redis wire format, as far as the gateway writes it: commands as arrays of bulk
-strings. Replies are parsed by hiredis (C); see redis_connection.py.
+strings. Replies are parsed by hiredis (C); see connection.py.
 
     encode("GET", "k")  ->  b"*2\\r\\n$3\\r\\nGET\\r\\n$1\\r\\nk\\r\\n"
 """

@@ -1,4 +1,5 @@
-"""One pipelined connection to Redis per gateway process, for the rate-limit script.
+"""One pipelined connection to Redis: a gateway process keeps one (one per master on a Cluster)
+for the calls of its request path, the rate-limit script.
 
 Commands are queued as ready-made RESP bytes; those queued in the same event-loop turn are
 written together, and replies (parsed by hiredis) are matched to callers in order. Every call
@@ -17,7 +18,7 @@ has timed out (Link._expire). Nothing of this runs per call.
 
 Why not redis-py here: its connection pool, command packing and per-call bookkeeping cost
 the gateway more CPU than the Redis round trip itself (docs/benchmarks.md). On a Cluster,
-redis_cluster.py keeps one of these per master, redis_sentinel.py one per Sentinel.
+cluster.py keeps one of these per master, sentinel.py one per Sentinel.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from typing import Any
 import hiredis
 
 from gateway.loop_turns import after_turns
-from gateway.ratelimit.redis_endpoint import Endpoint
-from gateway.ratelimit.resp import encode
+from gateway.redis.endpoint import Endpoint
+from gateway.redis.resp import encode
 
 # (host, port) of the Redis to talk to; called for every new connection, so a Sentinel
 # failover is followed on reconnect
