@@ -111,7 +111,7 @@ def key_exists(server: RedisServer, key: str) -> bool:
 
 
 def window_count(server: RedisServer, key: str) -> int | None:
-    """The current-window count of a sliding-window key (field b, see redis_backend.LUA)."""
+    """The current-window count of a sliding-window key (field b, see ratelimit/check.lua)."""
     return resp_int(server.command("HGET", key, "b"))
 
 

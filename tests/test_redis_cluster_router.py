@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from gateway.ratelimit.keys import Checks
-from gateway.ratelimit.redis_backend import RedisBackend, slot_of
-from gateway.redis.cluster import ClusterRouter, redirect, slot_ranges
+from gateway.ratelimit.redis_backend import RedisBackend
+from gateway.redis.cluster import ClusterRouter, redirect, slot_of, slot_ranges
 from gateway.redis.endpoint import parse
 from gateway.redis.resp import encode
 from gateway.settings.ratelimit import RateLimitPolicy

@@ -140,8 +140,8 @@ def test_a_readonly_answer_drops_the_connection_so_the_next_call_connects_again(
             backend = RedisBackend(replica.url, 2.0)
             try:
                 if flushed:
-                    assert backend.connection is not None
-                    assert await backend.connection.call(encode("PING")) == b"PONG"
+                    assert backend.client.connection is not None
+                    assert await backend.client.connection.call(encode("PING")) == b"PONG"
                     assert replica.command("SCRIPT", "FLUSH").startswith(b"+OK")
                 try:
                     await backend.check(Checks([(POLICY, "gw:{ro}:p")]))
@@ -149,8 +149,9 @@ def test_a_readonly_answer_drops_the_connection_so_the_next_call_connects_again(
                     assert "READONLY" in str(exc), exc
                 else:
                     raise AssertionError("a replica accepted the script's writes")
-                assert backend.connection is not None and backend.connection._link is not None
-                assert backend.connection._link.lost
+                connection = backend.client.connection
+                assert connection is not None and connection._link is not None
+                assert connection._link.lost
             finally:
                 await backend.close()
 

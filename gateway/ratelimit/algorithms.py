@@ -1,7 +1,7 @@
 """Rate-limit arithmetic, pure and in integer milliseconds.
 
-The Redis backend runs the same arithmetic in Lua (redis_backend.LUA); both must give the same
-answers for the same state and time, which the tests check. Integers keep them identical.
+The Redis backend runs the same arithmetic in Lua (check.lua); both must give the same answers
+for the same state and time, which the tests check. Integers keep them identical.
 
 State is three integers per limit and key:
 - fixed_window:   (window index, count in it, 0)
@@ -22,6 +22,8 @@ from typing import NamedTuple
 from gateway.settings.ratelimit import RateLimitPolicy
 
 State = tuple[int, int, int]
+# one letter per algorithm: what evaluate_code and the Lua script switch on; also in storage keys
+CODES = {"fixed_window": "f", "sliding_window": "s", "token_bucket": "t"}
 
 
 class Outcome(NamedTuple):  # a tuple: made for every limit of every request, cheaply
@@ -39,8 +41,8 @@ def _ceildiv(a: int, b: int) -> int:
 
 
 def evaluate(policy: RateLimitPolicy, state: State | None, now_ms: int) -> Outcome:
-    return evaluate_code(policy.code, policy.limit, policy.period_ms, policy.capacity, state,
-                         now_ms)
+    return evaluate_code(CODES[policy.algorithm], policy.limit, policy.period_ms,
+                         policy.capacity, state, now_ms)
 
 
 def evaluate_code(algo: str, limit: int, period: int, capacity: int, state: State | None,

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from multidict import CIMultiDictProxy
 
+from gateway.ratelimit.algorithms import CODES
 from gateway.settings.ratelimit import RateLimitPolicy
 
 Item = tuple[RateLimitPolicy, str]  # a policy and the storage key it counts against
@@ -23,18 +24,16 @@ Item = tuple[RateLimitPolicy, str]  # a policy and the storage key it counts aga
 class Checks:
     """A request's rate limits, each with the counter it counts against, in check order.
 
-    The handler keeps them per client; `packed` keeps the Redis backend's encoded script call
-    beside them, and `slots` their Redis Cluster slots, so a returning client costs neither
-    key building, nor encoding, nor hashing.
+    The handler keeps them per client, so a returning client costs no key building; a
+    backend may keep what it derives from them while they live (weakly referenced: the Redis
+    backend's encoded call and Cluster slots).
     """
 
-    __slots__ = ("items", "packed", "policies", "slots")
+    __slots__ = ("__weakref__", "items", "policies")
 
     def __init__(self, items: Iterable[Item]) -> None:
         self.items: tuple[Item, ...] = tuple(items)
         self.policies: tuple[RateLimitPolicy, ...] = tuple(p for p, _ in self.items)
-        self.packed: bytes | None = None
-        self.slots: tuple[int, ...] | None = None
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9.:/_\-]{1,64}")
@@ -84,4 +83,4 @@ def limit_tag(
 def storage_key(prefix: str, policy: RateLimitPolicy, tag: str) -> str:
     """`gw:{ip=1.2.3.4}:login:s900000`; the period and algorithm are part of the key so a
     changed policy starts fresh counters instead of misreading old ones."""
-    return f"{prefix}{{{tag}}}:{policy.name}:{policy.code}{policy.period_ms}"
+    return f"{prefix}{{{tag}}}:{policy.name}:{CODES[policy.algorithm]}{policy.period_ms}"

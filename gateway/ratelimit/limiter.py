@@ -18,15 +18,15 @@ when Redis does not.
   it took the in-process fallback). A request still probes after the cool-down too (if the
   background probe is slower); a background probe that fails leaves the breaker as it is.
 - Replicas: the same task announces this process in Redis every HEARTBEAT_EVERY (a sorted set
-  `<key_prefix>replicas` scored by Redis's clock; entries older than STALE_AFTER are dropped)
-  and counts the entries: the number of gateway processes sharing these counters (each
-  worker of `--workers N` is one). With `redis.fallback: divide` (the default), the in-process
-  fallback enforces ceil(limit / replicas) of every limit (a token bucket's capacity divided
-  likewise), the count known when the outage began (heartbeats fail while Redis is away), so
-  N replicas together admit about one limit rather than N; `full`: each replica the whole
-  limit. The task is started by `start()` (`gateway run`, at start) or the first decision,
-  and ends in close() (shutdown, or a reload that replaces the limiter), which also takes
-  this process out of the set.
+  `<key_prefix>replicas` scored by Redis's clock, `RedisBackend.announce`; entries older than
+  STALE_AFTER are dropped) and counts the entries: the number of gateway processes sharing these
+  counters (each worker of `--workers N` is one). With `redis.fallback: divide` (the default),
+  the in-process fallback enforces ceil(limit / replicas) of every limit (a token bucket's
+  capacity divided likewise), the count known when the outage began (heartbeats fail while Redis
+  is away), so N replicas together admit about one limit rather than N; `full`: each replica the
+  whole limit. The task is started by `start()` (`gateway run`, at start) or the first decision,
+  and ends in close() (shutdown, or a reload that replaces the limiter), which also takes this
+  process out of the set.
 """
 
 from __future__ import annotations
@@ -48,8 +48,6 @@ from gateway.ratelimit.algorithms import Outcome
 from gateway.ratelimit.keys import Checks, Item
 from gateway.ratelimit.memory import MemoryBackend
 from gateway.ratelimit.redis_backend import RedisBackend
-from gateway.redis.connection import RedisReplyError
-from gateway.redis.resp import encode
 from gateway.settings.ratelimit import RateLimitPolicy, RedisSettings
 
 log = logging.getLogger("gateway.ratelimit")
@@ -57,20 +55,6 @@ log = logging.getLogger("gateway.ratelimit")
 PROBE_EVERY = 0.2  # s: background probes of an open breaker
 HEARTBEAT_EVERY = 2.0  # s: this process announces itself in `<key_prefix>replicas`
 STALE_AFTER = 3 * HEARTBEAT_EVERY + 1.0  # s: a replica not heard from for this long is gone
-
-# ZADD this replica scored by Redis's clock (replicas' clocks may disagree), drop the stale,
-# count; the set expires when every replica is gone. Returns {added (1: our entry was
-# missing), count}.
-HEARTBEAT = """
-if redis.replicate_commands then pcall(redis.replicate_commands) end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local stale = tonumber(ARGV[2])
-local added = redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - stale)
-redis.call('PEXPIRE', KEYS[1], stale * 2)
-return {added, redis.call('ZCARD', KEYS[1])}
-"""
 
 _replica_id: tuple[int, str] | None = None  # (pid, id): a forked worker makes its own
 _announcing: dict[tuple[str, str], int] = {}  # live limiters per (url, key_prefix)
@@ -162,7 +146,7 @@ class Limiter:
         self.while_open = ("limited routes answer 503" if settings.failure_mode == "closed"
                            else "rate limits fall back to in-process counters")
         self.breaker = Breaker(while_open=self.while_open)
-        self.per_node = self.redis is not None and self.redis.cluster is not None
+        self.per_node = self.redis is not None and self.redis.on_cluster
         self.node_breakers: dict[str, Breaker] = {}
         self.replicas = 1  # gateway processes sharing the counters, as last counted
         self._beats = 0  # heartbeats answered
@@ -263,11 +247,7 @@ class Limiter:
     async def _heartbeat(self) -> None:
         assert self.redis is not None
         key = self.settings.key_prefix + "replicas"
-        reply = await self.redis.command(
-            encode("EVAL", HEARTBEAT, 1, key, replica_id(), round(STALE_AFTER * 1000)), key)
-        if not isinstance(reply, list) or len(reply) != 2:
-            raise RedisReplyError(str(reply))
-        added, count = reply
+        added, count = await self.redis.announce(key, replica_id(), round(STALE_AFTER * 1000))
         now = asyncio.get_running_loop().time()
         if added and self._beats:
             # our entry was gone: the set was lost (Redis restarted empty, or flushed); the
@@ -306,6 +286,6 @@ class Limiter:
                 if self._beats and self.redis is not None:
                     key = self.settings.key_prefix + "replicas"
                     with contextlib.suppress(Exception):
-                        await self.redis.command(encode("ZREM", key, replica_id()), key)
+                        await self.redis.leave(key, replica_id())
         if self.redis is not None:
             await self.redis.close()

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from binascii import crc_hqx
 from typing import Any
 
 import hiredis
@@ -36,6 +37,18 @@ SLOTS = 16384
 REFRESH_EVERY = 0.1  # s: background map refreshes at most this often
 CLUSTER_SLOTS = encode("CLUSTER", "SLOTS")
 ASKING = encode("ASKING")
+
+
+def slot_of(key: str) -> int:
+    """The Redis Cluster slot of a key: CRC16 (XMODEM, binascii.crc_hqx) of the text inside
+    its first non-empty `{...}`, or of the whole key, modulo 16384."""
+    data = key.encode()
+    start = data.find(b"{")
+    if start >= 0:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1:end]
+    return crc_hqx(data, 0) % SLOTS
 
 
 def node_name(host: str, port: int) -> str:
