@@ -21,7 +21,7 @@ LAYERS = ("tokens", "settings", "config", "decisions", "io")
 
 # the grammar everything shares; pure modules that import nothing of the gateway above them
 TOKENS = {"gateway", "gateway.tokens", "gateway.units", "gateway.loop_turns",
-          "gateway.http.normalize", "gateway.ratelimit.redis_endpoint", "gateway.redis.endpoint"}
+          "gateway.http.normalize", "gateway.redis.endpoint"}
 # pure functions of the compiled policy and a request: no socket, no event loop
 DECISIONS = {"gateway.routing", "gateway.cors", "gateway.security_headers",
              "gateway.csp_reports", "gateway.admission", "gateway.explain", "gateway.policytest",

@@ -154,7 +154,7 @@ def test_gateway_exceptions_are_reported_with_request_id_and_route(sentry_server
     def boom(*args, **kwargs):
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr(handler_module, "admit", boom)
+    monkeypatch.setattr(handler_module, "plan", boom)
     loaded = load_policy(ROOT / "policies" / "development.yaml", {})
 
     async def scenario() -> str:

@@ -6,8 +6,6 @@ import ipaddress
 from dataclasses import dataclass, field
 
 ALGORITHMS = ("sliding_window", "fixed_window", "token_bucket")
-# one letter per algorithm: in storage keys, and what the Lua script and algorithms.py switch on
-CODES = {"fixed_window": "f", "sliding_window": "s", "token_bucket": "t"}
 MODES = ("enforce", "shadow")
 FAILURE_MODES = ("open", "closed")
 FALLBACKS = ("divide", "full")  # redis.fallback: the in-process limit while Redis is away
@@ -35,12 +33,10 @@ class RateLimitPolicy:
     # checker, an internal monitor); other limits of the route still apply to them
     exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # derived once here, read on every request
-    code: str = field(init=False, repr=False, compare=False)  # CODES[algorithm]
     enforced: bool = field(init=False, repr=False, compare=False)
     capacity: int = field(init=False, repr=False, compare=False)  # burst, or limit
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "code", CODES.get(self.algorithm, "?"))
         object.__setattr__(self, "enforced", self.mode == "enforce")
         object.__setattr__(self, "capacity",
                            self.burst if self.burst is not None else self.limit)

@@ -126,6 +126,8 @@ def _cidr_items(r: Reader, node: yaml.Node, what: str) -> list[tuple[yaml.Node, 
     or `none`)."""
     if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:str":
         words = node.value.replace(",", " ").split()
+        if not words:  # an empty ${TRUSTED_PROXIES} must not silently mean "no proxy"
+            r.error(node, f"{what} is empty: list CIDRs, or write `none` to trust no proxy")
         return [] if words == ["none"] else [(node, w) for w in words]
     return r.string_list(node, what) or []
 
