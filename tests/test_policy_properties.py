@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from gateway.config import Loaded, PolicyError, load_policy
 from gateway.config.loader import KEYS
 from gateway.config.model import Policy
+from tests.support.policy import write_policy
 
 # Function-scoped fixtures (tmp_path) do not mix with @given: one directory for the module.
 _DIR = Path(tempfile.mkdtemp(prefix="policy-properties-"))
@@ -44,8 +45,7 @@ PHASES = tuple(phase for phase in Phase if phase is not Phase.explain)
 
 
 def load(data: str | bytes, environ: dict[str, str] | None = None) -> Loaded:
-    POLICY.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass"))
-    return load_policy(POLICY, {} if environ is None else environ)
+    return load_policy(write_policy(_DIR, data), {} if environ is None else environ)
 
 
 def dump(doc: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -10,16 +11,59 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
+# Ports for the processes the tests start. A port the kernel picks (bind to 0, then release)
+# can be picked again by a parallel test (pytest-xdist worker) before the process that was given
+# it binds it, and a port meant to have nothing listening ("a dead upstream") can be taken by
+# another worker's server. So every worker draws from its own block below the kernel's ephemeral
+# range (32768+, where outgoing connections get their source ports), in turn, skipping ports
+# that are in use: no two workers ever hand out the same port, and a port handed out is not
+# handed out again by the same worker for the next PORTS_PER_WORKER draws.
+PORT_BASE = 10000  # blocks 10000-19999; Redis Cluster bus ports (+10000) land in 20000-29999
+PORTS_PER_WORKER = 1000
+PORT_BLOCKS = 10
+
+
+def _worker_index() -> int:
+    """0 for a serial run (and the controller), N for xdist worker gwN."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(worker[2:]) + 1 if worker.startswith("gw") and worker[2:].isdigit() else 0
+
+
+def _port_cycle() -> Iterator[int]:
+    start = PORT_BASE + (_worker_index() % PORT_BLOCKS) * PORTS_PER_WORKER
+    # Another run of the suite on the same machine starts elsewhere in the block.
+    offset = os.getpid() % PORTS_PER_WORKER
+    return itertools.cycle([start + (offset + i) % PORTS_PER_WORKER
+                            for i in range(PORTS_PER_WORKER)])
+
+
+_ports = _port_cycle()
+
+
+def bindable(port: int) -> bool:
+    """Nothing is bound to 127.0.0.1:`port` (listening, connected or in TIME_WAIT)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(also: tuple[int, ...] = ()) -> int:
+    """A port of this worker's block that nothing uses (nor `port + n` for each n in `also`)."""
+    for _ in range(PORTS_PER_WORKER):
+        port = next(_ports)
+        if bindable(port) and all(bindable(port + n) for n in also):
+            return port
+    raise RuntimeError("no free port left in this worker's block")
 
 
 def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 15.0) -> None:
