@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import pytest
 from redis.crc import key_slot
 
+from tests.support.metrics import redis_errors, redis_successes
 from tests.support.processes import stop, wait_until
 from tests.support.redis_cluster import RedisCluster, slot_ranges, start_redis_cluster
 from tests.support.redis_server import RedisServer
@@ -56,8 +57,6 @@ from tests.test_ratelimit_faults import (
     global_key,
     key_exists,
     process_state,
-    redis_errors,
-    redis_successes,
     summary,
     window_count,
 )

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from tests.support.client import request
+from tests.support.metrics import metrics_text
 from tests.support.processes import ROOT, Gateway, run_shipped, start_gateway, stop, wait_until
 from tests.support.redis_cluster import RedisCluster, start_redis_cluster
 from tests.support.redis_server import RedisServer, start_redis
@@ -218,8 +219,7 @@ def test_shadow_limit_lets_traffic_through_and_counts_it(tmp_path, upstream) -> 
                          "  shared: {limit: 1, per: 1h, mode: shadow}\n")
     try:
         assert [request(gw.port, "GET", "/x").status for _ in range(3)] == [200] * 3
-        import urllib.request
-        metrics = urllib.request.urlopen(gw.admin_url + "/metrics", timeout=5).read().decode()
+        metrics = metrics_text(gw)
         assert ('gateway_ratelimit_decisions_total{decision="shadow_limited",policy="shared",'
                 'route="all"} 2.0') in metrics
         assert "shadow rate limit shared would refuse" in gw.log_text()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import psutil
 
 from tests.support.client import request
+from tests.support.metrics import value
 from tests.support.processes import (
     DEFAULT_ROUTES,
     POLICY_TEMPLATE,
@@ -35,13 +35,6 @@ def admin_text(gw, path: str) -> str:
         return resp.read().decode()
 
 
-def reloads(gw, result: str) -> float:
-    m = re.search(rf'^gateway_config_reloads_total{{result="{result}"}} (\S+)$',
-                  admin_text(gw, "/metrics"), re.MULTILINE)
-    assert m, "reload counter missing"
-    return float(m.group(1))
-
-
 def test_a_changed_file_is_reloaded_without_a_signal(gateway_factory, upstream) -> None:
     gw = gateway_factory(upstream.url, server_extra=FAST_WATCH)
     assert request(gw.port, "GET", "/x").status == 200
@@ -49,7 +42,7 @@ def test_a_changed_file_is_reloaded_without_a_signal(gateway_factory, upstream) 
     gw.config.write_text(text.replace("path_prefix: /", "path_prefix: /only/"))
     wait_until(lambda: request(gw.port, "GET", "/x").status == 404)
     assert request(gw.port, "GET", "/only/x").status == 200
-    assert reloads(gw, "success") == 1
+    assert value(gw, "gateway_config_reloads_total", result="success") == 1
 
 
 def test_an_invalid_change_keeps_the_running_policy_and_counts_a_failure(
@@ -57,7 +50,7 @@ def test_an_invalid_change_keeps_the_running_policy_and_counts_a_failure(
 ) -> None:
     gw = gateway_factory(upstream.url, server_extra=FAST_WATCH)
     gw.config.write_text(gw.config.read_text().replace("version: 1", "version: 1\nbogus: 1"))
-    wait_until(lambda: reloads(gw, "failure") == 1)
+    wait_until(lambda: value(gw, "gateway_config_reloads_total", result="failure") == 1)
     assert request(gw.port, "GET", "/x").status == 200
     assert "unknown key 'bogus'" in gw.log_text()
 
@@ -68,7 +61,7 @@ def test_same_content_rewritten_is_not_a_reload(gateway_factory, upstream) -> No
     gw.config.write_text(text)  # new mtime, same bytes
     gw.config.write_text(text.replace("path_prefix: /", "path_prefix: /only/"))
     wait_until(lambda: request(gw.port, "GET", "/x").status == 404)
-    assert reloads(gw, "success") == 1
+    assert value(gw, "gateway_config_reloads_total", result="success") == 1
 
 
 def test_configmap_symlink_swap_is_noticed(tmp_path: Path, upstream) -> None:

@@ -15,14 +15,13 @@ import asyncio
 import collections
 import itertools
 import json
-import re
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 
 import aiohttp
 
+from tests.support.metrics import samples
 from tests.support.processes import Gateway, start_gateway, start_upstream, stop, wait_until
 
 FAST_WATCH = "watch_interval: 100ms"
@@ -98,15 +97,10 @@ class Load:
 
 
 def reload_counts(gw: Gateway) -> dict[str, int]:
-    with urllib.request.urlopen(gw.admin_url + "/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    counts = {}
-    for result in ("success", "failure"):
-        m = re.search(rf'^gateway_config_reloads_total{{result="{result}"}} (\S+)$', text,
-                      re.MULTILINE)
-        assert m, f"reload counter for {result} missing"
-        counts[result] = int(float(m.group(1)))
-    return counts
+    found = {dict(labels)["result"]: int(count) for labels, count
+             in samples(gw, "gateway_config_reloads_total").items()}
+    assert {"success", "failure"} <= found.keys(), f"reload counters missing: {found}"
+    return {result: found[result] for result in ("success", "failure")}
 
 
 def test_rewrites_under_load_fail_no_request_and_never_mix_policies(tmp_path) -> None:
