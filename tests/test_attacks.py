@@ -32,9 +32,9 @@ from typing import Any
 
 import pytest
 
+from tests.support.client import Conn, Response, exchange
 from tests.support.processes import Gateway, start_gateway, stop
 from tests.support.recorder import Recorder, start_recorder
-from tests.test_hardening import Conn, Response
 
 TIMEOUT = 3.0
 PROBLEM = "application/problem+json"
@@ -1343,12 +1343,6 @@ def _ws_echo(ctx: Ctx) -> None:
 
 # --------------------------------------------------------------------------------------------
 # the test
-
-
-def exchange(port: int, data: bytes, timeout: float = TIMEOUT) -> Response:
-    with Conn(port, timeout) as conn:
-        conn.send(data)
-        return conn.read_response()
 
 
 def gateway_answer_invariants(resp: Response, variant: str, n: int) -> None:

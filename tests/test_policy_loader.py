@@ -12,6 +12,7 @@ import pytest
 from gateway.config import load_policy
 from gateway.config.units import parse_duration, parse_size
 from tests.support.policy import problems, write_policy
+from tests.support.processes import gateway_cli
 
 VALID = """\
 version: 1
@@ -136,20 +137,15 @@ def test_sizes(text: str, size: int) -> None:
     assert parse_size(text) == size
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
-                          text=True, timeout=30)
-
-
 def test_check_command_exits_2_with_file_line_col(tmp_path: Path) -> None:
     path = write_policy(tmp_path, VALID.replace("retries: 2", "retries: -1"))
-    result = run_cli("check", "--config", str(path))
+    result = gateway_cli("check", "--config", str(path))
     assert result.returncode == 2
     assert result.stderr.strip() == f"{path}:12:12: upstream.retries must be at least 0"
 
 
 def test_check_command_exits_0_on_a_valid_file(tmp_path: Path) -> None:
-    result = run_cli("check", "--config", str(write_policy(tmp_path, VALID)))
+    result = gateway_cli("check", "--config", str(write_policy(tmp_path, VALID)))
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
 
@@ -171,7 +167,7 @@ def test_missing_config_is_one_clear_line_and_exit_1() -> None:
 
 def test_version_command() -> None:
     from gateway import __version__
-    result = run_cli("version")
+    result = gateway_cli("version")
     assert result.returncode == 0 and __version__ in result.stdout
 
 

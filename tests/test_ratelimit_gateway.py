@@ -14,7 +14,15 @@ import pytest
 
 from tests.support.client import request
 from tests.support.metrics import metrics_text
-from tests.support.processes import ROOT, Gateway, run_shipped, start_gateway, stop, wait_until
+from tests.support.processes import (
+    ROOT,
+    Gateway,
+    run_policy_file,
+    run_shipped,
+    start_gateway,
+    stop,
+    wait_until,
+)
 from tests.support.redis_cluster import RedisCluster, start_redis_cluster
 from tests.support.redis_server import RedisServer, start_redis
 
@@ -135,13 +143,10 @@ def shipped_with_short_windows(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("backend", ["in-process", "redis"])
 def test_shipped_login_and_api_limits_hold_and_recover(tmp_path, upstream, redis_server,
                                                        backend: str) -> None:
-    from tests.support.processes import free_port, run_gateway
     redis_server.command("FLUSHALL")
-    port, admin = free_port(), free_port()
-    gw = run_gateway(shipped_with_short_windows(tmp_path), port, admin, tmp_path / "gw.log", env={
-        "GATEWAY_LISTEN": f"127.0.0.1:{port}", "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin}",
-        "UPSTREAM_URL": upstream.url,
+    gw = run_policy_file(shipped_with_short_windows(tmp_path), upstream.url, tmp_path, env={
         "REDIS_URL": redis_server.url if backend == "redis" else ""})
+    port = gw.port
     try:
         logins = [request(port, "POST", "/api/auth/login", body=b"{}") for _ in range(6)]
         assert [r.status for r in logins] == [200] * 5 + [429]
