@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,6 +11,45 @@ import pytest
 
 from tests.support.postgres import Postgres, migrated_template, start_postgres
 from tests.support.processes import Gateway, Upstream, start_gateway, start_upstream, stop
+
+# --- unit and integration tests --------------------------------------------------------------
+# A test is `integration` when it starts a process or opens a socket: through one of these
+# fixtures, or marked so (by module with `pytestmark`, or one by one). Every other test is
+# `unit`, and is held to it: opening a socket or starting a process fails it at once.
+
+PROCESS_FIXTURES = frozenset({
+    "upstream", "gateway", "gateway_factory", "postgres", "app_template", "seeded_template",
+    "seeded_database_url", "database_url", "aiohttp_client", "aiohttp_server",
+    "aiohttp_raw_server", "aiohttp_unused_port",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("integration") is None:
+            if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+                item.add_marker(pytest.mark.integration)
+            else:
+                item.add_marker(pytest.mark.unit)
+
+
+def _refuse(what: str) -> Callable[..., None]:
+    def refused(*args, **kwargs) -> None:
+        raise AssertionError(f"a unit test {what}: mark it `integration` (tests/conftest.py)")
+    return refused
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_open_no_socket_and_start_no_process(
+        request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as m:
+        for method in ("bind", "connect", "connect_ex"):
+            m.setattr(socket.socket, method, _refuse(f"called socket.{method}"))
+        m.setattr(subprocess.Popen, "__init__", _refuse("started a process"))
+        yield
 
 
 @pytest.fixture(scope="session")

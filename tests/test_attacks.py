@@ -1392,6 +1392,7 @@ def run_row(r: Row, ctx: Ctx) -> None:
     pytest.param(r, id=r.id, marks=[pytest.mark.xfail(strict=True, reason=r.xfail)]
                  if r.xfail else [])
     for r in ROWS])
+@pytest.mark.integration
 def test_attack(r: Row, gateways: Gateways, recorder: Recorder, request) -> None:
     gw = gateways.get(r.variant, lambda: request.getfixturevalue("upstream").url)
     ctx = Ctx(gw, recorder, gw.port, recorder.mark(), r.variant)

@@ -107,6 +107,7 @@ def test_gateway_errors_carry_security_and_cors_headers(dev) -> None:
     assert_security_headers(refused)
 
 
+@pytest.mark.integration
 def test_upstream_down_502_carries_security_headers(tmp_path) -> None:
     gw = run_shipped("development.yaml", f"http://127.0.0.1:{free_port()}", tmp_path)
     try:

@@ -10,6 +10,8 @@ import pytest
 from gateway.config import load_policy
 from tests.support.processes import ROOT, gateway_cli
 
+pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
+
 POLICIES = ROOT / "policies"
 CASES = POLICIES / "cases" / "gateway.yaml"
 PRODUCTION_ENV = {"UPSTREAM_URL": "http://app:8000", "FRONTEND_URL": "https://app.example.com",

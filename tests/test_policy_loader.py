@@ -137,6 +137,7 @@ def test_sizes(text: str, size: int) -> None:
     assert parse_size(text) == size
 
 
+@pytest.mark.integration
 def test_check_command_exits_2_with_file_line_col(tmp_path: Path) -> None:
     path = write_policy(tmp_path, VALID.replace("retries: 2", "retries: -1"))
     result = gateway_cli("check", "--config", str(path))
@@ -144,12 +145,14 @@ def test_check_command_exits_2_with_file_line_col(tmp_path: Path) -> None:
     assert result.stderr.strip() == f"{path}:12:12: upstream.retries must be at least 0"
 
 
+@pytest.mark.integration
 def test_check_command_exits_0_on_a_valid_file(tmp_path: Path) -> None:
     result = gateway_cli("check", "--config", str(write_policy(tmp_path, VALID)))
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
 
 
+@pytest.mark.integration
 def test_check_command_reads_gateway_config_env(tmp_path: Path) -> None:
     path = write_policy(tmp_path, VALID)
     result = subprocess.run([sys.executable, "-m", "gateway", "check"], capture_output=True,
@@ -158,6 +161,7 @@ def test_check_command_reads_gateway_config_env(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.integration
 def test_missing_config_is_one_clear_line_and_exit_1() -> None:
     result = subprocess.run([sys.executable, "-m", "gateway", "check"], capture_output=True,
                             text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
@@ -165,6 +169,7 @@ def test_missing_config_is_one_clear_line_and_exit_1() -> None:
     assert result.stderr.strip().count("\n") == 0 and "--config" in result.stderr
 
 
+@pytest.mark.integration
 def test_version_command() -> None:
     from gateway import __version__
     result = gateway_cli("version")

@@ -29,6 +29,8 @@ from gateway.ratelimit.resp import encode as cmd
 from tests.support.processes import Gateway, start_gateway, stop
 from tests.support.redis_server import RedisServer, start_redis
 
+pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
+
 IO_TIMEOUT = 20.0  # any one connect/write/read on a client socket
 TOTAL_TIMEOUT = 60.0  # the whole flood
 

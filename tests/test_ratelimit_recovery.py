@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from gateway.ratelimit.config import RateLimitPolicy, RedisSettings
 from gateway.ratelimit.keys import Checks
@@ -25,6 +26,8 @@ from tests.support.metrics import redis_errors, redis_successes
 from tests.support.processes import Gateway, start_gateway, stop, wait_until
 from tests.support.redis_server import RedisServer, start_redis
 from tests.test_ratelimit_faults import window_count
+
+pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
 
 LIMIT = 20
 IDLE = 1.5  # s with no traffic between Redis answering again and the burst

@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.support.client import request
 from tests.support.metrics import value
@@ -152,6 +153,7 @@ def test_config_endpoint_shows_the_running_policy_redacted(gateway_factory, upst
     assert len(doc["digest"]) == 64 and doc["loaded_at"].endswith("+00:00")
 
 
+@pytest.mark.integration
 def test_check_print_shows_the_merged_interpolated_policy_with_secrets_redacted(
     tmp_path: Path,
 ) -> None:

@@ -20,9 +20,12 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
+import pytest
 
 from tests.support.metrics import samples
 from tests.support.processes import Gateway, start_gateway, start_upstream, stop, wait_until
+
+pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
 
 FAST_WATCH = "watch_interval: 100ms"
 ROUTE_A = "  - name: a\n    match: {path_prefix: /a/}"

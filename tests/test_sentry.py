@@ -15,6 +15,8 @@ import pytest
 from tests.support.client import request
 from tests.support.processes import free_port, start_gateway, stop, wait_until
 
+pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
+
 
 class Envelopes:
     def __init__(self) -> None:

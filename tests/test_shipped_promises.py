@@ -24,6 +24,8 @@ from tests.support.processes import (
 )
 from tests.support.redis_server import start_redis
 
+pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
+
 POLICIES = ROOT / "policies"
 PRODUCTION_ENV = {"FRONTEND_URL": "https://app.example.com",
                   "PRODUCTION_URL": "https://www.example.com",

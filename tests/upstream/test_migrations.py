@@ -73,6 +73,7 @@ def test_plain_alembic_upgrades_and_checks_from_the_repository_root(empty_databa
     assert schema.head_revision() in current.stdout
 
 
+@pytest.mark.integration
 def test_offline_sql_needs_no_database():
     result = alembic("upgrade", "head", "--sql")
     assert result.returncode == 0, result.stderr
