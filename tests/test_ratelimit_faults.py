@@ -28,6 +28,9 @@ from tests.support.metrics import redis_errors, redis_successes
 from tests.support.processes import Gateway, start_gateway, stop, wait_until
 from tests.support.redis_server import RedisServer, start_redis
 
+# a load generator at a fixed rate, latency bounds: alone (tests/conftest.py)
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
+
 RATE = 200  # requests/s of the load generator
 WARMUP = 150  # requests answered before the fault is injected (~0.75 s)
 OUTAGE = 300  # requests sent while Redis is away (~1.5 s)

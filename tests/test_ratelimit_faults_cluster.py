@@ -61,6 +61,9 @@ from tests.test_ratelimit_faults import (
     window_count,
 )
 
+# a load generator at a fixed rate, latency bounds: alone (tests/conftest.py)
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
+
 LOAD_TAG = bulk_key("")  # `{ip=127.0.0.1}:bulk:...`: the slot is the tag's, whatever the prefix
 GLOBAL_TAG = global_key("", "shared")
 

@@ -26,10 +26,12 @@ import uvloop
 from gateway.ratelimit.redis_connection import RedisConnection
 from gateway.ratelimit.redis_endpoint import parse
 from gateway.ratelimit.resp import encode as cmd
+from tests.support import metrics
 from tests.support.processes import Gateway, start_gateway, stop
 from tests.support.redis_server import RedisServer, start_redis
 
-pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
+# 1,000 simultaneous connections, a loop blocked on purpose, 100 ms Redis deadlines: alone
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
 
 IO_TIMEOUT = 20.0  # any one connect/write/read on a client socket
 TOTAL_TIMEOUT = 60.0  # the whole flood
@@ -117,7 +119,7 @@ def test_a_flood_over_two_gateways_admits_exactly_the_shared_limit(
     try:
         statuses = asyncio.run(asyncio.wait_for(
             flood([gw.port for gw in gateways], total), TOTAL_TIMEOUT))
-        errors = [total(gw, "gateway_redis_errors_total") for gw in gateways]  # all operations
+        errors = [metrics.total(gw, "gateway_redis_errors_total") for gw in gateways]
         logs = [gw.log_text() for gw in gateways]
     finally:
         for gw in gateways:
