@@ -22,7 +22,7 @@ import pytest
 from gateway.ratelimit.config import RateLimitPolicy
 from gateway.ratelimit.limiter import divided
 from tests.support.metrics import redis_errors, value
-from tests.support.processes import Gateway, start_gateway, stop, wait_until
+from tests.support.processes import Gateway, eventually, start_gateway, stop, wait_until
 from tests.support.redis_server import start_redis
 from tests.test_ratelimit_recovery import ROUTES, get_all, spread_burst
 
@@ -164,9 +164,10 @@ def test_each_worker_is_a_replica(tmp_path, upstream) -> None:
                   "  warm: {limit: 1000000, per: 1h, key: global}\n"
                   f"  limited: {{limit: {LIMIT}, per: 1h, key: global}}\n")
     try:
-        wait_until(lambda: server.command("ZCARD", prefix + "replicas") == b":2\r\n",
-                   timeout=10)
-        wait_until(lambda: value(gw, REPLICAS) == 2, timeout=10)
+        assert eventually(lambda: server.command("ZCARD", prefix + "replicas") == b":2\r\n",
+                          timeout=10), "two workers, not two replicas in Redis"
+        assert eventually(lambda: value(gw, REPLICAS) == 2, timeout=10), \
+            f"the workers count {value(gw, REPLICAS)} replicas, not 2"
     finally:
         stop(gw.proc)
         server.stop()

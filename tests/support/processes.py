@@ -79,13 +79,21 @@ def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: floa
     raise TimeoutError(f"nothing listening on {port} after {timeout}s")
 
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> None:
+def eventually(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Whether `predicate()` became true within `timeout` seconds: for `assert eventually(...),
+    "what should have happened"`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
-            return
+            return True
         time.sleep(interval)
-    raise TimeoutError("condition not met in time")
+    return bool(predicate())
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> None:
+    """A precondition the test waits for (TimeoutError if it never holds)."""
+    if not eventually(predicate, timeout, interval):
+        raise TimeoutError("condition not met in time")
 
 
 @dataclass
