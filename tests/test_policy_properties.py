@@ -33,6 +33,9 @@ from gateway.config.loader import KEYS
 from gateway.config.model import Policy
 from tests.support.policy import write_policy
 
+# thousands of generated policies: about a minute of CPU (`-m "unit and not slow"` skips them)
+pytestmark = pytest.mark.slow
+
 # Function-scoped fixtures (tmp_path) do not mix with @given: one directory for the module.
 _DIR = Path(tempfile.mkdtemp(prefix="policy-properties-"))
 atexit.register(shutil.rmtree, _DIR, ignore_errors=True)
