@@ -35,6 +35,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.integration)
             else:
                 item.add_marker(pytest.mark.unit)
+    # The long tests first: spread over the xdist workers at the start, not left at the end.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def _refuse(what: str) -> Callable[..., None]:

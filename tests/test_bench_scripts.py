@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.processes import ROOT
 
-pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # quick benchmark runs
 
 
 def test_bench_routing_quick_runs() -> None:

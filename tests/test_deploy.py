@@ -148,6 +148,7 @@ def test_alert_rules_are_valid(promtool):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_alert_rules_pass_their_promtool_unit_tests(promtool):
     assert "SUCCESS" in run_promtool(promtool, "test", "rules", "deploy/alerts_test.yml")
 

@@ -60,6 +60,7 @@ def wait_for(what: str, predicate, timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_sentinel_failover_is_followed_without_a_restart(tmp_path: Path) -> None:
     """One long-lived backend: after `SENTINEL FAILOVER` the old master is demoted (Sentinel
     kills its clients; a write to it would be answered READONLY); the backend asks Sentinel

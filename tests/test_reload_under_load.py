@@ -106,6 +106,7 @@ def reload_counts(gw: Gateway) -> dict[str, int]:
     return {result: found[result] for result in ("success", "failure")}
 
 
+@pytest.mark.slow
 def test_rewrites_under_load_fail_no_request_and_never_mix_policies(tmp_path) -> None:
     u1, u2 = start_upstream(), start_upstream()
     host1, host2 = f"127.0.0.1:{u1.port}", f"127.0.0.1:{u2.port}"

@@ -29,6 +29,7 @@ def short_tmp():
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_without_database_url_every_command_uses_the_same_embedded_server(short_tmp, cli):
     env = {"ENVIRONMENT": "development", "UPSTREAM_DATA_DIR": str(short_tmp / "data"),
            "BACKUP_DIR": str(short_tmp / "backups")}

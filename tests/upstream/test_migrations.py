@@ -63,6 +63,7 @@ def alembic(*args: str, url: str | None = None) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_plain_alembic_upgrades_and_checks_from_the_repository_root(empty_database):
     upgraded = alembic("upgrade", "head", url=empty_database)
     assert upgraded.returncode == 0, upgraded.stderr
