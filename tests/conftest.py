@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import socket
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,6 +13,49 @@ import pytest
 
 from tests.support.postgres import Postgres, migrated_template, start_postgres
 from tests.support.processes import Gateway, Upstream, start_gateway, start_upstream, stop
+
+# --- unit and integration tests --------------------------------------------------------------
+# A test is `integration` when it starts a process or opens a socket: through one of these
+# fixtures, or marked so (by module with `pytestmark`, or one by one). Every other test is
+# `unit`, and is held to it: opening a socket or starting a process fails it at once.
+
+PROCESS_FIXTURES = frozenset({
+    "upstream", "gateway", "gateway_factory", "postgres", "app_template", "seeded_template",
+    "seeded_database_url", "database_url", "aiohttp_client", "aiohttp_server",
+    "aiohttp_raw_server", "aiohttp_unused_port",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("exclusive") is not None:
+            item.add_marker(pytest.mark.xdist_group("exclusive"))
+        if item.get_closest_marker("integration") is None:
+            if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+                item.add_marker(pytest.mark.integration)
+            else:
+                item.add_marker(pytest.mark.unit)
+    # The long tests first: spread over the xdist workers at the start, not left at the end.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def _refuse(what: str) -> Callable[..., None]:
+    def refused(*args, **kwargs) -> None:
+        raise AssertionError(f"a unit test {what}: mark it `integration` (tests/conftest.py)")
+    return refused
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_open_no_socket_and_start_no_process(
+        request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as m:
+        for method in ("bind", "connect", "connect_ex"):
+            m.setattr(socket.socket, method, _refuse(f"called socket.{method}"))
+        m.setattr(subprocess.Popen, "__init__", _refuse("started a process"))
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +82,51 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
 @pytest.fixture
 def gateway(gateway_factory, upstream: Upstream) -> Gateway:
     return gateway_factory(upstream.url)
+
+
+# --- tests that must run alone ----------------------------------------------------------------
+# A test marked `exclusive` measures wall-clock latency or a request rate against a fixed bound
+# (fault tests with a load generator): under pytest-xdist it runs while no other test runs.
+# A readers-writer lock over the xdist workers of this run (flock on two files): every other
+# test holds it shared; an exclusive test takes the turnstile first, so that no new test
+# starts, then waits for the running ones to end. The exclusive tests share one xdist group
+# (one worker, one after the other).
+
+
+@pytest.fixture(scope="session")
+def _lock_files(tmp_path_factory: pytest.TempPathFactory,
+                worker_id: str) -> tuple[Path, Path] | None:
+    if worker_id == "master":  # not under xdist: nothing runs beside a test
+        return None
+    shared = tmp_path_factory.getbasetemp().parent  # one folder for all workers of this run
+    return shared / "exclusive.turnstile", shared / "exclusive.lock"
+
+
+@contextlib.contextmanager
+def _flock(path: Path, mode: int) -> Iterator[None]:
+    with path.open("a") as file:
+        fcntl.flock(file, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
+
+
+@pytest.fixture(autouse=True)
+def _exclusive_tests_run_alone(request: pytest.FixtureRequest,
+                               _lock_files: tuple[Path, Path] | None) -> Iterator[None]:
+    if _lock_files is None:
+        yield
+        return
+    turnstile, lock = _lock_files
+    if request.node.get_closest_marker("exclusive") is not None:
+        with _flock(turnstile, fcntl.LOCK_EX), _flock(lock, fcntl.LOCK_EX):
+            yield
+    else:
+        with contextlib.ExitStack() as held:
+            with _flock(turnstile, fcntl.LOCK_EX):
+                held.enter_context(_flock(lock, fcntl.LOCK_SH))
+            yield
 
 
 # --- PostgreSQL for the demo application (upstream/) ----------------------------------------

@@ -32,9 +32,9 @@ from typing import Any
 
 import pytest
 
+from tests.support.client import Conn, Response, exchange
 from tests.support.processes import Gateway, start_gateway, stop
 from tests.support.recorder import Recorder, start_recorder
-from tests.test_hardening import Conn, Response
 
 TIMEOUT = 3.0
 PROBLEM = "application/problem+json"
@@ -1345,12 +1345,6 @@ def _ws_echo(ctx: Ctx) -> None:
 # the test
 
 
-def exchange(port: int, data: bytes, timeout: float = TIMEOUT) -> Response:
-    with Conn(port, timeout) as conn:
-        conn.send(data)
-        return conn.read_response()
-
-
 def gateway_answer_invariants(resp: Response, variant: str, n: int) -> None:
     """Every answer the gateway makes itself (problem+json) names no software, carries an
     X-Request-ID and the default security headers (where the variant has them)."""
@@ -1398,6 +1392,7 @@ def run_row(r: Row, ctx: Ctx) -> None:
     pytest.param(r, id=r.id, marks=[pytest.mark.xfail(strict=True, reason=r.xfail)]
                  if r.xfail else [])
     for r in ROWS])
+@pytest.mark.integration
 def test_attack(r: Row, gateways: Gateways, recorder: Recorder, request) -> None:
     gw = gateways.get(r.variant, lambda: request.getfixturevalue("upstream").url)
     ctx = Ctx(gw, recorder, gw.port, recorder.mark(), r.variant)

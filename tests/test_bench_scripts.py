@@ -6,7 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.support.processes import ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # quick benchmark runs
 
 
 def test_bench_routing_quick_runs() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.client import request, upstream_saw
-from tests.support.processes import ROOT, free_port, run_gateway, run_shipped, stop
+from tests.support.processes import ROOT, free_port, run_policy_file, run_shipped, stop
 
 DEV_ORIGIN = "http://localhost:5173"
 SECURITY = ("X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy",
@@ -107,6 +107,7 @@ def test_gateway_errors_carry_security_and_cors_headers(dev) -> None:
     assert_security_headers(refused)
 
 
+@pytest.mark.integration
 def test_upstream_down_502_carries_security_headers(tmp_path) -> None:
     gw = run_shipped("development.yaml", f"http://127.0.0.1:{free_port()}", tmp_path)
     try:
@@ -142,10 +143,7 @@ def prod_behind_lb(tmp_path, upstream):
     child = tmp_path / "prod-lb.yaml"
     child.write_text(f"extends: {ROOT / 'policies' / 'production.yaml'}\n"
                      "server: {trusted_proxies: [127.0.0.0/8]}\n")
-    port, admin = free_port(), free_port()
-    gw = run_gateway(child, port, admin, tmp_path / "prod.log", env={
-        **PRODUCTION_ENV, "UPSTREAM_URL": upstream.url,
-        "GATEWAY_LISTEN": f"127.0.0.1:{port}", "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin}"})
+    gw = run_policy_file(child, upstream.url, tmp_path, env=PRODUCTION_ENV)
     yield gw
     stop(gw.proc)
 
@@ -179,15 +177,12 @@ def test_route_with_cors_none_leaves_cors_to_the_upstream(tmp_path, upstream) ->
     child = tmp_path / "nocors.yaml"
     child.write_text(f"extends: {ROOT / 'policies' / 'development.yaml'}\n"
                      "routes:\n  - name: all\n    match: {path_prefix: /}\n    cors: none\n")
-    port, admin = free_port(), free_port()
-    gw = run_gateway(child, port, admin, tmp_path / "n.log", env={
-        "UPSTREAM_URL": upstream.url, "GATEWAY_LISTEN": f"127.0.0.1:{port}",
-        "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin}"})
+    gw = run_policy_file(child, upstream.url, tmp_path)
     try:
         forwarded = preflight(gw, "/cors-leak", DEV_ORIGIN, "PUT")
         assert forwarded.status == 200 and forwarded.body == b"cors"  # the upstream answered
         assert forwarded.headers["Access-Control-Allow-Origin"] == "*"
-        seen = upstream_saw(request(port, "GET", "/x", headers={"Origin": DEV_ORIGIN}))
+        seen = upstream_saw(request(gw.port, "GET", "/x", headers={"Origin": DEV_ORIGIN}))
         assert seen["origin"] == [DEV_ORIGIN]
     finally:
         stop(gw.proc)

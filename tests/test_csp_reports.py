@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import urllib.request
 
 import pytest
 
 from gateway.csp_reports import summarize
 from tests.support.client import request
+from tests.support.metrics import value
 from tests.support.processes import start_gateway, stop
 
 REPORT = json.dumps({"csp-report": {
@@ -31,18 +31,11 @@ def post(gw, body: bytes, content_type: str = "application/csp-report"):
     return request(gw.port, "POST", "/_csp", body=body, headers={"Content-Type": content_type})
 
 
-def metric(gw, result: str) -> float:
-    text = urllib.request.urlopen(gw.admin_url + "/metrics", timeout=5).read().decode()
-    line = next(x for x in text.splitlines()
-                if x.startswith(f'gateway_csp_reports_total{{result="{result}"}}'))
-    return float(line.split()[-1])
-
-
 def test_a_report_is_accepted_logged_and_counted_not_forwarded(collector) -> None:
     reply = post(collector, REPORT)
     assert reply.status == 204 and reply.body == b""
     assert reply.headers["X-Frame-Options"] == "DENY"
-    assert metric(collector, "accepted") == 1
+    assert value(collector, "gateway_csp_reports_total", result="accepted") == 1
     assert "csp violation from 127.0.0.1" in collector.log_text()
     assert "https://evil.example/x.js" in collector.log_text()
 
@@ -62,13 +55,13 @@ def test_non_json_and_wrong_types_are_refused(collector) -> None:
     assert post(collector, b"not json").status == 400
     assert post(collector, REPORT, "text/plain").status == 415
     assert request(collector.port, "GET", "/_csp").status == 405
-    assert metric(collector, "rejected") == 2
+    assert value(collector, "gateway_csp_reports_total", result="rejected") == 2
 
 
 def test_the_collector_is_rate_limited(collector) -> None:
     statuses = [post(collector, REPORT).status for _ in range(4)]
     assert statuses == [204, 204, 204, 429]
-    assert metric(collector, "limited") == 1
+    assert value(collector, "gateway_csp_reports_total", result="limited") == 1
 
 
 def test_summarize_keeps_only_the_useful_fields_truncated() -> None:

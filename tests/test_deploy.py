@@ -137,14 +137,18 @@ def run_promtool(promtool: str, *args: str) -> str:
 # --- Prometheus and alerts ----------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_prometheus_config_is_valid(promtool):
     run_promtool(promtool, "check", "config", "deploy/prometheus.yml")
 
 
+@pytest.mark.integration
 def test_alert_rules_are_valid(promtool):
     run_promtool(promtool, "check", "rules", "deploy/alerts.yml")
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_alert_rules_pass_their_promtool_unit_tests(promtool):
     assert "SUCCESS" in run_promtool(promtool, "test", "rules", "deploy/alerts_test.yml")
 
@@ -225,6 +229,7 @@ def test_dashboard_is_json_with_unique_panel_ids_and_the_provisioned_datasource(
             assert target["datasource"]["uid"] in uids, panel["title"]
 
 
+@pytest.mark.integration
 def test_dashboard_expressions_parse(promtool, tmp_path):
     targets = dashboard_targets()
     rules = [{"record": name, "expr": expr} for name, expr in targets]
@@ -299,6 +304,7 @@ def test_compose_file_has_the_stack_and_its_files_exist():
             assert host.exists(), host
 
 
+@pytest.mark.integration
 def test_compose_runs_the_gateway_on_the_production_policy_with_its_required_env():
     gateway = compose()["services"]["gateway"]
     assert gateway["command"] == ["gateway", "run", "--config", "policies/production.yaml"]

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from gateway.config import load_policy
-from tests.support.processes import ROOT
+from tests.support.processes import ROOT, gateway_cli
+
+pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
 
 POLICIES = ROOT / "policies"
 CASES = POLICIES / "cases" / "gateway.yaml"
@@ -20,13 +19,8 @@ PRODUCTION_ENV = {"UPSTREAM_URL": "http://app:8000", "FRONTEND_URL": "https://ap
                   "TRUSTED_PROXIES": "10.0.0.0/8"}
 
 
-def gateway(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
-                          text=True, timeout=60, cwd=ROOT, env={**os.environ, **(env or {})})
-
-
 def explain_json(*args: str) -> dict:
-    result = gateway("explain", "--config", str(POLICIES / "development.yaml"), "--json", *args)
+    result = gateway_cli("explain", "--config", str(POLICIES / "development.yaml"), "--json", *args)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -51,7 +45,7 @@ def test_explain_with_a_trusting_policy_believes_forwarded_for(tmp_path: Path) -
     policy = tmp_path / "p.yaml"
     policy.write_text(f"extends: {POLICIES / 'development.yaml'}\n"
                       "server: {trusted_proxies: [10.0.0.0/8]}\n")
-    result = gateway("explain", "--config", str(policy), "--json", "--client-ip", "10.0.0.2",
+    result = gateway_cli("explain", "--config", str(policy), "--json", "--client-ip", "10.0.0.2",
                      "-H", "X-Forwarded-For: 198.51.100.4, 10.0.0.9", "GET", "/api/campaigns")
     report = json.loads(result.stdout)
     assert report["client_ip"]["address"] == "198.51.100.4"
@@ -66,14 +60,15 @@ def test_explain_refusal_names_status_and_reason() -> None:
 
 
 def test_explain_human_output_is_readable() -> None:
-    result = gateway("explain", "--config", str(POLICIES / "development.yaml"), "GET", "/health")
+    result = gateway_cli("explain", "--config", str(POLICIES / "development.yaml"), "GET",
+                         "/health")
     assert result.returncode == 0
     assert "route:           health" in result.stdout
     assert "normalized path: /health" in result.stdout
 
 
 def test_explain_rejects_a_malformed_header_argument() -> None:
-    result = gateway("explain", "--config", str(POLICIES / "development.yaml"), "-H", "nocolon",
+    result = gateway_cli("explain", "--config", str(POLICIES / "development.yaml"), "-H", "nocolon",
                      "GET", "/")
     assert result.returncode == 1 and "Name: value" in result.stderr
 
@@ -83,14 +78,14 @@ def test_explain_rejects_a_malformed_header_argument() -> None:
     ("production.yaml", "gateway.yaml"), ("development.yaml", "development.yaml"),
     ("production.yaml", "production.yaml")])
 def test_shipped_cases_pass_on_the_shipped_policies(policy: str, cases: str) -> None:
-    result = gateway("test", "--config", str(POLICIES / policy),
+    result = gateway_cli("test", "--config", str(POLICIES / policy),
                      str(POLICIES / "cases" / cases), env=PRODUCTION_ENV)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith(" passed, 0 failed")
 
 
 def test_environment_specific_cases_fail_on_the_other_environment() -> None:
-    result = gateway("test", "--config", str(POLICIES / "production.yaml"),
+    result = gateway_cli("test", "--config", str(POLICIES / "production.yaml"),
                      str(POLICIES / "cases" / "development.yaml"), env=PRODUCTION_ENV)
     assert result.returncode == 1
     assert "FAIL any local front end may call the API with credentials" in result.stdout
@@ -103,7 +98,7 @@ def test_a_failing_case_exits_1_and_is_named(tmp_path: Path) -> None:
                      "    expect: {route: api}\n"
                      "  - name: still fine\n    request: {url: /health}\n"
                      "    expect: {route: health}\n")
-    result = gateway("test", "--config", str(POLICIES / "development.yaml"), str(cases))
+    result = gateway_cli("test", "--config", str(POLICIES / "development.yaml"), str(cases))
     assert result.returncode == 1
     assert "FAIL health is the api route" in result.stdout
     assert "route: expected 'api', got 'health'" in result.stdout
@@ -114,13 +109,13 @@ def test_a_failing_case_exits_1_and_is_named(tmp_path: Path) -> None:
 def test_a_malformed_cases_file_exits_2_with_positions(tmp_path: Path) -> None:
     cases = tmp_path / "cases.yaml"
     cases.write_text("cases:\n  - name: x\n    request: {url: /}\n    expect: {rout: api}\n")
-    result = gateway("test", "--config", str(POLICIES / "development.yaml"), str(cases))
+    result = gateway_cli("test", "--config", str(POLICIES / "development.yaml"), str(cases))
     assert result.returncode == 2
     assert result.stderr.startswith(f"{cases}:4:14: unknown key 'rout'")
 
 
 def test_production_requires_upstream_url() -> None:
-    result = gateway("check", "--config", str(POLICIES / "production.yaml"),
+    result = gateway_cli("check", "--config", str(POLICIES / "production.yaml"),
                      env={"UPSTREAM_URL": ""})
     assert result.returncode == 2
     assert "UPSTREAM_URL" in result.stderr
@@ -149,11 +144,11 @@ def test_explain_says_when_a_missing_header_key_falls_back_to_the_client_ip(
     policy = tmp_path / "p.yaml"
     policy.write_text(f"extends: {POLICIES / 'development.yaml'}\n"
                       "rate_limits:\n  api: {key: \"header:X-Tenant\"}\n")
-    result = gateway("explain", "--config", str(policy), "--json", "GET", "/api/campaigns")
+    result = gateway_cli("explain", "--config", str(policy), "--json", "GET", "/api/campaigns")
     api = json.loads(result.stdout)["rate_limits"][0]
     assert api["key"] == "gw:{ip=192.0.2.10}:api:s60000"
     assert api["note"] == "header x-tenant missing: keyed by client IP"
-    with_header = gateway("explain", "--config", str(policy), "--json", "-H", "X-Tenant: acme",
+    with_header = gateway_cli("explain", "--config", str(policy), "--json", "-H", "X-Tenant: acme",
                           "GET", "/api/campaigns")
     assert json.loads(with_header.stdout)["rate_limits"][0]["key"] == \
         "gw:{h.x-tenant=acme}:api:s60000"

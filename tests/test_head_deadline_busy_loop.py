@@ -16,6 +16,8 @@ from multidict import CIMultiDict
 
 from gateway.http.protocol import GatewayServer
 
+pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
+
 HEADER_TIMEOUT = 0.1
 BUSY = 0.4  # one loop turn four deadlines long
 

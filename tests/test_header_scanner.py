@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.client import request
-from tests.support.processes import ROOT, Gateway, free_port, run_gateway, run_shipped, stop
+from tests.support.processes import ROOT, Gateway, run_policy_file, run_shipped, stop
 
 PRODUCTION_ENV = {"FRONTEND_URL": "https://app.example.com",
                   "PRODUCTION_URL": "https://www.example.com",
@@ -72,10 +72,7 @@ def gateways(tmp_path_factory, upstream):
         child = tmp / "production-behind-lb.yaml"
         child.write_text(f"extends: {ROOT / 'policies' / 'production.yaml'}\n"
                          "server: {trusted_proxies: [127.0.0.0/8]}\n")
-        port, admin = free_port(), free_port()
-        started["https"] = run_gateway(child, port, admin, tmp / "https.log", env={
-            **PRODUCTION_ENV, "UPSTREAM_URL": upstream.url,
-            "GATEWAY_LISTEN": f"127.0.0.1:{port}", "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin}"})
+        started["https"] = run_policy_file(child, upstream.url, tmp, env=PRODUCTION_ENV)
         yield started
     finally:
         for gw in started.values():

@@ -7,8 +7,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -19,7 +17,13 @@ import pytest
 
 from gateway import __version__
 from tests.support.client import request
-from tests.support.processes import ROOT, free_port, stop, wait_until
+from tests.support.processes import (
+    free_port,
+    gateway_cli,
+    stop,
+    wait_until,
+    write_gateway_policy,
+)
 
 
 def admin_get(gw, path: str) -> tuple[int, dict]:
@@ -129,16 +133,9 @@ def _serves(port: int) -> bool:
 
 
 def test_refuses_to_start_without_the_c_parser(tmp_path, upstream) -> None:
-    from tests.support.processes import DEFAULT_ROUTES, POLICY_TEMPLATE
-    config = tmp_path / "p.yaml"
-    config.write_text(POLICY_TEMPLATE.format(
-        port=free_port(), admin_port=free_port(), upstream_key="url", upstream=upstream.url,
-        server_extra="", top_extra="",
-        upstream_extra="", routes=DEFAULT_ROUTES))
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "run", "--config", str(config)], cwd=ROOT,
-        env={**os.environ, "AIOHTTP_NO_EXTENSIONS": "1"}, capture_output=True, text=True,
-        timeout=30)
+    config, _, _ = write_gateway_policy(tmp_path, upstream.url)
+    result = gateway_cli("run", "--config", str(config), env={"AIOHTTP_NO_EXTENSIONS": "1"},
+                         timeout=30)
     assert result.returncode != 0
     assert "C HTTP parser" in result.stderr or "C parser" in result.stderr
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import urllib.request
 
 import psutil
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.client import request
+from tests.support.metrics import samples, scrape
 from tests.support.processes import free_port, run_shipped, start_gateway, stop, wait_until
 
 ROUTES = """  - name: login
@@ -24,22 +23,6 @@ TOP = """rate_limits:
 cors:
   default: {allow_origins: ["https://app.example.com"], allow_methods: [POST]}
 """
-
-
-def scrape(gw, accept: str = "") -> tuple[str, str]:
-    req = urllib.request.Request(gw.admin_url + "/metrics", headers={"Accept": accept})
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        return resp.read().decode(), resp.headers["Content-Type"]
-
-
-def samples(gw, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    text, _ = scrape(gw)
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name:
-                out[tuple(sorted(s.labels.items()))] = s.value
-    return out
 
 
 def requests_total(gw) -> dict[tuple[str, str, str, str], float]:

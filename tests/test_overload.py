@@ -10,20 +10,13 @@ import threading
 import time
 
 from tests.support.client import request
+from tests.support.metrics import value
 from tests.support.processes import wait_until
 
 SLOW_ROUTES = """\
   - name: everything
     match: {path_prefix: /}
 """
-
-
-def metric(gw, name: str, labels: str = "") -> float | None:
-    text = request(gw.admin_port, "GET", "/metrics").body.decode()
-    for line in text.splitlines():
-        if line.startswith(name + (("{" + labels + "}") if labels else "")):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def read_answer(sock: socket.socket) -> bytes:
@@ -55,7 +48,7 @@ def test_a_connection_beyond_the_limit_gets_503_at_once_and_the_others_keep_work
         for sock in held:
             sock.close()
     wait_until(lambda: request(gw.port, "GET", "/x").status == 200)
-    assert metric(gw, "gateway_overload_refusals_total", 'reason="connections"') >= 1
+    assert value(gw, "gateway_overload_refusals_total", reason="connections") >= 1
 
 
 def test_requests_beyond_the_limit_in_progress_get_503_while_admitted_ones_complete(
@@ -69,7 +62,7 @@ def test_requests_beyond_the_limit_in_progress_get_503_while_admitted_ones_compl
     threads = [threading.Thread(target=slow) for _ in range(3)]
     for t in threads:
         t.start()
-    wait_until(lambda: metric(gw, "gateway_http_requests_in_flight") == 3)
+    wait_until(lambda: value(gw, "gateway_http_requests_in_flight") == 3)
     started = time.monotonic()
     refused = request(gw.port, "GET", "/x")
     assert time.monotonic() - started < 1.0  # answered at once, not queued behind the others
@@ -79,13 +72,13 @@ def test_requests_beyond_the_limit_in_progress_get_503_while_admitted_ones_compl
         t.join()
     assert results == [200, 200, 200]
     assert request(gw.port, "GET", "/x").status == 200  # served normally once the load is gone
-    assert metric(gw, "gateway_overload_refusals_total", 'reason="requests"') == 1
+    assert value(gw, "gateway_overload_refusals_total", reason="requests") == 1
 
 
 def test_the_event_loop_lag_is_exported(gateway_factory, upstream) -> None:
     gw = gateway_factory(upstream.url)
-    wait_until(lambda: metric(gw, "gateway_event_loop_lag_seconds") is not None)
-    assert 0 <= metric(gw, "gateway_event_loop_lag_seconds") < 5
+    wait_until(lambda: value(gw, "gateway_event_loop_lag_seconds") is not None)
+    assert 0 <= value(gw, "gateway_event_loop_lag_seconds") < 5
 
 
 def test_a_refused_connection_whose_request_was_already_sent_still_reads_its_503(
@@ -96,7 +89,7 @@ def test_a_refused_connection_whose_request_was_already_sent_still_reads_its_503
     gw = gateway_factory(upstream.url, server_extra="limits: {max_requests_in_progress: 1}")
     slow = threading.Thread(target=lambda: request(gw.port, "GET", "/slow/1.5", timeout=10))
     slow.start()
-    wait_until(lambda: metric(gw, "gateway_http_requests_in_flight") == 1)
+    wait_until(lambda: value(gw, "gateway_http_requests_in_flight") == 1)
     body = b"x" * (2 * 1024 * 1024)
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
         sender = threading.Thread(target=lambda: _send_quietly(sock, (
@@ -108,9 +101,9 @@ def test_a_refused_connection_whose_request_was_already_sent_still_reads_its_503
     head, _, problem = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503 "), answer[:200]
     assert json.loads(problem)["detail"].startswith("the gateway is at its limit of requests")
-    assert metric(gw, "gateway_overload_refusals_total", 'reason="requests"') == 1
-    assert metric(gw, "gateway_http_requests_total",
-                  'code="503",method="OTHER",route="unmatched",source="gateway"') == 1
+    assert value(gw, "gateway_overload_refusals_total", reason="requests") == 1
+    assert value(gw, "gateway_http_requests_total", code="503", method="OTHER",
+                 route="unmatched", source="gateway") == 1
 
 
 def _send_quietly(sock: socket.socket, data: bytes) -> None:

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import PolicyError, load_policy
+from gateway.config import load_policy
 from gateway.units import parse_duration, parse_size
+from tests.support.policy import problems, write_policy
+from tests.support.processes import gateway_cli
 
 VALID = """\
 version: 1
@@ -36,20 +38,8 @@ routes:
 """
 
 
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "policy.yaml"
-    path.write_text(text)
-    return path
-
-
-def problems(tmp_path: Path, text: str) -> list[str]:
-    with pytest.raises(PolicyError) as info:
-        load_policy(write(tmp_path, text))
-    return [str(p) for p in info.value.problems]
-
-
 def test_valid_policy_loads_into_frozen_objects(tmp_path: Path) -> None:
-    policy = load_policy(write(tmp_path, VALID)).policy
+    policy = load_policy(write_policy(tmp_path, VALID)).policy
     assert policy.environment == "staging"
     assert policy.server.timeouts.header == 5.0 and policy.server.timeouts.idle == 60.0
     assert policy.server.limits.max_body_size == 1024 * 1024
@@ -62,18 +52,20 @@ def test_valid_policy_loads_into_frozen_objects(tmp_path: Path) -> None:
 
 def test_get_routes_also_accept_head(tmp_path: Path) -> None:
     text = VALID.replace("methods: [POST]", "methods: [GET]")
-    assert load_policy(write(tmp_path, text)).policy.routes[0].match.methods == {"GET", "HEAD"}
+    methods = load_policy(write_policy(tmp_path, text)).policy.routes[0].match.methods
+    assert methods == {"GET", "HEAD"}
 
 
 def test_unknown_key_names_file_line_column_and_suggests(tmp_path: Path) -> None:
-    found = problems(tmp_path, VALID.replace("  listen: 0.0.0.0:8080", "  listne: 0.0.0.0:8080"))
+    text = VALID.replace("  listen: 0.0.0.0:8080", "  listne: 0.0.0.0:8080")
+    found = problems(write_policy(tmp_path, text))
     assert any(p.startswith(f"{tmp_path}/policy.yaml:4:3: unknown key 'listne'")
                and "did you mean 'listen'" in p for p in found)
 
 
 def test_all_errors_are_reported_at_once(tmp_path: Path) -> None:
     text = VALID.replace("header: 5s", "header: 5").replace("retries: 2", "retries: many")
-    found = problems(tmp_path, text)
+    found = problems(write_policy(tmp_path, text))
     assert len(found) == 2
     assert any(":7:22: server.timeouts.header" in p for p in found)
     assert any(":12:12: upstream.retries must be an integer" in p for p in found)
@@ -99,28 +91,28 @@ def test_all_errors_are_reported_at_once(tmp_path: Path) -> None:
 ])
 def test_invalid_values_are_rejected(tmp_path: Path, old: str, new: str, message: str) -> None:
     assert old in VALID
-    found = problems(tmp_path, VALID.replace(old, new, 1))
+    found = problems(write_policy(tmp_path, VALID.replace(old, new, 1)))
     assert any(message in p for p in found), found
 
 
 def test_missing_required_sections(tmp_path: Path) -> None:
-    found = problems(tmp_path, "version: 1\n")
+    found = problems(write_policy(tmp_path, "version: 1\n"))
     assert any("missing required key 'upstream'" in p for p in found)
     assert any("missing required key 'routes'" in p for p in found)
 
 
 def test_yaml_syntax_error_has_a_position(tmp_path: Path) -> None:
-    found = problems(tmp_path, "version: 1\nroutes: [\n")
+    found = problems(write_policy(tmp_path, "version: 1\nroutes: [\n"))
     assert found[0].startswith(f"{tmp_path}/policy.yaml:3:1: YAML syntax")
 
 
 def test_empty_file_is_an_error(tmp_path: Path) -> None:
-    assert "policy file is empty" in problems(tmp_path, "")[0]
+    assert "policy file is empty" in problems(write_policy(tmp_path, ""))[0]
 
 
 def test_shadowed_route_is_a_warning_not_an_error(tmp_path: Path) -> None:
     text = VALID + "  - name: never\n    match: {path: /x}\n"
-    loaded = load_policy(write(tmp_path, text))
+    loaded = load_policy(write_policy(tmp_path, text))
     assert [str(w) for w in loaded.warnings] == [
         f"{tmp_path}/policy.yaml:21:5: warning: route 'never' is shadowed by the earlier "
         "route 'everything' and never matches"]
@@ -145,32 +137,31 @@ def test_sizes(text: str, size: int) -> None:
     assert parse_size(text) == size
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
-                          text=True, timeout=30)
-
-
+@pytest.mark.integration
 def test_check_command_exits_2_with_file_line_col(tmp_path: Path) -> None:
-    path = write(tmp_path, VALID.replace("retries: 2", "retries: -1"))
-    result = run_cli("check", "--config", str(path))
+    path = write_policy(tmp_path, VALID.replace("retries: 2", "retries: -1"))
+    result = gateway_cli("check", "--config", str(path))
     assert result.returncode == 2
     assert result.stderr.strip() == f"{path}:12:12: upstream.retries must be at least 0"
 
 
+@pytest.mark.integration
 def test_check_command_exits_0_on_a_valid_file(tmp_path: Path) -> None:
-    result = run_cli("check", "--config", str(write(tmp_path, VALID)))
+    result = gateway_cli("check", "--config", str(write_policy(tmp_path, VALID)))
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
 
 
+@pytest.mark.integration
 def test_check_command_reads_gateway_config_env(tmp_path: Path) -> None:
-    path = write(tmp_path, VALID)
+    path = write_policy(tmp_path, VALID)
     result = subprocess.run([sys.executable, "-m", "gateway", "check"], capture_output=True,
                             text=True, timeout=30, env={"GATEWAY_CONFIG": str(path),
                                                         "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.integration
 def test_missing_config_is_one_clear_line_and_exit_1() -> None:
     result = subprocess.run([sys.executable, "-m", "gateway", "check"], capture_output=True,
                             text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
@@ -178,9 +169,10 @@ def test_missing_config_is_one_clear_line_and_exit_1() -> None:
     assert result.stderr.strip().count("\n") == 0 and "--config" in result.stderr
 
 
+@pytest.mark.integration
 def test_version_command() -> None:
     from gateway import __version__
-    result = run_cli("version")
+    result = gateway_cli("version")
     assert result.returncode == 0 and __version__ in result.stdout
 
 
@@ -191,5 +183,5 @@ def test_version_command() -> None:
     ("environment: staging", 'environment: ""', "environment must not be empty"),
 ])
 def test_found_by_the_property_tests(tmp_path: Path, old: str, new: str, message: str) -> None:
-    found = problems(tmp_path, VALID.replace(old, new, 1))
+    found = problems(write_policy(tmp_path, VALID.replace(old, new, 1)))
     assert any(message in p for p in found), found

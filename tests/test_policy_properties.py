@@ -28,9 +28,13 @@ import yaml
 from hypothesis import Phase, assume, given, note, settings
 from hypothesis import strategies as st
 
-from gateway.config import Loaded, PolicyError, load_policy
+from gateway.config import Loaded, PolicyError, Problem, load_policy
 from gateway.config.loader import KEYS
 from gateway.settings.policy import Policy
+from tests.support.policy import write_policy
+
+# thousands of generated policies: about a minute of CPU (`-m "unit and not slow"` skips them)
+pytestmark = pytest.mark.slow
 
 # Function-scoped fixtures (tmp_path) do not mix with @given: one directory for the module.
 _DIR = Path(tempfile.mkdtemp(prefix="policy-properties-"))
@@ -44,8 +48,7 @@ PHASES = tuple(phase for phase in Phase if phase is not Phase.explain)
 
 
 def load(data: str | bytes, environ: dict[str, str] | None = None) -> Loaded:
-    POLICY.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass"))
-    return load_policy(POLICY, {} if environ is None else environ)
+    return load_policy(write_policy(_DIR, data), {} if environ is None else environ)
 
 
 def dump(doc: Any) -> str:
@@ -57,16 +60,22 @@ def dump(doc: Any) -> str:
 _POSITION = re.compile(r"([0-9]+):([0-9]+): (.+)", re.DOTALL)
 
 
+def assert_positioned(problem: Problem) -> None:
+    """It reads FILE:LINE:COL: message, FILE the path loaded, LINE and COL >= 1."""
+    prefix = f"{POLICY}:"
+    text = str(problem)
+    assert text.startswith(prefix), text
+    m = _POSITION.fullmatch(text[len(prefix):])
+    assert m is not None, text
+    assert int(m[1]) >= 1 and int(m[2]) >= 1, text
+
+
 def assert_well_formed(error: PolicyError) -> None:
     """Every problem reads FILE:LINE:COL: message, FILE the path loaded, LINE and COL >= 1."""
     assert error.problems, "a PolicyError without any problem"
-    prefix = f"{POLICY}:"
     for problem in error.problems:
-        text = str(problem)
-        assert text.startswith(prefix), text
-        m = _POSITION.fullmatch(text[len(prefix):])
-        assert m is not None, text
-        assert int(m[1]) >= 1 and int(m[2]) >= 1, text
+        assert not problem.warning, f"a warning among the errors: {problem}"
+        assert_positioned(problem)
 
 
 # =================================================================================================
@@ -1608,8 +1617,11 @@ def load_anything(data: str | bytes, environ: dict[str, str]) -> None:
         loaded = load(data, environ)
     except PolicyError as error:
         assert_well_formed(error)
-    else:
-        assert isinstance(loaded, Loaded)
+    else:  # what loads is a whole policy, and its warnings are positioned like errors
+        assert loaded.policy.routes, "a policy without routes loaded"
+        for warning in loaded.warnings:
+            assert warning.warning, f"an error among the warnings: {warning}"
+            assert_positioned(warning)
 
 
 @settings(max_examples=EXAMPLES, deadline=None, phases=PHASES)

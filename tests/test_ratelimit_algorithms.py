@@ -114,6 +114,7 @@ def redis_url(tmp_path_factory) -> str:
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(ALGOS), st.integers(1, 5), st.integers(0, 700),
                           st.sampled_from(["a", "b"])), min_size=1, max_size=30))
+@pytest.mark.integration
 def test_lua_and_python_agree_on_every_step(redis_url: str, steps) -> None:
     memory = MemoryBackend()
 

@@ -9,10 +9,14 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+import pytest
+
 from gateway.ratelimit.keys import Checks
 from gateway.ratelimit.limiter import Limiter
 from gateway.settings.ratelimit import RateLimitPolicy, RedisSettings
 from tests.support.redis_server import start_redis
+
+pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
 
 POLICY = RateLimitPolicy(name="p", limit=100, period_ms=60_000)
 

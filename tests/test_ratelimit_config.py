@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import PolicyError, load_policy
+from gateway.config import load_policy
 from gateway.settings.ratelimit import KeyPart
+from tests.support.policy import problems, write_policy
 
 BASE = """\
 version: 1
@@ -28,20 +29,8 @@ routes:
 """
 
 
-def load(tmp_path: Path, text: str, env: dict[str, str] | None = None):
-    path = tmp_path / "p.yaml"
-    path.write_text(text)
-    return load_policy(path, env or {}).policy
-
-
-def errors(tmp_path: Path, text: str) -> list[str]:
-    with pytest.raises(PolicyError) as info:
-        load(tmp_path, text)
-    return [str(p) for p in info.value.problems]
-
-
 def test_limits_load_with_defaults(tmp_path: Path) -> None:
-    policy = load(tmp_path, BASE)
+    policy = load_policy(write_policy(tmp_path, BASE, "p.yaml"), {}).policy
     api = policy.rate_limits["api"]
     assert (api.limit, api.period_ms, api.algorithm, api.mode) == (100, 60_000, "sliding_window",
                                                                    "enforce")
@@ -56,7 +45,8 @@ def test_limits_load_with_defaults(tmp_path: Path) -> None:
 
 
 def test_redis_url_from_the_environment(tmp_path: Path) -> None:
-    policy = load(tmp_path, BASE, {"REDIS_URL": "redis://:pw@10.0.0.3:6379/1"})
+    env = {"REDIS_URL": "redis://:pw@10.0.0.3:6379/1"}
+    policy = load_policy(write_policy(tmp_path, BASE, "p.yaml"), env).policy
     assert policy.redis.url == "redis://:pw@10.0.0.3:6379/1"
 
 
@@ -82,6 +72,6 @@ def test_redis_url_from_the_environment(tmp_path: Path) -> None:
 def test_invalid_limits_are_refused_at_their_node(tmp_path: Path, old: str, new: str,
                                                   message: str) -> None:
     assert old in BASE
-    found = errors(tmp_path, BASE.replace(old, new, 1))
+    found = problems(write_policy(tmp_path, BASE.replace(old, new, 1), "p.yaml"), {})
     assert any(message in p for p in found), found
     assert all(p.startswith(f"{tmp_path}/p.yaml:") for p in found)

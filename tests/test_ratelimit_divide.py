@@ -21,9 +21,9 @@ import pytest
 
 from gateway.ratelimit.limiter import divided
 from gateway.settings.ratelimit import RateLimitPolicy
-from tests.support.processes import Gateway, start_gateway, stop, wait_until
+from tests.support.metrics import redis_errors, value
+from tests.support.processes import Gateway, eventually, start_gateway, stop, wait_until
 from tests.support.redis_server import start_redis
-from tests.test_ratelimit_faults import metric, redis_errors
 from tests.test_ratelimit_recovery import ROUTES, get_all, spread_burst
 
 LIMIT = 20
@@ -52,8 +52,8 @@ def outage_burst(tmp_path: Path, upstream_url: str, count: int, fallback: str | 
                 for _ in range(count)]
     try:
         # readiness: every gateway has seen the others' heartbeats
-        wait_until(lambda: all(metric(gw, REPLICAS) == count for gw in gateways), timeout=10)
-        seen = [metric(gw, REPLICAS) for gw in gateways]
+        wait_until(lambda: all(value(gw, REPLICAS) == count for gw in gateways), timeout=10)
+        seen = [value(gw, REPLICAS) for gw in gateways]
         shown = json.loads(urllib.request.urlopen(gateways[0].admin_url + "/config",
                                                   timeout=5).read())["rate_limits"]
         assert shown["replicas"] == count and shown["fallback"] == (fallback or "divide")
@@ -113,11 +113,11 @@ def test_a_stopped_gateway_leaves_the_replica_set(tmp_path, upstream) -> None:
     prefix = "gwleave:"
     gateways = [gateway(tmp_path, upstream.url, server.url, prefix, None) for _ in range(2)]
     try:
-        wait_until(lambda: all(metric(gw, REPLICAS) == 2 for gw in gateways), timeout=10)
+        wait_until(lambda: all(value(gw, REPLICAS) == 2 for gw in gateways), timeout=10)
         assert server.command("ZCARD", prefix + "replicas") == b":2\r\n"
         assert stop(gateways[1].proc) == 0
         assert server.command("ZCARD", prefix + "replicas") == b":1\r\n"
-        wait_until(lambda: metric(gateways[0], REPLICAS) == 1, timeout=4)
+        wait_until(lambda: value(gateways[0], REPLICAS) == 1, timeout=4)
         log = gateways[0].log_text()
     finally:
         for gw in gateways:
@@ -137,7 +137,7 @@ def test_a_reload_that_replaces_the_limiter_keeps_this_replica_counted(
     gw = gateway(tmp_path, upstream.url, server.url, prefix, None,
                  server_extra="timeouts: {shutdown: 1s}")
     try:
-        wait_until(lambda: metric(gw, REPLICAS) == 1, timeout=10)
+        wait_until(lambda: value(gw, REPLICAS) == 1, timeout=10)
         text = gw.config.read_text()
         assert f'key_prefix: "{prefix}"}}' in text
         gw.config.write_text(text.replace(f'key_prefix: "{prefix}"}}',
@@ -146,7 +146,7 @@ def test_a_reload_that_replaces_the_limiter_keeps_this_replica_counted(
         wait_until(lambda: "whole limits in-process" in gw.log_text(), timeout=5)
         time.sleep(1.5)  # the old limiter closes after `timeouts.shutdown` (1 s)
         assert server.command("ZCARD", prefix + "replicas") == b":1\r\n"
-        wait_until(lambda: metric(gw, REPLICAS) == 1, timeout=4)  # the next heartbeat
+        wait_until(lambda: value(gw, REPLICAS) == 1, timeout=4)  # the next heartbeat
     finally:
         stop(gw.proc)
         server.stop()
@@ -164,9 +164,10 @@ def test_each_worker_is_a_replica(tmp_path, upstream) -> None:
                   "  warm: {limit: 1000000, per: 1h, key: global}\n"
                   f"  limited: {{limit: {LIMIT}, per: 1h, key: global}}\n")
     try:
-        wait_until(lambda: server.command("ZCARD", prefix + "replicas") == b":2\r\n",
-                   timeout=10)
-        wait_until(lambda: metric(gw, REPLICAS) == 2, timeout=10)
+        assert eventually(lambda: server.command("ZCARD", prefix + "replicas") == b":2\r\n",
+                          timeout=10), "two workers, not two replicas in Redis"
+        assert eventually(lambda: value(gw, REPLICAS) == 2, timeout=10), \
+            f"the workers count {value(gw, REPLICAS)} replicas, not 2"
     finally:
         stop(gw.proc)
         server.stop()

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +24,12 @@ import pytest
 
 from gateway.ratelimit.redis_backend import LUA
 from tests.support.client import Reply, request
+from tests.support.metrics import redis_errors, redis_successes
 from tests.support.processes import Gateway, start_gateway, stop, wait_until
 from tests.support.redis_server import RedisServer, start_redis
+
+# a load generator at a fixed rate, latency bounds: alone (tests/conftest.py)
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
 
 RATE = 200  # requests/s of the load generator
 WARMUP = 150  # requests answered before the fault is injected (~0.75 s)
@@ -113,26 +115,6 @@ def key_exists(server: RedisServer, key: str) -> bool:
 def window_count(server: RedisServer, key: str) -> int | None:
     """The current-window count of a sliding-window key (field b, see ratelimit/check.lua)."""
     return resp_int(server.command("HGET", key, "b"))
-
-
-def metrics_text(gw: Gateway) -> str:
-    with urllib.request.urlopen(gw.admin_url + "/metrics", timeout=2) as resp:
-        return resp.read().decode()
-
-
-def metric(gw: Gateway, series: str) -> float:
-    """One sample of /metrics by its exact name and labels; 0 when not yet exported."""
-    match = re.search("^" + re.escape(series) + r" (\S+)$", metrics_text(gw), re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
-def redis_errors(gw: Gateway) -> float:
-    return metric(gw, 'gateway_redis_errors_total{operation="ratelimit"}')
-
-
-def redis_successes(gw: Gateway) -> float:
-    """Redis rate-limit calls that succeeded (only they are observed in the histogram)."""
-    return metric(gw, "gateway_redis_duration_seconds_count")
 
 
 def get(gw: Gateway, path: str) -> Reply:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import pytest
 from redis.crc import key_slot
 
+from tests.support.metrics import redis_errors, redis_successes
 from tests.support.processes import stop, wait_until
 from tests.support.redis_cluster import RedisCluster, slot_ranges, start_redis_cluster
 from tests.support.redis_server import RedisServer
@@ -56,11 +57,12 @@ from tests.test_ratelimit_faults import (
     global_key,
     key_exists,
     process_state,
-    redis_errors,
-    redis_successes,
     summary,
     window_count,
 )
+
+# a load generator at a fixed rate, latency bounds: alone (tests/conftest.py)
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
 
 LOAD_TAG = bulk_key("")  # `{ip=127.0.0.1}:bulk:...`: the slot is the tag's, whatever the prefix
 GLOBAL_TAG = global_key("", "shared")

@@ -14,10 +14,8 @@ counters, admitting the limit once more (15 logins instead of 5; 600 requests in
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
 import time
-import urllib.request
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,8 +26,12 @@ import uvloop
 from gateway.redis.connection import RedisConnection
 from gateway.redis.endpoint import parse
 from gateway.redis.resp import encode as cmd
+from tests.support import metrics
 from tests.support.processes import Gateway, start_gateway, stop
 from tests.support.redis_server import RedisServer, start_redis
+
+# 1,000 simultaneous connections, a loop blocked on purpose, 100 ms Redis deadlines: alone
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
 
 IO_TIMEOUT = 20.0  # any one connect/write/read on a client socket
 TOTAL_TIMEOUT = 60.0  # the whole flood
@@ -59,14 +61,6 @@ def flood_gateway(tmp_path: Path, upstream_url: str, redis_url: str, limit: int,
                   f"rate_limits:\n"
                   f"  flood: {{limit: {limit}, per: {per}, key: client_ip,"
                   f" algorithm: {algorithm}}}\n")
-
-
-def redis_errors(gw: Gateway) -> float:
-    """gateway_redis_errors_total summed over its labels (0 while none was ever counted)."""
-    with urllib.request.urlopen(gw.admin_url + "/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return sum(float(m.group(1)) for m in re.finditer(
-        r"^gateway_redis_errors_total(?:\{[^}]*\})? (\S+)$", text, re.MULTILINE))
 
 
 REQUEST = (b"POST /api/auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -125,7 +119,7 @@ def test_a_flood_over_two_gateways_admits_exactly_the_shared_limit(
     try:
         statuses = asyncio.run(asyncio.wait_for(
             flood([gw.port for gw in gateways], total), TOTAL_TIMEOUT))
-        errors = [redis_errors(gw) for gw in gateways]
+        errors = [metrics.total(gw, "gateway_redis_errors_total") for gw in gateways]
         logs = [gw.log_text() for gw in gateways]
     finally:
         for gw in gateways:

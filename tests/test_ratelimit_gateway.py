@@ -13,7 +13,16 @@ import aiohttp
 import pytest
 
 from tests.support.client import request
-from tests.support.processes import ROOT, Gateway, run_shipped, start_gateway, stop, wait_until
+from tests.support.metrics import metrics_text
+from tests.support.processes import (
+    ROOT,
+    Gateway,
+    run_policy_file,
+    run_shipped,
+    start_gateway,
+    stop,
+    wait_until,
+)
 from tests.support.redis_cluster import RedisCluster, start_redis_cluster
 from tests.support.redis_server import RedisServer, start_redis
 
@@ -134,13 +143,10 @@ def shipped_with_short_windows(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("backend", ["in-process", "redis"])
 def test_shipped_login_and_api_limits_hold_and_recover(tmp_path, upstream, redis_server,
                                                        backend: str) -> None:
-    from tests.support.processes import free_port, run_gateway
     redis_server.command("FLUSHALL")
-    port, admin = free_port(), free_port()
-    gw = run_gateway(shipped_with_short_windows(tmp_path), port, admin, tmp_path / "gw.log", env={
-        "GATEWAY_LISTEN": f"127.0.0.1:{port}", "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin}",
-        "UPSTREAM_URL": upstream.url,
+    gw = run_policy_file(shipped_with_short_windows(tmp_path), upstream.url, tmp_path, env={
         "REDIS_URL": redis_server.url if backend == "redis" else ""})
+    port = gw.port
     try:
         logins = [request(port, "POST", "/api/auth/login", body=b"{}") for _ in range(6)]
         assert [r.status for r in logins] == [200] * 5 + [429]
@@ -218,8 +224,7 @@ def test_shadow_limit_lets_traffic_through_and_counts_it(tmp_path, upstream) -> 
                          "  shared: {limit: 1, per: 1h, mode: shadow}\n")
     try:
         assert [request(gw.port, "GET", "/x").status for _ in range(3)] == [200] * 3
-        import urllib.request
-        metrics = urllib.request.urlopen(gw.admin_url + "/metrics", timeout=5).read().decode()
+        metrics = metrics_text(gw)
         assert ('gateway_ratelimit_decisions_total{decision="shadow_limited",policy="shared",'
                 'route="all"} 2.0') in metrics
         assert "shadow rate limit shared would refuse" in gw.log_text()

@@ -17,13 +17,17 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from gateway.ratelimit.keys import Checks
 from gateway.ratelimit.limiter import Limiter
 from gateway.settings.ratelimit import RateLimitPolicy, RedisSettings
+from tests.support.metrics import redis_errors, redis_successes
 from tests.support.processes import Gateway, start_gateway, stop, wait_until
 from tests.support.redis_server import RedisServer, start_redis
-from tests.test_ratelimit_faults import metric, redis_errors, window_count
+from tests.test_ratelimit_faults import window_count
+
+pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
 
 LIMIT = 20
 IDLE = 1.5  # s with no traffic between Redis answering again and the burst
@@ -81,7 +85,7 @@ def test_idle_recovery_then_a_burst_is_decided_by_redis_exactly(tmp_path, upstre
         statuses = asyncio.run(spread_burst([gw.url + "/limited" for gw in gateways],
                                             3 * LIMIT))
         counted = window_count(server, f"{prefix}{{global}}:limited:s3600000")
-        successes = [metric(gw, "gateway_redis_duration_seconds_count") for gw in gateways]
+        successes = [redis_successes(gw) for gw in gateways]
         logs = [gw.log_text() for gw in gateways]
     finally:
         for gw in gateways:

@@ -77,6 +77,7 @@ async def call(router: ClusterRouter, key: str, *args: str):
     return await router.call(key_slot(key.encode()), encode(*args), loop.time() + TIMEOUT)
 
 
+@pytest.mark.integration
 def test_calls_go_to_the_master_of_the_key_slot(cluster: RedisCluster) -> None:
     keys = [f"route{{t{n}}}" for n in range(12)]
 
@@ -96,6 +97,7 @@ def test_calls_go_to_the_master_of_the_key_slot(cluster: RedisCluster) -> None:
         assert get(cluster.nodes[where], key).endswith(b"v\r\n")
 
 
+@pytest.mark.integration
 def test_a_dead_seed_is_skipped_when_learning_the_map(cluster: RedisCluster) -> None:
     # 127.0.0.1:1 refuses; the next seed answers CLUSTER SLOTS
     seeds = f"redis+cluster://127.0.0.1:1,127.0.0.1:{cluster.nodes[1].port}"
@@ -111,6 +113,7 @@ def test_a_dead_seed_is_skipped_when_learning_the_map(cluster: RedisCluster) -> 
     run(main())
 
 
+@pytest.mark.integration
 def test_a_moved_slot_is_followed_and_remembered(cluster: RedisCluster) -> None:
     key = "moving{m}"
     slot = key_slot(key.encode())
@@ -134,6 +137,7 @@ def test_a_moved_slot_is_followed_and_remembered(cluster: RedisCluster) -> None:
     run(main())
 
 
+@pytest.mark.integration
 def test_a_slot_being_migrated_is_asked_of_the_importing_node(cluster: RedisCluster) -> None:
     key = "asking{a}"
     slot = key_slot(key.encode())
@@ -169,6 +173,7 @@ def test_a_slot_being_migrated_is_asked_of_the_importing_node(cluster: RedisClus
     run(main())
 
 
+@pytest.mark.integration
 def test_the_backend_decides_through_a_moved_slot(cluster: RedisCluster) -> None:
     policy = RateLimitPolicy(name="moved", limit=2, period_ms=3_600_000,
                              algorithm="fixed_window")

@@ -17,6 +17,8 @@ from gateway.redis.endpoint import parse
 from gateway.redis.resp import encode as cmd
 from tests.support.redis_server import RedisServer, start_redis
 
+pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
+
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[RedisServer]:

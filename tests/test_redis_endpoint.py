@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from redis.connection import parse_url as redis_py_parse_url
 
-from gateway.config import PolicyError, load_policy
+from gateway.config import load_policy
 from gateway.redis.endpoint import Endpoint, parse
+from tests.support.policy import problems, write_policy
 from tests.test_ratelimit_config import BASE
 
 VALID: list[tuple[str, Endpoint]] = [
@@ -241,14 +242,6 @@ URL_LINE = 3  # BASE: `redis: {url: "${REDIS_URL:-}", ...}`
 URL_COLUMN = BASE.splitlines()[URL_LINE - 1].index('"${REDIS_URL') + 1
 
 
-def problems(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> list[str]:
-    path = tmp_path / "p.yaml"
-    path.write_text(text)
-    with pytest.raises(PolicyError) as info:
-        load_policy(path, env or {})
-    return [str(p) for p in info.value.problems]
-
-
 @pytest.mark.parametrize(("url", "reason"), [
     ("redis://h/x", "database must be a number, not 'x'"),
     ("redis://h?socket_timeout=1", "unsupported parameter 'socket_timeout'"),
@@ -258,7 +251,7 @@ def problems(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> li
 def test_a_bad_redis_url_is_a_policy_problem_at_the_url_value(tmp_path: Path, url: str,
                                                               reason: str) -> None:
     assert URL_COLUMN > 1
-    found = problems(tmp_path, BASE.replace("${REDIS_URL:-}", url, 1))
+    found = problems(write_policy(tmp_path, BASE.replace("${REDIS_URL:-}", url, 1), "p.yaml"), {})
     assert len(found) == 1, found
     prefix = f"{tmp_path / 'p.yaml'}:{URL_LINE}:{URL_COLUMN}: redis.url "
     assert found[0].startswith(prefix), found
@@ -267,7 +260,7 @@ def test_a_bad_redis_url_is_a_policy_problem_at_the_url_value(tmp_path: Path, ur
 
 def test_a_bad_redis_url_from_the_environment_points_at_the_url_in_the_file(
         tmp_path: Path) -> None:
-    found = problems(tmp_path, BASE, {"REDIS_URL": "redis://h:99999/0"})
+    found = problems(write_policy(tmp_path, BASE, "p.yaml"), {"REDIS_URL": "redis://h:99999/0"})
     assert found == [f"{tmp_path / 'p.yaml'}:{URL_LINE}:{URL_COLUMN}: "
                      "redis.url bad port in 'h:99999'"]
 
@@ -276,13 +269,12 @@ def test_a_bad_redis_url_in_block_style_points_at_its_line_and_column(tmp_path: 
     old = 'redis: {url: "${REDIS_URL:-}", timeout: 50ms, failure_mode: closed}'
     assert old in BASE
     text = BASE.replace(old, "redis:\n  timeout: 50ms\n  url: redis://h/0/1\n", 1)
-    found = problems(tmp_path, text)
+    found = problems(write_policy(tmp_path, text, "p.yaml"), {})
     assert found == [f"{tmp_path / 'p.yaml'}:5:8: redis.url the path can only be the database "
                      "number"]
 
 
 def test_a_good_redis_url_loads(tmp_path: Path) -> None:
-    path = tmp_path / "p.yaml"
-    path.write_text(BASE)
+    path = write_policy(tmp_path, BASE, "p.yaml")
     url = "rediss://:pw@h:6380/2?ssl_cert_reqs=none"
     assert load_policy(path, {"REDIS_URL": url}).policy.redis.url == url

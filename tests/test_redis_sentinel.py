@@ -23,6 +23,8 @@ from tests.support.processes import stop
 from tests.support.redis_sentinel import start_sentinel
 from tests.support.redis_server import RedisServer, start_redis
 
+pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
+
 POLICY = RateLimitPolicy(name="p", limit=2, period_ms=60_000, algorithm="fixed_window")
 DOCUMENTED = (TimeoutError, OSError, RedisConnectionLost, RedisReplyError)
 

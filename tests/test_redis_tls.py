@@ -8,10 +8,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from gateway.ratelimit.keys import Checks
 from gateway.ratelimit.redis_backend import RedisBackend
 from gateway.settings.ratelimit import RateLimitPolicy
 from tests.support.processes import free_port, stop, wait_for_port
+
+pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
 
 POLICY = RateLimitPolicy(name="p", limit=2, period_ms=60_000, algorithm="fixed_window")
 

@@ -16,6 +16,8 @@ from gateway.settings.ratelimit import RateLimitPolicy
 from tests.support.redis_sentinel import start_sentinel
 from tests.support.redis_server import RedisServer, start_redis
 
+pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
+
 POLICY = RateLimitPolicy(name="p", limit=2, period_ms=60_000, algorithm="fixed_window")
 
 
@@ -58,6 +60,7 @@ def wait_for(what: str, predicate, timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_sentinel_failover_is_followed_without_a_restart(tmp_path: Path) -> None:
     """One long-lived backend: after `SENTINEL FAILOVER` the old master is demoted (Sentinel
     kills its clients; a write to it would be answered READONLY); the backend asks Sentinel

@@ -5,25 +5,23 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.support.client import request
+from tests.support.metrics import value
 from tests.support.processes import (
-    DEFAULT_ROUTES,
-    POLICY_TEMPLATE,
-    ROOT,
-    free_port,
-    start_gateway,
+    gateway_cli,
+    run_gateway,
+    spawn_gateway,
     stop,
     wait_for_port,
     wait_until,
+    write_gateway_policy,
 )
 
 FAST_WATCH = "watch_interval: 100ms"
@@ -35,13 +33,6 @@ def admin_text(gw, path: str) -> str:
         return resp.read().decode()
 
 
-def reloads(gw, result: str) -> float:
-    m = re.search(rf'^gateway_config_reloads_total{{result="{result}"}} (\S+)$',
-                  admin_text(gw, "/metrics"), re.MULTILINE)
-    assert m, "reload counter missing"
-    return float(m.group(1))
-
-
 def test_a_changed_file_is_reloaded_without_a_signal(gateway_factory, upstream) -> None:
     gw = gateway_factory(upstream.url, server_extra=FAST_WATCH)
     assert request(gw.port, "GET", "/x").status == 200
@@ -49,7 +40,7 @@ def test_a_changed_file_is_reloaded_without_a_signal(gateway_factory, upstream) 
     gw.config.write_text(text.replace("path_prefix: /", "path_prefix: /only/"))
     wait_until(lambda: request(gw.port, "GET", "/x").status == 404)
     assert request(gw.port, "GET", "/only/x").status == 200
-    assert reloads(gw, "success") == 1
+    assert value(gw, "gateway_config_reloads_total", result="success") == 1
 
 
 def test_an_invalid_change_keeps_the_running_policy_and_counts_a_failure(
@@ -57,7 +48,7 @@ def test_an_invalid_change_keeps_the_running_policy_and_counts_a_failure(
 ) -> None:
     gw = gateway_factory(upstream.url, server_extra=FAST_WATCH)
     gw.config.write_text(gw.config.read_text().replace("version: 1", "version: 1\nbogus: 1"))
-    wait_until(lambda: reloads(gw, "failure") == 1)
+    wait_until(lambda: value(gw, "gateway_config_reloads_total", result="failure") == 1)
     assert request(gw.port, "GET", "/x").status == 200
     assert "unknown key 'bogus'" in gw.log_text()
 
@@ -68,33 +59,31 @@ def test_same_content_rewritten_is_not_a_reload(gateway_factory, upstream) -> No
     gw.config.write_text(text)  # new mtime, same bytes
     gw.config.write_text(text.replace("path_prefix: /", "path_prefix: /only/"))
     wait_until(lambda: request(gw.port, "GET", "/x").status == 404)
-    assert reloads(gw, "success") == 1
+    assert value(gw, "gateway_config_reloads_total", result="success") == 1
 
 
 def test_configmap_symlink_swap_is_noticed(tmp_path: Path, upstream) -> None:
     # Kubernetes mounts: policy.yaml -> ..data/policy.yaml, ..data -> ..<timestamp>/ (swapped)
-    first = start_gateway(tmp_path, upstream.url, server_extra=FAST_WATCH)
-    stop(first.proc)
-    text = first.config.read_text()
+    written, port, admin_port = write_gateway_policy(tmp_path, upstream.url,
+                                                     server_extra=FAST_WATCH)
+    text = written.read_text()
     mount = tmp_path / "mount"
     (mount / "..v1").mkdir(parents=True)
     (mount / "..v1" / "policy.yaml").write_text(text)
     (mount / "..data").symlink_to("..v1")
     (mount / "policy.yaml").symlink_to("..data/policy.yaml")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config",
-                             str(mount / "policy.yaml")], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gw = run_gateway(mount / "policy.yaml", port, admin_port, tmp_path / "mount.log")
     try:
-        wait_until(lambda: _status(first.port, "/x") == 200)
+        assert _status(gw.port, "/x") == 200
         (mount / "..v2").mkdir()
         (mount / "..v2" / "policy.yaml").write_text(
             text.replace("path_prefix: /", "path_prefix: /only/"))
         (mount / "..data_tmp").symlink_to("..v2")
         os.replace(mount / "..data_tmp", mount / "..data")  # the atomic swap
-        wait_until(lambda: _status(first.port, "/x") == 404)
-        assert _status(first.port, "/only/x") == 200
+        wait_until(lambda: _status(gw.port, "/x") == 404)
+        assert _status(gw.port, "/only/x") == 200
     finally:
-        stop(proc)
+        stop(gw.proc)
 
 
 def _status(port: int, path: str) -> int | None:
@@ -105,19 +94,23 @@ def _status(port: int, path: str) -> int | None:
 
 
 def test_a_change_to_an_extended_file_is_reloaded(tmp_path: Path, upstream) -> None:
-    gw = start_gateway(tmp_path, upstream.url, server_extra=FAST_WATCH)
-    stop(gw.proc)
-    base = gw.config
+    base, port, admin_port = write_gateway_policy(tmp_path, upstream.url,
+                                                  server_extra=FAST_WATCH)
     child = tmp_path / "child.yaml"
     child.write_text(f"extends: {base.name}\nenvironment: child\n")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(child)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gw = run_gateway(child, port, admin_port, tmp_path / "child.log")
     try:
-        wait_until(lambda: _status(gw.port, "/x") == 200)
+        assert _status(gw.port, "/x") == 200
         base.write_text(base.read_text().replace("path_prefix: /", "path_prefix: /only/"))
         wait_until(lambda: _status(gw.port, "/x") == 404)
+        # the base file's routes took effect, under the child's own settings
+        assert _status(gw.port, "/only/x") == 200
+        shown = json.loads(admin_text(gw, "/config"))
+        assert shown["source_files"] == [str(base), str(child)]
+        assert shown["policy"]["environment"] == "child"
+        assert value(gw, "gateway_config_reloads_total", result="success") == 1
     finally:
-        stop(proc)
+        stop(gw.proc)
 
 
 def test_every_worker_reloads(gateway_factory, upstream) -> None:
@@ -136,14 +129,9 @@ def test_sighup_while_workers_start_reloads_them_instead_of_killing_them(
 ) -> None:
     # SIGHUP's default action is to terminate: a worker that got it before its event loop
     # had a handler used to die and be restarted; now it is held pending until then
-    port, admin_port = free_port(), free_port()
-    config, log = tmp_path / "policy.yaml", tmp_path / "gateway.log"
-    config.write_text(POLICY_TEMPLATE.format(
-        port=port, admin_port=admin_port, server_extra="  watch: false", upstream_key="url",
-        upstream=upstream.url, upstream_extra="", routes=DEFAULT_ROUTES, top_extra=""))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "run", "--config", str(config), "--workers", "2"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+    config, port, _ = write_gateway_policy(tmp_path, upstream.url, server_extra="watch: false")
+    log = tmp_path / "gateway.log"
+    proc = spawn_gateway(config, log, args=("--workers", "2"))
     try:
         wait_until(lambda: "started 2 workers" in log.read_text())
         workers = {c.pid for c in psutil.Process(proc.pid).children()}
@@ -165,6 +153,7 @@ def test_config_endpoint_shows_the_running_policy_redacted(gateway_factory, upst
     assert len(doc["digest"]) == 64 and doc["loaded_at"].endswith("+00:00")
 
 
+@pytest.mark.integration
 def test_check_print_shows_the_merged_interpolated_policy_with_secrets_redacted(
     tmp_path: Path,
 ) -> None:
@@ -173,9 +162,8 @@ def test_check_print_shows_the_merged_interpolated_policy_with_secrets_redacted(
                     "routes: [{name: all, match: {path_prefix: /}}]\n")
     child = tmp_path / "child.yaml"
     child.write_text("extends: base.yaml\nenvironment: ${ENVIRONMENT:-dev}\n")
-    result = subprocess.run([sys.executable, "-m", "gateway", "check", "--config", str(child),
-                             "--print"], capture_output=True, text=True, timeout=30,
-                            env={**os.environ, "ENVIRONMENT": "staging"})
+    result = gateway_cli("check", "--config", str(child), "--print",
+                         env={"ENVIRONMENT": "staging"})
     assert result.returncode == 0, result.stderr
     assert "environment: staging" in result.stdout
     assert "url: http://127.0.0.1:8000" in result.stdout

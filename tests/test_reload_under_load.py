@@ -15,15 +15,17 @@ import asyncio
 import collections
 import itertools
 import json
-import re
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 
 import aiohttp
+import pytest
 
+from tests.support.metrics import samples
 from tests.support.processes import Gateway, start_gateway, start_upstream, stop, wait_until
+
+pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
 
 FAST_WATCH = "watch_interval: 100ms"
 ROUTE_A = "  - name: a\n    match: {path_prefix: /a/}"
@@ -98,17 +100,13 @@ class Load:
 
 
 def reload_counts(gw: Gateway) -> dict[str, int]:
-    with urllib.request.urlopen(gw.admin_url + "/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    counts = {}
-    for result in ("success", "failure"):
-        m = re.search(rf'^gateway_config_reloads_total{{result="{result}"}} (\S+)$', text,
-                      re.MULTILINE)
-        assert m, f"reload counter for {result} missing"
-        counts[result] = int(float(m.group(1)))
-    return counts
+    found = {dict(labels)["result"]: int(count) for labels, count
+             in samples(gw, "gateway_config_reloads_total").items()}
+    assert {"success", "failure"} <= found.keys(), f"reload counters missing: {found}"
+    return {result: found[result] for result in ("success", "failure")}
 
 
+@pytest.mark.slow
 def test_rewrites_under_load_fail_no_request_and_never_mix_policies(tmp_path) -> None:
     u1, u2 = start_upstream(), start_upstream()
     host1, host2 = f"127.0.0.1:{u1.port}", f"127.0.0.1:{u2.port}"

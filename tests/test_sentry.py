@@ -15,6 +15,8 @@ import pytest
 from tests.support.client import request
 from tests.support.processes import free_port, start_gateway, stop, wait_until
 
+pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
+
 
 class Envelopes:
     def __init__(self) -> None:
@@ -33,8 +35,12 @@ def sentry_server():
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            if self.headers.get("Content-Encoding") == "gzip":
+            encoding = self.headers.get("Content-Encoding")
+            if encoding == "gzip":
                 body = gzip.decompress(body)
+            elif encoding == "br":  # what sentry-sdk sends when the brotli module is installed
+                import brotli
+                body = brotli.decompress(body)
             lines = body.split(b"\n")
             i = 1  # line 0 is the envelope header
             while i < len(lines):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -16,27 +15,22 @@ from gateway.config import load_policy
 from tests.support.client import request
 from tests.support.processes import (
     ROOT,
-    Gateway,
     free_port,
-    run_gateway,
+    gateway_cli,
+    run_policy_file,
     run_shipped,
     stop,
     wait_until,
 )
 from tests.support.redis_server import start_redis
 
+pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
+
 POLICIES = ROOT / "policies"
 PRODUCTION_ENV = {"FRONTEND_URL": "https://app.example.com",
                   "PRODUCTION_URL": "https://www.example.com",
                   "TRUSTED_PROXIES": "10.0.0.0/8"}
 LOGIN = {"Content-Type": "application/json"}
-
-
-def gateway_cli(*args: str, env: dict[str, str] | None = None,
-                timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=timeout,
-                          env={**os.environ, **(env or {})})
 
 
 # 1. workers and in-process counters
@@ -91,20 +85,13 @@ def extending(tmp_path: Path, base: str, overrides: str) -> Path:
     return path
 
 
-def run_file(path: Path, upstream_url: str, tmp_path: Path) -> Gateway:
-    port, admin = free_port(), free_port()
-    return run_gateway(path, port, admin, tmp_path / f"gw-{port}.log",
-                       env={"UPSTREAM_URL": upstream_url, "GATEWAY_LISTEN": f"127.0.0.1:{port}",
-                            "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin}"})
-
-
 # 2. health checks are never locked out by a client limit, and their refusals are logged
 
 def test_health_checks_never_spend_the_global_limit(tmp_path: Path, upstream) -> None:
     # the shipped routes with a global limit small enough to exhaust in a test
     policy = extending(tmp_path, "development.yaml",
                        "rate_limits: {global: {limit: 3, per: 1h}}\n")
-    gw = run_file(policy, upstream.url, tmp_path)
+    gw = run_policy_file(policy, upstream.url, tmp_path)
     try:
         polls = [request(gw.port, "GET", "/health").status for _ in range(6)]
         assert polls == [200] * 6
@@ -119,7 +106,7 @@ def test_refused_health_checks_are_logged_though_the_route_is_excluded(
         tmp_path: Path, upstream) -> None:
     policy = extending(tmp_path, "development.yaml",
                        "rate_limits: {health: {limit: 2, per: 1h}}\n")
-    gw = run_file(policy, upstream.url, tmp_path)
+    gw = run_policy_file(policy, upstream.url, tmp_path)
     try:
         statuses = [request(gw.port, "GET", "/health").status for _ in range(3)]
         assert statuses == [200, 200, 429]
@@ -135,7 +122,7 @@ def test_refused_health_checks_are_logged_though_the_route_is_excluded(
 def test_a_source_range_can_be_exempted_from_a_limit(tmp_path: Path, upstream) -> None:
     policy = extending(tmp_path, "development.yaml",
                        "rate_limits: {api: {limit: 2, per: 1h, exempt: [127.0.0.0/8]}}\n")
-    gw = run_file(policy, upstream.url, tmp_path)
+    gw = run_policy_file(policy, upstream.url, tmp_path)
     try:
         replies = [request(gw.port, "GET", "/api/campaigns") for _ in range(4)]
         assert [r.status for r in replies] == [200] * 4
@@ -288,7 +275,7 @@ def test_a_404_from_an_allowed_origin_is_readable_by_the_browser(tmp_path: Path,
                                                                  upstream) -> None:
     policy = extending(tmp_path, "development.yaml",
                        "routes:\n  - name: api\n    match: {path_prefix: /api/}\n")
-    gw = run_file(policy, upstream.url, tmp_path)
+    gw = run_policy_file(policy, upstream.url, tmp_path)
     try:
         reply = request(gw.port, "GET", "/nowhere", headers={"Origin": "http://localhost:3000"})
         assert reply.status == 404

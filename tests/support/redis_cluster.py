@@ -13,39 +13,22 @@ nodes.conf and rejoins with its id and slots), or `node.pause()`/`node.resume()`
 from __future__ import annotations
 
 import contextlib
-import random
-import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.processes import free_port
 from tests.support.redis_server import RedisServer
 
 SLOTS = 16384
 BUS_OFFSET = 10000  # a cluster node also listens on port + 10000 (the cluster bus)
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_cluster_port() -> int:
-    """A free port whose cluster-bus port (+10000) is free too and below 65536.
-
-    A kernel-chosen port (processes.free_port) can lie above 55535, where the bus port would not
-    exist (redis-server then exits at start), so ports are drawn from 20000-29999 instead.
-    """
-    for _ in range(200):
-        port = random.randrange(20000, 30000)
-        if _bindable(port) and _bindable(port + BUS_OFFSET):
-            return port
-    raise RuntimeError("no free port pair for a redis cluster node")
+    """A free port whose cluster-bus port (+10000) is free too (processes.free_port draws from
+    10000-19999, so the bus port exists and lies outside every worker's block)."""
+    return free_port(also=(BUS_OFFSET,))
 
 
 def slot_ranges(nodes: int) -> list[range]:

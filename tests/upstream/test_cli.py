@@ -28,6 +28,8 @@ def short_tmp():
         yield Path(folder)
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_without_database_url_every_command_uses_the_same_embedded_server(short_tmp, cli):
     env = {"ENVIRONMENT": "development", "UPSTREAM_DATA_DIR": str(short_tmp / "data"),
            "BACKUP_DIR": str(short_tmp / "backups")}
@@ -111,6 +113,7 @@ def test_settings_read_the_plan_names():
         load_settings({"JWT_EXPIRATION_MINUTES": "soon"})
 
 
+@pytest.mark.integration
 def test_the_application_imports_nothing_of_the_gateway():
     code = ("import sys, upstream.cli, upstream.api, upstream.backup.s3, upstream.backup.restore,"
             " upstream.backup.prune, upstream.seed, upstream.embedded; "

@@ -63,6 +63,7 @@ def alembic(*args: str, url: str | None = None) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_plain_alembic_upgrades_and_checks_from_the_repository_root(empty_database):
     upgraded = alembic("upgrade", "head", url=empty_database)
     assert upgraded.returncode == 0, upgraded.stderr
@@ -73,6 +74,7 @@ def test_plain_alembic_upgrades_and_checks_from_the_repository_root(empty_databa
     assert schema.head_revision() in current.stdout
 
 
+@pytest.mark.integration
 def test_offline_sql_needs_no_database():
     result = alembic("upgrade", "head", "--sql")
     assert result.returncode == 0, result.stderr
