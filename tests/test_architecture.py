@@ -125,6 +125,7 @@ def _import_alone(module: str) -> tuple[str, int, str]:
     return module, proc.returncode, last[0] if last else ""
 
 
+@pytest.mark.integration  # a fresh interpreter per module
 @pytest.mark.parametrize("batch", range(4))
 def test_every_module_imports_alone_in_a_fresh_interpreter(batch: int) -> None:
     mine = modules()[batch::4]

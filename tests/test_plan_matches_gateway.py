@@ -25,6 +25,8 @@ from tests.support.client import request
 from tests.support.processes import free_port, run_gateway, stop, wait_until
 from tests.support.recorder import start_recorder
 
+pytestmark = pytest.mark.integration  # a gateway and the recording upstream
+
 ALLOWED_ORIGIN = "https://app.example.com"
 
 POLICY = """\

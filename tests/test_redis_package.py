@@ -11,10 +11,13 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 ALLOWED = {"gateway", "gateway.loop_turns"}
 
 
+@pytest.mark.integration  # a fresh interpreter per module
 def test_the_redis_package_imports_nothing_of_the_gateway_but_loop_turns() -> None:
     names = sorted(f"gateway.redis.{p.stem}" for p in (ROOT / "gateway" / "redis").glob("*.py")
                    if p.stem != "__init__")
