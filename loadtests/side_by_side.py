@@ -117,6 +117,14 @@ BODY_SIZES = {"1KiB": 1024, "64KiB": 64 * 1024, "1MiB": 1024**2, "10MiB": 10 * 1
 CLIENT_LEVELS = (1, 1_000, 10_000, 100_000)
 
 
+def nginx_binary() -> str | None:
+    """nginx on PATH, or Debian's /usr/sbin/nginx (not on a normal user's PATH)."""
+    found = shutil.which("nginx")
+    if found is None and os.access("/usr/sbin/nginx", os.X_OK):
+        found = "/usr/sbin/nginx"
+    return found
+
+
 # ---------------------------------------------------------------- processes and CPU
 
 
@@ -290,7 +298,8 @@ def start_nginx(tmp: Path, name: str, http: str, port: int, workers: int) -> Ngi
     conf = where / "nginx.conf"
     conf.write_text(NGINX_MAIN.format(user=user, workers=workers, dir=where, http=http))
     proc = subprocess.Popen(
-        ["nginx", "-p", str(where), "-c", str(conf), "-e", str(where / "error.log")],
+        [nginx_binary() or "nginx", "-p", str(where), "-c", str(conf),
+         "-e", str(where / "error.log")],
         stdout=subprocess.DEVNULL, stderr=(where / "stderr.log").open("wb"))
     try:
         wait_for_port(port, proc)
@@ -490,7 +499,7 @@ def git_commit() -> str:
 
 def tool_versions() -> dict[str, str]:
     out = {}
-    for name, cmd in (("nginx", ["nginx", "-v"]), ("wrk", ["wrk", "--version"]),
+    for name, cmd in (("nginx", [nginx_binary() or "nginx", "-v"]), ("wrk", ["wrk", "--version"]),
                       ("redis", [os.environ.get("REDIS_SERVER") or redis_binary(),
                                  "--version"])):
         try:
@@ -551,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     one_duration = max(1.0, duration / 3)
     warmup = 1.0 if args.quick else 2.0
     workers_list = sorted(set(args.workers))
-    have_nginx = shutil.which("nginx") is not None and not args.no_nginx
+    have_nginx = nginx_binary() is not None and not args.no_nginx
     notes: list[str] = []
     if not have_nginx:
         notes.append("nginx is " + ("left out (--no-nginx)" if args.no_nginx else
@@ -601,8 +610,8 @@ def main(argv: list[str] | None = None) -> int:
                 procs.append(tu.proc)
                 upstream_url, upstream_port = tu.url, tu.port
                 upstream_pids = [tu.proc.pid]
-                info["upstream"] = ("the test upstream (tests/support/upstream.py, aiohttp; "
-                                    "nginx is not installed): a JSON echo")
+                info["upstream"] = ("the test upstream (tests/support/upstream.py, aiohttp, "
+                                    "without nginx): a JSON echo of the request")
 
                 def body_path(name: str) -> str:
                     return f"/download/{BODY_SIZES[name]}"
@@ -928,7 +937,7 @@ def chart_png(path: Path, info: dict, table: list[dict], extra: dict) -> Path | 
                 ax.plot([p["clients"] for p in pts], [p["rps"] for p in pts], "o-",
                         color=colors[kind], label=LABELS[kind])
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("distinct clients")
         ax.set_ylabel("requests / s")
         ax.set_title("distinct clients")
@@ -942,6 +951,7 @@ def chart_png(path: Path, info: dict, table: list[dict], extra: dict) -> Path | 
                         [p["mib_s"] for p in pts], "o-", color=colors[kind],
                         label=LABELS[kind])
         ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.set_xlabel("response body KiB")
         ax.set_ylabel("MiB / s")
         ax.set_title("response bodies")
