@@ -546,18 +546,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="also: response bodies 1 KiB to 10 MiB through every contender")
     parser.add_argument("--no-nginx", action="store_true",
                         help="leave nginx out even where it is installed")
+    parser.add_argument("--replot", action="store_true",
+                        help="only redraw OUT/side_by_side.png from OUT/results.json")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"directory for results.md, results.json and side_by_side.png "
                              f"(default {DEFAULT_OUT.relative_to(ROOT)})")
     args = parser.parse_args(argv)
 
+    if args.replot:
+        saved = json.loads((args.out / "results.json").read_text())
+        print(chart_png(args.out / "side_by_side.png", saved["info"], saved["table"],
+                        saved["extra"]) or "matplotlib is not installed")
+        return 0
     if not shutil.which("wrk"):
         print("side_by_side: wrk is not installed (./scripts/setup.sh --test installs it, or "
               "apt-get install wrk)", file=sys.stderr)
         return 1
     rounds = args.rounds or (1 if args.quick else 5)
     duration = args.duration or (2.0 if args.quick else 10.0)
-    one_duration = max(1.0, duration / 3)
+    one_duration = float(max(1, round(duration / 3)))  # wrk takes whole seconds
     warmup = 1.0 if args.quick else 2.0
     workers_list = sorted(set(args.workers))
     have_nginx = nginx_binary() is not None and not args.no_nginx
@@ -654,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
                 return s
 
             # ---- main rounds
-            print(f"\n{'round':>5} {'contender':<28} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+            print(f"\n{'round':>5} {'contender':<34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
                   f"{'CPU µs/req':>10} {'1-conn p50 µs':>13} {'errors':>6}")
             for r in range(rounds):
                 for c in rotated(contenders, r):
@@ -662,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
                     one = measure(c, 1, one_duration)
                     results.samples.setdefault(c.key, []).append(s)
                     results.one_conn.setdefault(c.key, []).append(one)
-                    print(f"{r + 1:>5} {label(c, workers_list):<28} {s.rps:>9.0f} "
+                    print(f"{r + 1:>5} {label(c, workers_list):<34} {s.rps:>9.0f} "
                           f"{s.p50_ms:>8.2f} {s.p99_ms:>8.2f} {fmt(s.cpu_us, '.1f'):>10} "
                           f"{one.p50_ms * 1000:>13.0f} {s.errors + one.errors:>6}", flush=True)
 
@@ -894,8 +901,11 @@ def chart_png(path: Path, info: dict, table: list[dict], extra: dict) -> Path | 
     import matplotlib.pyplot as plt
 
     panels = 2 + bool(extra.get("clients")) + bool(extra.get("bodies"))
-    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.6), squeeze=False)
-    axes = axes[0]
+    rows = 1 if panels == 2 else 2
+    fig, grid = plt.subplots(rows, 2, figsize=(13, 5.2 * rows), squeeze=False)
+    axes = list(grid.flat)
+    if panels == 3:
+        axes[3].set_visible(False)
     names = [r["contender"].replace(", ", ",\n").replace(" (", "\n(") for r in table]
     colors = {"direct": "#999999", "nginx": "#2ca02c", "gw-bare": "#1f77b4",
               "gw-full": "#d62728"}
@@ -909,7 +919,7 @@ def chart_png(path: Path, info: dict, table: list[dict], extra: dict) -> Path | 
             text += f"\n{r['rps_vs_nginx']:.3f}x nginx"
         ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(range(len(table)), names, fontsize=7)
+    ax.set_xticks(range(len(table)), names, fontsize=7, rotation=35, ha="right")
     ax.set_yscale("log")
     ax.set_ylabel("requests / s (log scale)")
     ax.set_title(f"throughput, {info['connections']} connections")
@@ -923,7 +933,7 @@ def chart_png(path: Path, info: dict, table: list[dict], extra: dict) -> Path | 
     ax.bar([i + w / 2 for i in x], [r["added_us"] for r in proxies], w,
            label="added p50 µs at 1 connection", color="#9467bd")
     ax.set_xticks(list(x), [n for n, r in zip(names, table, strict=True)
-                            if r["kind"] != "direct"], fontsize=7)
+                            if r["kind"] != "direct"], fontsize=7, rotation=35, ha="right")
     ax.set_ylabel("µs")
     ax.set_title("cost per request")
     ax.legend(fontsize=7)
