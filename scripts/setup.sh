@@ -14,6 +14,18 @@ if [ "${1:-}" = "--test" ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null)
     { systemctl disable --now redis-server || service redis-server stop; } >/dev/null 2>&1 || true
   fi
+  # wrk drives the benchmarks (loadtests/side_by_side.py, bench_ratelimit.py); nginx is the
+  # side-by-side benchmark's upstream and its reference proxy, always started on its own config
+  # in a temporary directory. A service the package may start is stopped (it holds port 80).
+  if ! command -v wrk >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null)
+  fi
+  if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null)
+    if pgrep -x nginx >/dev/null; then
+      { systemctl disable --now nginx || service nginx stop; } >/dev/null 2>&1 || true
+    fi
+  fi
   # promtool (Debian's prometheus package) checks and unit-tests the rules in deploy/.
   if ! command -v promtool >/dev/null; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null)
