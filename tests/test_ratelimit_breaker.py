@@ -16,7 +16,8 @@ from gateway.ratelimit.limiter import Limiter
 from gateway.settings.ratelimit import RateLimitPolicy, RedisSettings
 from tests.support.redis_server import start_redis
 
-pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
+# Redis deadlines of 50-200 ms asserted to the tens of milliseconds: alone (tests/conftest.py)
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
 
 POLICY = RateLimitPolicy(name="p", limit=100, period_ms=60_000)
 

@@ -17,7 +17,8 @@ from gateway.redis.endpoint import parse
 from gateway.redis.resp import encode as cmd
 from tests.support.redis_server import RedisServer, start_redis
 
-pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
+# Redis deadlines of 50-200 ms asserted to the tens of milliseconds: alone (tests/conftest.py)
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
 
 
 @pytest.fixture

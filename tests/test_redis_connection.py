@@ -30,7 +30,8 @@ from gateway.settings.ratelimit import RateLimitPolicy
 from tests.support.processes import free_port
 from tests.support.redis_server import RedisServer, start_redis
 
-pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
+# Redis deadlines of 50-200 ms asserted to the tens of milliseconds: alone (tests/conftest.py)
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
 
 SLACK = 1.0  # how much later than its deadline a failing call may end
 LIMIT = 20.0  # a test whose calls hang fails after this long instead of hanging
