@@ -1,0 +1,255 @@
+"""`python -m loadtests run SCENARIO`: start the system, run locust headless, check the targets.
+
+The targets are the production-readiness plan's: p95 under 200 ms, under 0.1% errors (the 429s
+the policy is expected to answer, to the brute-forcer and past a burst, are counted apart, not as
+errors), and the brute-forcer refused exactly as the policy's login limit says. The limits are
+read from the policy file the gateway runs, not written here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loadtests.system import POLICY, ROOT, System, policy_env, running
+
+P95_TARGET_MS = 200.0
+ERROR_RATE_TARGET = 0.001
+LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
+TAGS = {"ApiClient": "api", "BruteForcer": "bruteforce", "HealthProber": "health",
+        "BurstClient": "burst"}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    users: dict[str, int]
+    duration_s: int
+    spawn_rate: float = 10.0
+
+
+SCENARIOS = {s.name: s for s in (
+    Scenario("smoke", "a few of every kind of client for 10 s (the suite runs it)",
+             {"ApiClient": 3, "BruteForcer": 1, "HealthProber": 1, "BurstClient": 1}, 10,
+             spawn_rate=20),
+    Scenario("api", "50 API clients reading and writing campaigns and calls, 2 min",
+             {"ApiClient": 50}, 120),
+    Scenario("bruteforce", "10 brute-forcers rotating addresses next to 10 API clients, 1 min",
+             {"BruteForcer": 10, "ApiClient": 10}, 60),
+    Scenario("burst", "10 burst clients over the api limit next to 20 API clients, 1 min",
+             {"BurstClient": 10, "ApiClient": 20}, 60),
+    Scenario("full", "50 API clients, 5 brute-forcers, 5 health probers, 5 burst clients, 3 min",
+             {"ApiClient": 50, "BruteForcer": 5, "HealthProber": 5, "BurstClient": 5}, 180),
+)}
+MAX_DURATION_S = 15 * 60  # an API client's 1 request/s stays under `global` (1000/h) this long
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Outcome:
+    checks: list[Check] = field(default_factory=list)
+    figures: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+
+# --- the targets, checked on locust's summary (pure: testable without a run) ----------------
+
+
+def check_latency(summary: dict) -> Check:
+    """p95 of what the well-behaved clients (API clients, health probers) got once every client
+    had started, logins apart (argon2 is slow on purpose); the rest as figures."""
+    p95 = summary.get("p95_ms")
+    aside = (f"whole run, every client, logins included: p95 "
+             f"{summary.get('p95_ms_whole_run') or 0:.0f} ms; logins p95 "
+             f"{summary.get('login_p95_ms') or 0:.0f} ms")
+    if p95 is None:
+        return Check("p95", False, "nothing measured: no API client or health prober request "
+                     "after start-up; " + aside)
+    return Check("p95", p95 < P95_TARGET_MS,
+                 f"p95 {p95:.0f} ms (target < {P95_TARGET_MS:.0f} ms) over "
+                 f"{summary['measured_requests']} requests of API clients and health probers "
+                 f"after start-up ({summary['steady_after_s']} s); " + aside)
+
+
+def check_errors(summary: dict) -> Check:
+    counted = summary["requests"] - summary["expected_429"]
+    rate = summary["failures"] / counted if counted else 1.0
+    return Check("errors", counted > 0 and rate < ERROR_RATE_TARGET,
+                 f"error rate {rate:.3%} ({summary['failures']} of {counted} requests; target "
+                 f"< {ERROR_RATE_TARGET:.1%}; {summary['expected_429']} expected 429s apart, "
+                 f"{summary.get('unexpected_429', 0)} unexpected)")
+
+
+def check_bruteforce(summary: dict) -> Check:
+    """Per address: the first LIMIT attempts reach the API (401), every later one is refused
+    (429, Retry-After, the login limit named). Only attempts within WINDOW/LIMIT of an address's
+    first are judged: the sliding window (gateway.yaml's default algorithm) is sure to refuse
+    then, wherever its fixed 15-min boundaries fall; later, it may admit one again."""
+    limit, window = summary["login_limit"], summary["login_window_s"]
+    horizon = window / limit
+    addresses = refused = answered = late = 0
+    wrong: list[str] = []
+    for address, attempts in summary["bruteforce"].items():
+        if not attempts:
+            continue
+        addresses += 1
+        for i, attempt in enumerate(attempts, start=1):
+            if attempt["t"] >= horizon:
+                late += 1
+                continue
+            status = attempt["status"]
+            if i <= limit:
+                answered += status == 401
+                if status != 401:
+                    wrong.append(f"{address} attempt {i}: {status}, expected 401")
+            else:
+                good = (status == 429 and attempt["retry_after"] is not None
+                        and "login" in attempt["violated"])
+                refused += good
+                if not good:
+                    wrong.append(f"{address} attempt {i}: {status} {attempt['violated']}, "
+                                 "expected 429 naming login with Retry-After")
+    detail = (f"{addresses} addresses: {answered} attempts answered by the API (401), "
+              f"{refused} refused (429) after the first {limit} of each")
+    if late:
+        detail += f"; {late} not judged (over {horizon:.0f} s after the address's first)"
+    if wrong:
+        return Check("bruteforce", False, detail + "; wrong: " + "; ".join(wrong[:3]))
+    if refused == 0:
+        return Check("bruteforce", False, detail + "; no refusal seen: nothing was checked")
+    return Check("bruteforce", True, detail + f" (policy: {limit} per {window:.0f} s)")
+
+
+def check_bursts(summary: dict) -> Check:
+    bursts = summary["bursts"]
+    if not bursts:
+        return Check("burst", False, "no burst completed")
+    limit = summary["api_limit"]
+    wrong = [b for b in bursts if b["other"] or b["missing_retry_after"] or b["admitted"] > limit]
+    refused = sum(b["refused"] for b in bursts)
+    detail = (f"{len(bursts)} bursts of {bursts[0]['sent']}: admitted "
+              f"{'/'.join(str(b['admitted']) for b in bursts[:8])}"
+              f"{'...' if len(bursts) > 8 else ''} (api limit {limit}/min), {refused} refused")
+    if wrong:
+        return Check("burst", False, detail + f"; wrong: {wrong[0]}")
+    return Check("burst", refused > 0, detail if refused else detail + "; none refused")
+
+
+def evaluate(summary: dict, scenario: Scenario) -> list[Check]:
+    checks = [check_latency(summary), check_errors(summary)]
+    if scenario.users.get("BruteForcer"):
+        checks.append(check_bruteforce(summary))
+    if scenario.users.get("BurstClient"):
+        checks.append(check_bursts(summary))
+    return checks
+
+
+# --- running locust -------------------------------------------------------------------------
+
+
+def policy_limits(env: dict[str, str]) -> dict[str, str]:
+    """The limits the locustfile expects, as the policy file says them."""
+    from gateway.config import load_policy
+    limits = load_policy(POLICY, env).policy.rate_limits
+    return {"LOADTESTS_LOGIN_LIMIT": str(limits["login"].limit),
+            "LOADTESTS_LOGIN_WINDOW_S": str(limits["login"].period_ms / 1000),
+            "LOADTESTS_API_LIMIT": str(limits["api"].limit)}
+
+
+def locust_command(scenario: Scenario, duration_s: int, host: str, out: Path) -> list[str]:
+    classes = [name for name, n in scenario.users.items() if n > 0]
+    return [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host,
+        "--users", str(sum(scenario.users.values())), "--spawn-rate", str(scenario.spawn_rate),
+        "--run-time", f"{duration_s}s", "--stop-timeout", "5",
+        "--csv", str(out / "stats"), "--html", str(out / "report.html"),
+        "--only-summary", "--loglevel", "WARNING",
+        "--tags", *sorted({TAGS[c] for c in classes}), *classes,
+    ]
+
+
+def _progress(out: Path, started: float, duration_s: int) -> str:
+    """One line from the last row locust appended to stats_history.csv."""
+    elapsed = time.monotonic() - started
+    line = f"  {min(elapsed, duration_s):4.0f}/{duration_s} s"
+    try:
+        with (out / "stats_stats_history.csv").open() as f:
+            rows = [r for r in csv.DictReader(f) if r.get("Name") == "Aggregated"]
+    except OSError:
+        rows = []
+    if rows:
+        r = rows[-1]
+        line += (f"  users {r['User Count']:>3}  requests {r['Total Request Count']:>6}  "
+                 f"{float(r['Requests/s']):6.1f}/s  p95 {r['95%']:>4} ms  "
+                 f"failures {r['Total Failure Count']}")
+    else:
+        line += "  starting locust"
+    return line
+
+
+def run_locust(scenario: Scenario, duration_s: int, system: System, out: Path,
+               say=print) -> dict:
+    env = {**os.environ, **policy_limits(system.gateway_env),
+           "LOADTESTS_USERS": json.dumps(scenario.users),
+           "LOADTESTS_SUMMARY": str(out / "summary.json")}
+    command = locust_command(scenario, duration_s, system.gateway_url, out)
+    (out / "locust-command.txt").write_text(" ".join(command) + "\n")
+    with (out / "locust.log").open("wb") as log:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        started = time.monotonic()
+        deadline = started + duration_s + 60  # locust's own stop, plus a margin: then killed
+        last = 0.0
+        try:
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    raise RuntimeError(f"locust did not stop; see {out / 'locust.log'}")
+                if time.monotonic() - last >= 5:
+                    say(_progress(out, started, duration_s))
+                    last = time.monotonic()
+                time.sleep(0.2)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    summary_path = out / "summary.json"
+    if not summary_path.exists():
+        raise RuntimeError(f"locust wrote no summary (exit {proc.returncode}); see "
+                           f"{out / 'locust.log'}")
+    return json.loads(summary_path.read_text())
+
+
+def run(scenario: Scenario, out: Path, *, duration_s: int | None = None,
+        database_url: str | None = None, say=print) -> Outcome:
+    duration = duration_s or scenario.duration_s
+    out.mkdir(parents=True, exist_ok=True)
+    with running(out, database_url=database_url, say=say) as system:
+        say(f"gateway {system.gateway_url} -> API {system.upstream_url}, Redis "
+            f"{system.redis_url}; locust: {scenario.users}, {duration} s")
+        summary = run_locust(scenario, duration, system, out, say)
+        say("stopping everything")
+    outcome = Outcome(evaluate(summary, scenario), summary)
+    (out / "checks.json").write_text(json.dumps(
+        {"scenario": scenario.name, "duration_s": duration, "ok": outcome.ok,
+         "checks": [c.__dict__ for c in outcome.checks]}, indent=2) + "\n")
+    return outcome
+
+
+__all__ = ["SCENARIOS", "Check", "Outcome", "Scenario", "evaluate", "policy_env", "run"]
