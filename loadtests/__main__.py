@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 import time
 from pathlib import Path
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:  # everything after `bench` is the benchmark's own
         return bench(argv[1:])
     args = parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C: everything started is stopped on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     scenario = SCENARIOS[args.scenario]
     out = args.out or ROOT / "loadtests" / "results" / (
         f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}")
