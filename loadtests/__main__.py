@@ -4,7 +4,8 @@
                  policy on free 127.0.0.1 ports, run locust headless against the gateway, write
                  its CSV and HTML report, stop everything and check the plan's targets (p95 <
                  200 ms, errors < 0.1%, the brute-forcer refused as the login limit says).
-                 Exit 0 when every target holds, 1 when one does not or the run failed.
+                 Exit 0 when every target holds, 1 when one does not or the run failed, 3
+                 when only latency failed while other processes kept the machine busy.
   bench ...      the side-by-side benchmark (loadtests/side_by_side.py), its own arguments.
 """
 
@@ -90,13 +91,16 @@ def main(argv: list[str] | None = None) -> int:
              f"(logs in {out})")
         return 1
     for check in outcome.checks:
-        _say(f"  {'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
-    f = outcome.figures
-    _say(f"loadtests {scenario.name}: {'PASS' if outcome.ok else 'FAIL'} "
-         f"({', '.join(c.name for c in outcome.checks if not c.ok) or 'all targets met'}): "
+        label = "ok  " if check.ok else "n/j " if check.inconclusive else "FAIL"
+        _say(f"  {label} {check.name}: {check.detail}")
+    for note in outcome.notes:
+        _say(f"  note {note}")
+    f, verdict = outcome.figures, outcome.verdict
+    failed = ", ".join(c.name for c in outcome.checks if not c.ok)
+    _say(f"loadtests {scenario.name}: {verdict} ({failed or 'all targets met'}): "
          f"{f['requests']} requests, p95 {f['p95_ms'] or 0:.0f} ms, "
          f"{f['failures']} errors, {f['expected_429']} expected 429s; report {out}/report.html")
-    return 0 if outcome.ok else 1
+    return {"PASS": 0, "INCONCLUSIVE": 3}.get(verdict, 1)
 
 
 if __name__ == "__main__":

@@ -250,6 +250,9 @@ class ApiClient(Client):
         self.login()
 
     def _json(self, method: str, path: str, name: str, body: dict | None = None):
+        if not self.token:  # its login failed (a timeout, say): this turn logs in again
+            self.login()
+            return None
         with self.client.request(method, path, json=body, headers=self.headers(), name=name,
                                  catch_response=True) as response:
             if response.status_code >= 400 or response.status_code == 0:
@@ -411,6 +414,9 @@ class BurstClient(Client):
     @tag("burst")
     @task
     def burst(self) -> None:
+        if not self.token:  # its login failed: this turn logs in again
+            self.login()
+            return
         if self.first_rest:
             gevent.sleep(self.first_rest)
             self.first_rest = 0.0

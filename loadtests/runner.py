@@ -16,11 +16,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
+from loadtests.cpu import CpuMeter, CpuUse
 from loadtests.system import POLICY, ROOT, System, policy_env, running
 
 P95_TARGET_MS = 200.0
 ERROR_RATE_TARGET = 0.001
+# other processes busier than this (in CPUs, on average) make a latency failure inconclusive
+OTHERS_LIMIT_CPUS = 0.5
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
 TAGS = {"ApiClient": "api", "BruteForcer": "bruteforce", "HealthProber": "health",
         "BurstClient": "burst"}
@@ -32,7 +36,9 @@ class Scenario:
     description: str
     users: dict[str, int]
     duration_s: int
-    spawn_rate: float = 10.0
+    # users started a second: 2 is about as many logins as the demo API checks a second (its
+    # argon2 takes ~0.3 s on 2 vCPUs, on its event loop); faster only queues them
+    spawn_rate: float = 2.0
 
 
 SCENARIOS = {s.name: s for s in (
@@ -56,16 +62,27 @@ class Check:
     name: str
     ok: bool
     detail: str
+    inconclusive: bool = False  # failed, on a machine too busy with other work to judge it
 
 
 @dataclass
 class Outcome:
     checks: list[Check] = field(default_factory=list)
     figures: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return bool(self.checks) and all(c.ok for c in self.checks)
+
+    @property
+    def verdict(self) -> str:
+        """PASS, FAIL, or INCONCLUSIVE when only latency failed while the rest of the machine
+        was busy (the exit status is then 3, not 0: no target was shown to hold)."""
+        if self.ok:
+            return "PASS"
+        failed = [c for c in self.checks if not c.ok]
+        return "INCONCLUSIVE" if failed and all(c.inconclusive for c in failed) else "FAIL"
 
 
 # --- the targets, checked on locust's summary (pure: testable without a run) ----------------
@@ -149,6 +166,35 @@ def check_bursts(summary: dict) -> Check:
     if wrong:
         return Check("burst", False, detail + f"; wrong: {wrong[0]}")
     return Check("burst", refused > 0, detail if refused else detail + "; none refused")
+
+
+def judge_busy_machine(checks: list[Check], cpu: CpuUse) -> None:
+    """A latency failure while other processes kept more than OTHERS_LIMIT_CPUS busy is not
+    the system's verdict: it is marked inconclusive (and says so)."""
+    for check in checks:
+        if check.name == "p95" and not check.ok and cpu.others_cpus > OTHERS_LIMIT_CPUS:
+            check.inconclusive = True
+            check.detail += (f"; not judged: other processes kept {cpu.others_cpus:.1f} of the "
+                             f"{cpu.cpus} CPUs busy during the run")
+
+
+def notes(out: Path, cpu: CpuUse, requests: int) -> list[str]:
+    """What helps read the figures: where the CPU went, and whether the gateway lost Redis
+    (then, with failure_mode: open, it counted in-process: a client's Redis count is not seen)."""
+    per_request = (f" ({cpu.by_process.get('gateway', 0) / requests * 1e6:.0f} µs of gateway "
+                   "CPU a request)" if requests else "")
+    said = [f"CPU over {cpu.seconds:.0f} s on {cpu.cpus} CPUs: " + ", ".join(
+        f"{name} {seconds:.1f} s" for name, seconds in cpu.by_process.items())
+        + f"{per_request}; other processes {cpu.others:.1f} s ({cpu.others_cpus:.2f} CPUs)"]
+    try:
+        log = (out / "gateway.log").read_text(errors="replace")
+    except OSError:
+        log = ""
+    outages = log.count("redis unavailable (breaker open)")
+    if outages:
+        said.append(f"the gateway lost Redis {outages} time(s) (breaker open: limits counted "
+                    "in-process meanwhile; see gateway.log)")
+    return said
 
 
 def evaluate(summary: dict, scenario: Scenario) -> list[Check]:
@@ -240,12 +286,19 @@ def run(scenario: Scenario, out: Path, *, duration_s: int | None = None,
     with running(out, database_url=database_url, say=say) as system:
         say(f"gateway {system.gateway_url} -> API {system.upstream_url}, Redis "
             f"{system.redis_url}; locust: {scenario.users}, {duration} s")
+        meter = CpuMeter(urlparse(system.database_url).path.lstrip("/"))
+        meter.start()
         summary = run_locust(scenario, duration, system, out, say)
+        cpu = meter.stop()
         say("stopping everything")
-    outcome = Outcome(evaluate(summary, scenario), summary)
+    checks = evaluate(summary, scenario)
+    judge_busy_machine(checks, cpu)
+    outcome = Outcome(checks, summary, notes(out, cpu, summary["requests"]))
     (out / "checks.json").write_text(json.dumps(
-        {"scenario": scenario.name, "duration_s": duration, "ok": outcome.ok,
-         "checks": [c.__dict__ for c in outcome.checks]}, indent=2) + "\n")
+        {"scenario": scenario.name, "duration_s": duration, "verdict": outcome.verdict,
+         "checks": [c.__dict__ for c in outcome.checks], "notes": outcome.notes,
+         "cpu_seconds": {**cpu.by_process, "other processes": round(cpu.others, 2)}},
+        indent=2) + "\n")
     return outcome
 
 

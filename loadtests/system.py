@@ -46,6 +46,7 @@ class System:
     admin_url: str
     upstream_url: str
     redis_url: str
+    database_url: str
     policy: Path
     gateway_env: dict[str, str]  # what the policy's ${VAR}s were given
 
@@ -120,4 +121,4 @@ def running(out: Path, *, database_url: str | None = None, say=print) -> Iterato
         say("starting the gateway (policies/production.yaml)")
         gw = run_gateway(POLICY, port, admin_port, out / "gateway.log", env=env)
         stack.callback(stop, gw.proc)
-        yield System(gw.url, gw.admin_url, upstream_url, redis.url, POLICY, env)
+        yield System(gw.url, gw.admin_url, upstream_url, redis.url, url, POLICY, env)

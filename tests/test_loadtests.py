@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.processes import ROOT
 
 
@@ -22,8 +24,11 @@ def test_smoke_scenario_meets_the_targets_and_writes_its_reports(
     out = tmp_path / "smoke"
     result = run_loadtests("run", "smoke", "--out", str(out), "--database-url", database_url)
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    assert result.stdout.splitlines()[-1].startswith("loadtests smoke: PASS"), output
+    # 3: every target held but latency, which failed while other processes kept the machine
+    # busy: not judged (the runner says how busy), everything else still checked below
+    assert result.returncode in (0, 3), output
+    verdict = "PASS" if result.returncode == 0 else "INCONCLUSIVE"
+    assert result.stdout.splitlines()[-1].startswith(f"loadtests smoke: {verdict}"), output
     assert any("/12 s" in line for line in result.stdout.splitlines()), output  # progress
 
     for report in ("report.html", "stats_stats.csv", "stats_stats_history.csv",
@@ -33,7 +38,8 @@ def test_smoke_scenario_meets_the_targets_and_writes_its_reports(
 
     checks = {c["name"]: c for c in json.loads((out / "checks.json").read_text())["checks"]}
     assert set(checks) == {"p95", "errors", "bruteforce", "burst"}
-    assert all(c["ok"] for c in checks.values()), checks
+    assert all(c["ok"] for name, c in checks.items() if name != "p95"), checks
+    assert checks["p95"]["ok"] or checks["p95"]["inconclusive"], checks
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failures"] == 0 and summary["measured_requests"] > 0
@@ -48,6 +54,8 @@ def test_smoke_scenario_meets_the_targets_and_writes_its_reports(
     assert burst["admitted"] <= 100 and burst["refused"] > 0 and not burst["other"], burst
     assert summary["expected_429"] == len(statuses) - 5 + burst["refused"]
     assert summary["unexpected_429"] == 0
+    if not checks["p95"]["ok"]:
+        pytest.skip("latency not judged: " + checks["p95"]["detail"])
 
 
 def test_bench_without_its_module_says_so_and_exits_2() -> None:
