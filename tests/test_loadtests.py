@@ -69,3 +69,50 @@ def test_bench_without_its_module_says_so_and_exits_2() -> None:
 def test_an_unknown_scenario_is_a_usage_error() -> None:
     result = run_loadtests("run", "nonesuch", timeout=30)
     assert result.returncode == 2 and "SCENARIO" in result.stderr
+
+
+# --- the brute-force check itself, on made-up attempts (no process) --------------------------
+
+
+def attempts(*statuses: int, step: float = 0.5) -> list[dict]:
+    return [{"t": i * step, "status": s, "retry_after": "900" if s == 429 else None,
+             "violated": ["login"] if s == 429 else []} for i, s in enumerate(statuses)]
+
+
+def bruteforce_check(**addresses: list[dict]):
+    from loadtests.runner import check_bruteforce
+    return check_bruteforce({"login_limit": 5, "login_window_s": 900.0,
+                             "bruteforce": addresses})
+
+
+def test_bruteforce_check_passes_five_answers_then_refusals_per_address() -> None:
+    check = bruteforce_check(a=attempts(401, 401, 401, 401, 401, 429, 429),
+                             b=attempts(401, 401, 401, 401, 401, 429))
+    assert check.ok, check.detail
+    assert "2 addresses: 10 attempts answered by the API (401), 3 refused" in check.detail
+
+
+def test_bruteforce_check_fails_a_sixth_guess_that_reached_the_api() -> None:
+    check = bruteforce_check(a=attempts(401, 401, 401, 401, 401, 429, 401))
+    assert not check.ok and "attempt 7: 401" in check.detail
+
+
+def test_bruteforce_check_fails_a_refusal_before_the_limit() -> None:
+    check = bruteforce_check(a=attempts(401, 401, 429, 429, 429, 429))
+    assert not check.ok and "attempt 3: 429" in check.detail
+
+
+def test_bruteforce_check_fails_a_refusal_not_naming_the_login_limit() -> None:
+    episode = attempts(401, 401, 401, 401, 401, 429)
+    episode[-1]["violated"] = ["api"]
+    assert not bruteforce_check(a=episode).ok
+
+
+def test_bruteforce_check_judges_only_the_window_over_the_limit() -> None:
+    # the sliding window is sure to refuse for 900 s / 5 = 180 s after an address's first guess
+    check = bruteforce_check(a=attempts(401, 401, 401, 401, 401, 429, 401, step=30))
+    assert check.ok and "1 not judged" in check.detail
+
+
+def test_bruteforce_check_without_a_refusal_checked_nothing() -> None:
+    assert not bruteforce_check(a=attempts(401, 401, 401)).ok
