@@ -13,11 +13,11 @@ client apart, as it counts real clients behind a load balancer.
                 calls, one request a second: under the api limit (100/min) and, for the runs'
                 lengths (at most 15 min), under global (1000/h). Anything but 2xx is an error,
                 429 included.
-  BruteForcer   (tag bruteforce) guesses passwords on the login route. The policy allows
-                LOGIN_LIMIT attempts per LOGIN_WINDOW per client: those reach the API (401),
-                every later one must be refused (429). After ADDRESS_SECONDS it moves to a
-                fresh address, as an attacker rotating addresses does; each address is one
-                episode, all of it checked by the runner.
+  BruteForcer   (tag bruteforce) guesses passwords on the login route, two a second. The
+                policy allows LOGIN_LIMIT attempts per LOGIN_WINDOW per client: those reach the
+                API (401), every later one must be refused (429). After ADDRESS_SECONDS it
+                moves to a fresh address, as an attacker rotating addresses does; each address
+                is one episode, all of it checked by the runner.
   HealthProber  (tag health) GET /health twice a second: under the health limit (10/s).
   BurstClient   (tag burst) logs in, then sends a burst of BURST_SIZE concurrent reads, well
                 over the api limit, and rests. What is over the limit must be 429 with
@@ -25,9 +25,9 @@ client apart, as it counts real clients behind a load balancer.
 
 Expected answers are not errors: a brute-forcer's 401s and 429s and a burst's 429s are marked
 successful, the 429s under their own request names ("... [429 expected]") so the report counts
-them apart. At the end the process writes LOADTESTS_SUMMARY (JSON): totals, latency without the
-expected 429s, every brute-force address's answers in order and every burst's outcome; the
-runner checks the targets on it and on the CSV.
+them apart. At the end the process writes LOADTESTS_SUMMARY (JSON): totals, the latencies (see
+Tally: what the target is measured on), every brute-force address's answers in order and every
+burst's outcome; the runner checks the targets on it.
 
 Set by the runner through the environment: LOADTESTS_USERS ({"ApiClient": 4, ...}: how many of
 each class), LOADTESTS_SUMMARY, and the limits read from the policy (LOADTESTS_LOGIN_LIMIT,
