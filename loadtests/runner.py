@@ -252,6 +252,8 @@ def run_locust(scenario: Scenario, duration_s: int, system: System, out: Path,
            "LOADTESTS_USERS": json.dumps(scenario.users),
            "LOADTESTS_SUMMARY": str(out / "summary.json")}
     command = locust_command(scenario, duration_s, system.gateway_url, out)
+    for stale in ("summary.json", "stats_stats_history.csv"):  # of an earlier run in `out`
+        (out / stale).unlink(missing_ok=True)
     (out / "locust-command.txt").write_text(" ".join(command) + "\n")
     with (out / "locust.log").open("wb") as log:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
