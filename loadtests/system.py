@@ -74,8 +74,8 @@ def _redis_binary() -> None:
 
 @contextlib.contextmanager
 def _database(database_url: str | None, say) -> Iterator[str]:
-    """A migrated database: on the server at `database_url`'s (a new one there), or in a
-    PostgreSQL started for the run and stopped after it."""
+    """A database at the head revision: the one at `database_url` (migrated if it is not), or
+    a new one on a PostgreSQL started for the run and stopped after it."""
     from tests.support.postgres import Postgres, migrated_template, start_postgres
     if database_url:
         yield _migrated(database_url)
@@ -87,7 +87,7 @@ def _database(database_url: str | None, say) -> Iterator[str]:
         say("starting PostgreSQL (pgserver)")
         pg: Postgres = start_postgres(folder)
         try:
-            yield pg.url(migrated_template(pg))
+            yield pg.url(migrated_template(pg))  # a new database at head
         finally:
             pg.stop()
     finally:
