@@ -371,7 +371,7 @@ class BruteForcer(Client):
                               catch_response=True) as response:
             status = response.status_code
             self.attempts.append({
-                "t": round(now - self.first, 3), "status": status,
+                "t": round(now - self.first, 3), "at": round(time.time(), 3), "status": status,
                 "retry_after": response.headers.get("Retry-After") if status == 429 else None,
                 "violated": _violated(response) if status == 429 else [],
             })
@@ -432,7 +432,7 @@ class BurstClient(Client):
                 if response.status_code == 429 and not _expect_429(response):
                     missing_retry_after += 1
 
-        started = time.monotonic()
+        started, started_at = time.monotonic(), time.time()
         pool = Pool(self.concurrency)
         for _ in range(BURST_SIZE):
             pool.spawn(read)
@@ -442,6 +442,7 @@ class BurstClient(Client):
             "refused": statuses.pop(429, 0), "other": {str(k): v for k, v in statuses.items()},
             "missing_retry_after": missing_retry_after,
             "seconds": round(time.monotonic() - started, 3),
+            "from": round(started_at, 3), "to": round(time.time(), 3),
         })
 
 

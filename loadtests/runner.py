@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -113,14 +114,26 @@ def check_errors(summary: dict) -> Check:
                  f"{summary.get('unexpected_429', 0)} unexpected)")
 
 
-def check_bruteforce(summary: dict) -> Check:
+Outage = tuple[float, float]  # wall-clock seconds: the gateway decided without Redis then
+
+
+def _during(outages: list[Outage], start: float, end: float | None = None) -> bool:
+    """Does [start, end] meet an outage? Widened by a second before: the three calls that
+    timed out before the breaker opened were decided in-process too."""
+    end = start if end is None else end
+    return any(start <= b + 0.5 and end >= a - 1.0 for a, b in outages)
+
+
+def check_bruteforce(summary: dict, outages: list[Outage] = ()) -> Check:
     """Per address: the first LIMIT attempts reach the API (401), every later one is refused
     (429, Retry-After, the login limit named). Only attempts within WINDOW/LIMIT of an address's
     first are judged: the sliding window (gateway.yaml's default algorithm) is sure to refuse
-    then, wherever its fixed 15-min boundaries fall; later, it may admit one again."""
+    then, wherever its fixed 15-min boundaries fall; later, it may admit one again. Nor is a
+    guess admitted while the gateway had lost Redis: failure_mode: open then counts in-process,
+    where the client's earlier guesses are not seen (the runner notes such outages)."""
     limit, window = summary["login_limit"], summary["login_window_s"]
     horizon = window / limit
-    addresses = refused = answered = late = 0
+    addresses = refused = answered = late = in_outage = 0
     wrong: list[str] = []
     for address, attempts in summary["bruteforce"].items():
         if not attempts:
@@ -135,6 +148,8 @@ def check_bruteforce(summary: dict) -> Check:
                 answered += status == 401
                 if status != 401:
                     wrong.append(f"{address} attempt {i}: {status}, expected 401")
+            elif status == 401 and _during(outages, attempt.get("at", 0.0)):
+                in_outage += 1
             else:
                 good = (status == 429 and attempt["retry_after"] is not None
                         and "login" in attempt["violated"])
@@ -146,6 +161,8 @@ def check_bruteforce(summary: dict) -> Check:
               f"{refused} refused (429) after the first {limit} of each")
     if late:
         detail += f"; {late} not judged (over {horizon:.0f} s after the address's first)"
+    if in_outage:
+        detail += f"; {in_outage} admitted while the gateway had lost Redis, not judged"
     if wrong:
         return Check("bruteforce", False, detail + "; wrong: " + "; ".join(wrong[:3]))
     if refused == 0:
@@ -153,19 +170,47 @@ def check_bruteforce(summary: dict) -> Check:
     return Check("bruteforce", True, detail + f" (policy: {limit} per {window:.0f} s)")
 
 
-def check_bursts(summary: dict) -> Check:
+def check_bursts(summary: dict, outages: list[Outage] = ()) -> Check:
+    """Every burst: 200 or 429 with Retry-After only, and at most the api limit admitted
+    (not judged for a burst that met a Redis outage: in-process counters then)."""
     bursts = summary["bursts"]
     if not bursts:
         return Check("burst", False, "no burst completed")
     limit = summary["api_limit"]
-    wrong = [b for b in bursts if b["other"] or b["missing_retry_after"] or b["admitted"] > limit]
+
+    def over(b: dict) -> bool:
+        return b["admitted"] > limit and not _during(outages, b.get("from", 0), b.get("to"))
+
+    wrong = [b for b in bursts if b["other"] or b["missing_retry_after"] or over(b)]
     refused = sum(b["refused"] for b in bursts)
     detail = (f"{len(bursts)} bursts of {bursts[0]['sent']}: admitted "
               f"{'/'.join(str(b['admitted']) for b in bursts[:8])}"
               f"{'...' if len(bursts) > 8 else ''} (api limit {limit}/min), {refused} refused")
+    met = sum(_during(outages, b.get("from", 0), b.get("to")) for b in bursts)
+    if met:
+        detail += f"; {met} met a Redis outage (their admitted count not judged)"
     if wrong:
         return Check("burst", False, detail + f"; wrong: {wrong[0]}")
     return Check("burst", refused > 0, detail if refused else detail + "; none refused")
+
+
+def redis_outages(gateway_log: str) -> list[Outage]:
+    """When the gateway decided without Redis, from its log: breaker open .. Redis is back."""
+    outages, opened = [], None
+    for line in gateway_log.splitlines():
+        if "redis unavailable (breaker open)" in line or "redis is back" in line:
+            try:
+                when = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            except ValueError:
+                continue
+            if "breaker open" in line:
+                opened = when if opened is None else opened
+            elif opened is not None:
+                outages.append((opened, when))
+                opened = None
+    if opened is not None:
+        outages.append((opened, float("inf")))
+    return outages
 
 
 def judge_busy_machine(checks: list[Check], cpu: CpuUse) -> None:
@@ -178,7 +223,7 @@ def judge_busy_machine(checks: list[Check], cpu: CpuUse) -> None:
                              f"{cpu.cpus} CPUs busy during the run")
 
 
-def notes(out: Path, cpu: CpuUse, requests: int) -> list[str]:
+def notes(cpu: CpuUse, requests: int, outages: list[Outage]) -> list[str]:
     """What helps read the figures: where the CPU went, and whether the gateway lost Redis
     (then, with failure_mode: open, it counted in-process: a client's Redis count is not seen)."""
     per_request = (f" ({cpu.by_process.get('gateway', 0) / requests * 1e6:.0f} µs of gateway "
@@ -186,23 +231,19 @@ def notes(out: Path, cpu: CpuUse, requests: int) -> list[str]:
     said = [f"CPU over {cpu.seconds:.0f} s on {cpu.cpus} CPUs: " + ", ".join(
         f"{name} {seconds:.1f} s" for name, seconds in cpu.by_process.items())
         + f"{per_request}; other processes {cpu.others:.1f} s ({cpu.others_cpus:.2f} CPUs)"]
-    try:
-        log = (out / "gateway.log").read_text(errors="replace")
-    except OSError:
-        log = ""
-    outages = log.count("redis unavailable (breaker open)")
     if outages:
-        said.append(f"the gateway lost Redis {outages} time(s) (breaker open: limits counted "
-                    "in-process meanwhile; see gateway.log)")
+        lasted = sum(b - a for a, b in outages)
+        said.append(f"the gateway lost Redis {len(outages)} time(s), {lasted:.1f} s in all "
+                    "(timeouts: see gateway.log); limits were counted in-process meanwhile")
     return said
 
 
-def evaluate(summary: dict, scenario: Scenario) -> list[Check]:
+def evaluate(summary: dict, scenario: Scenario, outages: list[Outage] = ()) -> list[Check]:
     checks = [check_latency(summary), check_errors(summary)]
     if scenario.users.get("BruteForcer"):
-        checks.append(check_bruteforce(summary))
+        checks.append(check_bruteforce(summary, outages))
     if scenario.users.get("BurstClient"):
-        checks.append(check_bursts(summary))
+        checks.append(check_bursts(summary, outages))
     return checks
 
 
@@ -293,9 +334,13 @@ def run(scenario: Scenario, out: Path, *, duration_s: int | None = None,
         summary = run_locust(scenario, duration, system, out, say)
         cpu = meter.stop()
         say("stopping everything")
-    checks = evaluate(summary, scenario)
+    try:
+        outages = redis_outages((out / "gateway.log").read_text(errors="replace"))
+    except OSError:
+        outages = []
+    checks = evaluate(summary, scenario, outages)
     judge_busy_machine(checks, cpu)
-    outcome = Outcome(checks, summary, notes(out, cpu, summary["requests"]))
+    outcome = Outcome(checks, summary, notes(cpu, summary["requests"], outages))
     (out / "checks.json").write_text(json.dumps(
         {"scenario": scenario.name, "duration_s": duration, "verdict": outcome.verdict,
          "checks": [c.__dict__ for c in outcome.checks], "notes": outcome.notes,

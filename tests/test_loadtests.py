@@ -74,15 +74,19 @@ def test_an_unknown_scenario_is_a_usage_error() -> None:
 # --- the brute-force check itself, on made-up attempts (no process) --------------------------
 
 
+T0 = 1_800_000_000.0  # wall clock of the first made-up guess
+
+
 def attempts(*statuses: int, step: float = 0.5) -> list[dict]:
-    return [{"t": i * step, "status": s, "retry_after": "900" if s == 429 else None,
+    return [{"t": i * step, "at": T0 + i * step, "status": s,
+             "retry_after": "900" if s == 429 else None,
              "violated": ["login"] if s == 429 else []} for i, s in enumerate(statuses)]
 
 
-def bruteforce_check(**addresses: list[dict]):
+def bruteforce_check(outages=(), **addresses: list[dict]):
     from loadtests.runner import check_bruteforce
     return check_bruteforce({"login_limit": 5, "login_window_s": 900.0,
-                             "bruteforce": addresses})
+                             "bruteforce": addresses}, list(outages))
 
 
 def test_bruteforce_check_passes_five_answers_then_refusals_per_address() -> None:
@@ -116,3 +120,26 @@ def test_bruteforce_check_judges_only_the_window_over_the_limit() -> None:
 
 def test_bruteforce_check_without_a_refusal_checked_nothing() -> None:
     assert not bruteforce_check(a=attempts(401, 401, 401)).ok
+
+
+def test_bruteforce_check_leaves_out_a_guess_admitted_while_the_gateway_had_lost_redis() -> None:
+    # failure_mode: open counts in-process then, where the earlier guesses are not seen
+    episode = attempts(401, 401, 401, 401, 401, 429, 401, 429)  # the 7th at T0 + 3 s
+    assert not bruteforce_check(a=episode).ok
+    check = bruteforce_check(outages=[(T0 + 2.9, T0 + 3.1)], a=episode)
+    assert check.ok and "1 admitted while the gateway had lost Redis" in check.detail
+
+
+def test_redis_outages_are_read_from_the_gateway_log() -> None:
+    from loadtests.runner import redis_outages
+    log = (
+        "2026-11-30 12:52:05,358 ERROR gateway.ratelimit: redis unavailable (breaker open): "
+        "rate limits fall back to in-process counters; last error: TimeoutError(...)\n"
+        '{"status": 200}\n'
+        "2026-11-30 12:52:05,521 INFO gateway.ratelimit: redis is back; rate limits are "
+        "shared again\n"
+        "2026-11-30 12:52:21,823 ERROR gateway.ratelimit: redis unavailable (breaker open): "
+        "...\n")
+    (first, second) = redis_outages(log)
+    assert round(first[1] - first[0], 3) == 0.163
+    assert second[1] == float("inf")
