@@ -19,6 +19,7 @@ def run_loadtests(*args: str, timeout: float = 150) -> subprocess.CompletedProce
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.integration  # runs python -m loadtests
 def test_smoke_scenario_meets_the_targets_and_writes_its_reports(
         tmp_path: Path, database_url: str) -> None:
     out = tmp_path / "smoke"
@@ -58,6 +59,7 @@ def test_smoke_scenario_meets_the_targets_and_writes_its_reports(
         pytest.skip("latency not judged: " + checks["p95"]["detail"])
 
 
+@pytest.mark.integration  # runs python -m loadtests
 def test_bench_without_its_module_says_so_and_exits_2() -> None:
     if (ROOT / "loadtests" / "side_by_side.py").exists():
         return  # the benchmark is here: its own tests cover it
@@ -66,6 +68,7 @@ def test_bench_without_its_module_says_so_and_exits_2() -> None:
     assert result.stderr.strip().count("\n") == 0 and "side_by_side" in result.stderr
 
 
+@pytest.mark.integration  # runs python -m loadtests
 def test_an_unknown_scenario_is_a_usage_error() -> None:
     result = run_loadtests("run", "nonesuch", timeout=30)
     assert result.returncode == 2 and "SCENARIO" in result.stderr
