@@ -24,6 +24,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.admission import Admission, Refusal
+from gateway.cors import actual as actual_cors
 from gateway.cors import add_vary
 from gateway.csp_reports import CONTENT_TYPES as CSP_CONTENT_TYPES
 from gateway.csp_reports import summarize
@@ -42,7 +43,15 @@ from gateway.observability.metrics import (
     upstream_error,
 )
 from gateway.observability.sentry import Reporter
-from gateway.plan import Action, CorsOutcome, Head, Plan, peer_trusted, plan
+from gateway.plan import (
+    Action,
+    CorsOutcome,
+    Head,
+    Plan,
+    arrived_over_https,
+    peer_trusted,
+    plan,
+)
 from gateway.proxy.capacity import Full
 from gateway.proxy.forwarder import ClientBodyError, RequestBody, UpstreamError, forward
 from gateway.proxy.websocket import HandshakeRefused, WebSocketRegistry, relay_websocket
@@ -132,7 +141,7 @@ class Handler:
         cors_policy = compiled.default_cors
         headers_policy = compiled.default_headers
         cors_added: tuple[tuple[str, str], ...] = ()
-        https = request.secure
+        https = arrived_over_https(request.secure, trusted, headers)
         rl_headers: list[tuple[str, str]] = []
 
         def decorate(out: CIMultiDict[str], cors: bool = True) -> None:
@@ -163,6 +172,8 @@ class Handler:
         if self.in_progress - len(self.websockets) > \
                 rt.policy.server.limits.max_requests_in_progress:
             OVERLOAD_REFUSALS.labels("requests").inc()
+            if cors_policy is not None:
+                cors_added = tuple(actual_cors(cors_policy, headers))
             return refuse(503, "the gateway is at its limit of requests in progress; retry "
                           "shortly", close=not request.content.is_eof(),
                           extra=(("Retry-After", "1"),))
@@ -176,7 +187,6 @@ class Handler:
         if verdict.route is not None:
             record.route = verdict.route.name
         cors_policy, headers_policy = the_plan.cors_policy, the_plan.headers_policy
-        https = the_plan.https
         if the_plan.cors is CorsOutcome.ORIGIN_ALLOWED:
             cors_added = the_plan.cors_headers
         if the_plan.action is Action.ANSWER:

@@ -140,6 +140,12 @@ def peer_trusted(compiled: CompiledPolicy, peer: str) -> bool:
     return bool(compiled.trusted) and compiled.trusted.trusts(parse_ip(peer))
 
 
+def arrived_over_https(secure: bool, trusted_peer: bool, headers: CIMultiDictProxy[str]
+                       ) -> bool:
+    """Over TLS to the gateway, or to a trusted proxy that says so in X-Forwarded-Proto."""
+    return secure or (trusted_peer and headers.get("X-Forwarded-Proto", "").lower() == "https")
+
+
 def limit_checks(compiled: CompiledPolicy, limits: RouteLimits, client: str,
                  headers: CIMultiDictProxy[str]) -> tuple[LimitCheck, ...]:
     prefix = compiled.policy.redis.key_prefix
@@ -155,8 +161,7 @@ def plan(compiled: CompiledPolicy, head: Head, *, trusted_peer: bool, request_id
     """What the gateway does with `head`. `trusted_peer` is `peer_trusted(compiled,
     head.peer)` (the caller needs it first, to choose the request ID)."""
     headers = head.headers
-    https = head.secure or (
-        trusted_peer and headers.get("X-Forwarded-Proto", "").lower() == "https")
+    https = arrived_over_https(head.secure, trusted_peer, headers)
     xff = headers.getall("X-Forwarded-For", ())
     client = client_ip(head.peer, xff, compiled.trusted)
     source = IpSource.PEER if not trusted_peer else \
