@@ -129,6 +129,12 @@ def run_wrk(url: str, connections: int, duration: float) -> Sample:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
          "--timeout", "5s", url], capture_output=True, text=True, check=True).stdout
+    return Sample(*parse_wrk(out))
+
+
+def parse_wrk(out: str) -> tuple[float, float, float, int, int]:
+    """(req/s, p50 ms, p99 ms, requests, errors: non-2xx/3xx and socket errors) from wrk
+    --latency's output."""
     latency = {int(p): float(v) * WRK_UNITS[u] for p, v, u in WRK_LATENCY.findall(out)}
     rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
     total = re.search(r"^\s+(\d+) requests in", out, re.M)
@@ -140,7 +146,7 @@ def run_wrk(url: str, connections: int, duration: float) -> Sample:
     if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
                       out):
         errors += sum(int(g) for g in m.groups())
-    return Sample(float(rps.group(1)), latency[50], latency[99], int(total.group(1)), errors)
+    return float(rps.group(1)), latency[50], latency[99], int(total.group(1)), errors
 
 
 async def _aiohttp_load(url: str, connections: int, duration: float) -> dict[str, object]:

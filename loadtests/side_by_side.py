@@ -69,7 +69,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from loadtests.bench_ratelimit import WRK_LATENCY, WRK_UNITS, machine  # noqa: E402
+from loadtests.bench_ratelimit import machine, parse_wrk  # noqa: E402
 from tests.support.processes import (  # noqa: E402
     Upstream,
     free_port,
@@ -437,22 +437,11 @@ def run_wrk(url: str, connections: int, duration: float, *, script: Path | None 
     if script_args:
         cmd += ["--", *script_args]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    latency = {int(p): float(v) * WRK_UNITS[u] for p, v, u in WRK_LATENCY.findall(out)}
-    rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
-    total = re.search(r"^\s+(\d+) requests in", out, re.M)
-    if rps is None or total is None or set(latency) != {50, 99}:
-        raise RuntimeError("could not read wrk's output:\n" + out)
-    errors = 0
-    if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
-        errors += int(m.group(1))
-    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
-                      out):
-        errors += sum(int(g) for g in m.groups())
+    rps, p50, p99, total, errors = parse_wrk(out)
     transfer = 0.0
     if m := WRK_TRANSFER.search(out):
         transfer = float(m.group(1)) * TRANSFER_UNITS[m.group(2)]
-    return Sample(float(rps.group(1)), latency[50], latency[99], int(total.group(1)), errors,
-                  transfer)
+    return Sample(rps, p50, p99, total, errors, transfer)
 
 
 # ---------------------------------------------------------------- the bench
