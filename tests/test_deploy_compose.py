@@ -133,6 +133,12 @@ def test_postgres_keeps_its_data_on_a_volume_and_backups_on_another(config):
     assert {"AWS_S3_BUCKET", "RETENTION_DAYS", "BACKUP_INTERVAL_SECONDS"} <= set(env)
 
 
+def test_no_aws_setting_that_boto3_misreads_when_empty_defaults_to_empty(config):
+    # boto3 takes AWS_DEFAULT_REGION="" as a region and builds https://s3..amazonaws.com;
+    # empty credentials or endpoint are ignored (the instance role, AWS's endpoint).
+    assert compose.environment(services(config)["backup"])["AWS_DEFAULT_REGION"]
+
+
 def test_the_application_services_run_the_one_image_with_different_commands(config):
     app = {name: services(config)[name] for name in ("gateway", "upstream", "migrate", "backup")}
     assert {service["image"] for service in app.values()} == {"gateway:local"}
