@@ -58,6 +58,9 @@ def test_hadolint_passes_on_the_dockerfile():
 
 
 def test_every_ignored_hadolint_rule_is_explained_inline():
+    # No configuration file may ignore rules out of sight of the Dockerfile.
+    for name in (".hadolint.yaml", ".hadolint.yml", ".config/hadolint.yaml"):
+        assert not (ROOT / name).exists(), name
     for line in DOCKERFILE.read_text().splitlines():
         match = re.search(r"#\s*hadolint\s+(?:global\s+)?ignore=(\S+)(.*)", line)
         if match:
