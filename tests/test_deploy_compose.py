@@ -3,7 +3,8 @@ vendored copy, offline), shaped as docs/deploy.md says (health checks, depends_o
 only the public ports published, secrets without defaults), and run without Docker: the
 services' own commands, environment and health checks started as local processes
 (tests/support/compose.py) in their depends_on order, with a request end to end through the
-gateway to the API, its counters read back from Prometheus, and one scheduled backup."""
+gateway to the API, its counters read back from Prometheus, and one scheduled backup written
+to its volume and to the S3 bucket .env names (moto's server standing in for S3)."""
 
 from __future__ import annotations
 
@@ -172,6 +173,7 @@ class Topology:
         self.started: list[str] = []
         self.healthy: set[str] = set()
         self.completed: set[str] = set()
+        self.s3: dict[str, str] = {}
 
     def satisfied(self, dep: str, condition: str) -> bool:
         if condition == "service_completed_successfully":
@@ -229,10 +231,45 @@ class Topology:
         return set(self.started) == set(services) - NOT_RUN
 
 
+S3_BUCKET = "compose-backups"
+
+
 @pytest.fixture(scope="module")
-def topology(config, tmp_path_factory) -> Iterator[Topology]:
+def s3_settings() -> Iterator[dict[str, str]]:
+    """An S3 endpoint outside the stack (moto's server), as .env would name one. On 127.0.0.2:
+    outside the stack, since inside a container 127.0.0.1 is the container itself."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    from tests.support.processes import free_port
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.2", port=port, verbose=False)
+    server.start()
+    settings = {"AWS_S3_BUCKET": S3_BUCKET, "AWS_ENDPOINT_URL": f"http://127.0.0.2:{port}",
+                "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    s3_client(settings).create_bucket(Bucket=S3_BUCKET)
+    try:
+        yield settings
+    finally:
+        server.stop()
+
+
+def s3_client(settings: dict[str, str]):
+    import boto3
+    return boto3.client("s3", endpoint_url=settings["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                        aws_access_key_id=settings["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=settings["AWS_SECRET_ACCESS_KEY"])
+
+
+@pytest.fixture(scope="module")
+def topology(s3_settings, tmp_path_factory) -> Iterator[Topology]:
+    # .env as an operator fills it: the three secrets, and a bucket for the backups.
+    config = compose.load({**compose.filled_env(), **s3_settings})
     stack = compose.LocalStack(config, tmp_path_factory.mktemp("compose"))
     top = Topology(stack)
+    top.s3 = s3_settings
     try:
         wait_until(top.step, timeout=120, interval=0.1)
         yield top
@@ -307,6 +344,10 @@ def check_the_backup_service_writes_a_verified_backup_to_its_volume(topology):
     assert manifest["database"] == "upstream"
     assert (volume / manifests[0].name.replace(".json", ".verify.json")).exists()
     assert topology.stack.healthy("backup")
+    # and to the bucket .env names (AWS_S3_PREFIX's default, backups/)
+    listing = s3_client(topology.s3).list_objects_v2(Bucket=S3_BUCKET)
+    keys = {item["Key"] for item in listing.get("Contents", [])}
+    assert f"backups/{manifests[0].name}" in keys, keys
 
 
 # One test, so that the stack starts once: the project runs pytest-xdist with `--dist
