@@ -18,6 +18,7 @@ is translated, and only that:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.support.processes import free_port, stop
+from tests.support.processes import free_port, stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -402,4 +403,13 @@ def _start_postgres(stack: LocalStack, local: LocalService) -> None:
     port = stack.port(local.name, 5432)
     pg_ctl(["-w", "-o", f"-h 127.0.0.1 -p {port} -k {pg.pgdata}", "-l",
             str(pg.pgdata / "server.log"), "start"], pgdata=pg.pgdata, user=system_user)
-    stack.cleanups.append(lambda: (pg.stop(), shutil.rmtree(folder, ignore_errors=True)))
+    postmaster = int((pg.pgdata / "postmaster.pid").read_text().split()[0])
+
+    def stop_postgres() -> None:
+        # SIGQUIT is PostgreSQL's immediate shutdown (pg_ctl -m immediate, without its polling).
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(postmaster, signal.SIGQUIT)
+        wait_until(lambda: not Path(f"/proc/{postmaster}").exists(), timeout=15)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    stack.cleanups.append(stop_postgres)
