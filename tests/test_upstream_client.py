@@ -197,6 +197,22 @@ def test_a_head_response_has_no_body_whatever_its_content_length() -> None:
     assert idle == 2
 
 
+def test_a_released_response_touches_nothing_of_the_next_exchange() -> None:
+    async def scenario() -> tuple[bytes, bytes]:
+        conn, _, pool = connection()
+        old = await answered(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nold")
+        old.release()
+        new = await answered(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nnew")
+        old.release()  # a second release of the old one must not end the new exchange
+        stale_read = await body_of(old)
+        body = await body_of(new)
+        new.release()
+        assert pool.idle == [conn, conn]
+        return stale_read, body
+
+    assert run(scenario()) == (b"", b"new")
+
+
 @pytest.mark.parametrize("reply", [
     b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
     b"HTTP/1.1 200 OK\r\nSet-Cookie: smuggled=1\r\nContent-Length: 0\r\n\r\n",

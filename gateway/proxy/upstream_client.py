@@ -104,8 +104,12 @@ class UpstreamResponse:
     def __aiter__(self) -> UpstreamResponse:
         return self
 
+    # Once released, the connection may serve another request: a response that is no longer
+    # its connection's current one reads nothing and releases nothing.
+
     async def __anext__(self) -> bytes:
-        chunk = await self._connection.read_chunk()
+        conn = self._connection
+        chunk = await conn.read_chunk() if conn.current is self else b""
         if not chunk:
             raise StopAsyncIteration
         return chunk
@@ -113,13 +117,15 @@ class UpstreamResponse:
     @property
     def complete(self) -> bool:
         """The whole body has arrived (what is left to iterate is buffered)."""
-        return self._connection.message_done
+        return self._connection.current is not self or self._connection.message_done
 
     def release(self) -> None:
-        self._connection.finish()
+        if self._connection.current is self:
+            self._connection.finish()
 
     def close(self) -> None:
-        self._connection.finish(reuse=False)
+        if self._connection.current is self:
+            self._connection.finish(reuse=False)
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -141,7 +147,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_only = False
         self._reason = b""
         self._raw_headers: list[tuple[bytes, bytes]] = []
-        self._response: UpstreamResponse | None = None
+        self.current: UpstreamResponse | None = None  # of the exchange under way
         self._interim = False
         self.message_done = False
         self._keep_alive = False
@@ -186,7 +192,7 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 self._fail(MALFORMED)
             return
-        if self._response is None and self._received > MAX_HEAD and self._error is None:
+        if self.current is None and self._received > MAX_HEAD and self._error is None:
             self._fail(UpstreamFailure(502, "protocol", "the upstream's response head is "
                                        f"larger than {MAX_HEAD} bytes"))
 
@@ -196,7 +202,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._busy:
             self._reusable = False
             if not self.message_done and self._error is None:
-                if self._response is not None and self._parser is not None \
+                if self.current is not None and self._parser is not None \
                         and self._ends_at_eof():
                     self.message_done = True  # a body delimited by the end of the connection
                 else:
@@ -235,7 +241,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._interim = True  # 100 Continue, 103 Early Hints: the answer is still to come
             return
         self._keep_alive = keep_alive = parser.should_keep_alive()
-        self._response = UpstreamResponse(
+        self.current = UpstreamResponse(
             self, status, self._reason.decode("utf-8", "surrogateescape"),
             [(name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
              for name, value in self._raw_headers],
@@ -289,12 +295,12 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 transport.write(head)
                 self._sender = self._loop.create_task(self._send_body(body, chunked))
-            while self._response is None:
+            while self.current is None:
                 if self._error is not None:
                     raise self._error
                 self._waiter = waiter = self._loop.create_future()
                 await waiter
-            return self._response
+            return self.current
         except BaseException:
             self.finish(reuse=False)
             raise
@@ -305,7 +311,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._parser = httptools.HttpResponseParser(self)
         self._parser_clean = False
         self._head_only = head_only
-        self._response = None
+        self.current = None
         self._interim = False
         self.message_done = False
         self._keep_alive = False
@@ -388,7 +394,7 @@ class UpstreamConnection(asyncio.Protocol):
             if not sender.done():
                 sender.cancel()
                 reuse = False  # the request was not written to its end
-        self._response = None
+        self.current = None
         self._chunks.clear()
         self._buffered = 0
         if reuse and self.message_done and self._keep_alive and self._reusable \
