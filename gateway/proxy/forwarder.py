@@ -182,7 +182,7 @@ async def _exchange(
     targets = pool.pools_from_next()
     for attempt in range(attempts):
         target = targets[attempt % len(targets)]
-        if not preserve_host:
+        if not preserve_host or "Host" not in headers:  # (an HTTP/1.0 client may send none)
             headers["Host"] = target.authority
         head = encode_head(method, path_qs, headers)
         started = time.perf_counter()
