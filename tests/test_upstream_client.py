@@ -13,9 +13,12 @@ import asyncio
 import hashlib
 import http.client
 import socket
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import uvloop
 from multidict import CIMultiDict
 
 from gateway.proxy.errors import UpstreamBroken
@@ -25,7 +28,9 @@ from gateway.proxy.upstream_client import (
     UpstreamConnection,
     UpstreamResponse,
     encode_head,
+    keepalive_pools,
 )
+from gateway.settings.policy import UpstreamSettings, UpstreamTarget
 from tests.support.client import request
 from tests.support.metrics import value
 from tests.support.processes import free_port, stop
@@ -514,3 +519,64 @@ def test_a_connect_timeout_is_504(gateway_factory, unanswered_port: int) -> None
     assert reply.status == 504
     assert reply.json()["detail"] == "timed out connecting to the upstream"
     assert value(gw, "gateway_upstream_errors_total", upstream=target, kind="timeout") == 1
+
+
+# --- the read timeout on a busy loop ---------------------------------------------------------
+
+READ_TIMEOUT = 0.1
+BUSY = 0.4  # one loop turn four read timeouts long
+
+
+class BusyReader(asyncio.Protocol):
+    """Keeps the loop busy in its poll phase, as parsing hundreds of requests does: a reply
+    that arrives meanwhile is polled in the next turn, after the timers that fell due."""
+
+    def data_received(self, data: bytes) -> None:
+        time.sleep(BUSY)
+
+
+def answer_after(listener: socket.socket, delay: float | None) -> None:
+    """Accept one connection, read a request head, answer `delay` s later (None: never)."""
+    conn, _ = listener.accept()
+    with conn:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        if delay is not None:
+            time.sleep(delay)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        conn.recv(1)  # until the client closes
+
+
+async def exchange_while_busy(port: int) -> bytes | str:
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    await loop.connect_accepted_socket(BusyReader, ours)
+    target = UpstreamTarget("http", "127.0.0.1", port)
+    pool = keepalive_pools(UpstreamSettings(targets=(target,), read_timeout=READ_TIMEOUT))[0]
+    conn = await pool.connect()
+    loop.call_later(0.01, theirs.send, b"x")  # busy from 10 ms after the request is sent
+    try:
+        response = await conn.send(GET, None)
+        body = await body_of(response)
+        response.release()
+        return body
+    except UpstreamBroken as exc:
+        return exc.failure.kind
+    finally:
+        pool.close()
+        theirs.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("delay", "outcome"), [(0.02, b"ok"), (None, "timeout")])
+def test_the_read_timeout_is_the_upstreams_silence_not_the_loops_lag(delay, outcome) -> None:
+    # the reply (20 ms) arrives while the loop is busy for 400 ms, past the 100 ms deadline:
+    # it is read, not timed out; an upstream that never answers still times out
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        upstream = threading.Thread(target=answer_after, args=(listener, delay), daemon=True)
+        upstream.start()
+        assert uvloop.run(exchange_while_busy(listener.getsockname()[1])) == outcome
+        upstream.join(5)
