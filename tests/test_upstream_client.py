@@ -23,8 +23,10 @@ from multidict import CIMultiDict
 
 from gateway.proxy.errors import UpstreamBroken
 from gateway.proxy.upstream_client import (
+    KEEPALIVE_S,
     MAX_HEAD,
     READ_HIGH_WATER,
+    KeepAlivePool,
     UpstreamConnection,
     UpstreamResponse,
     encode_head,
@@ -237,6 +239,22 @@ def test_bytes_after_the_response_keep_the_connection_from_the_pool(reply: bytes
     assert idle == [] and closed
 
 
+@pytest.mark.parametrize("reply", [
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\nfoo",
+    b"HTTP/1.1 600 Weird\r\nContent-Length: 0\r\n\r\n",
+])
+def test_a_connection_that_answered_101_or_600_is_never_pooled(reply: bytes) -> None:
+    async def scenario() -> tuple[int, list[UpstreamConnection], bool]:
+        conn, _, pool = connection()
+        response = await answered(conn, reply)
+        response.release()  # even released as if relayed
+        await asyncio.sleep(0)
+        return response.status, pool.idle, conn.closed
+
+    status, idle, closed = run(scenario())
+    assert status in (101, 600) and idle == [] and closed
+
+
 def test_a_body_without_length_or_chunks_ends_with_the_connection() -> None:
     async def scenario() -> tuple[bytes, list[UpstreamConnection]]:
         conn, transport, pool = connection()
@@ -391,6 +409,64 @@ def test_an_upstream_that_keeps_sending_is_not_timed_out() -> None:
         return body
 
     assert run(scenario()) == b"xxxx"
+
+
+# --- the keep-alive pool ---------------------------------------------------------------------
+
+
+def pooled(limit: int = 512) -> tuple[KeepAlivePool, list[tuple[UpstreamConnection, Transport]]]:
+    """A target's pool and three connections it made (without sockets), all idle."""
+    loop = asyncio.get_running_loop()
+    settings = UpstreamSettings(targets=(UpstreamTarget("http", "127.0.0.1", 1),),
+                                max_connections=limit)
+    pool = keepalive_pools(settings)[0]
+    made = []
+    for _ in range(3):
+        conn = UpstreamConnection(loop, pool, 5.0)
+        transport = Transport(loop, conn)
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        pool.checkin(conn)
+        made.append((conn, transport))
+    return pool, made
+
+
+def test_the_most_recently_used_idle_connection_is_taken_first() -> None:
+    async def scenario() -> bool:
+        pool, made = pooled()
+        return [pool.take_idle() for _ in range(4)] == [c for c, _ in reversed(made)] + [None]
+
+    assert run(scenario())
+
+
+def test_an_idle_connection_the_upstream_closes_leaves_the_pool() -> None:
+    async def scenario() -> tuple[int, UpstreamConnection | None, UpstreamConnection]:
+        pool, made = pooled()
+        second, last_transport = made[1][0], made[2][1]
+        last_transport.close()  # the upstream ends it while idle
+        await asyncio.sleep(0)
+        return pool.idle_count, pool.take_idle(), second
+
+    idle, taken, second = run(scenario())
+    assert idle == 2 and taken is second
+
+
+def test_idle_connections_expire_after_30_seconds() -> None:
+    async def scenario() -> tuple[UpstreamConnection | None, list[bool]]:
+        pool, made = pooled()
+        for conn, _ in made:
+            conn.idle_since -= KEEPALIVE_S
+        return pool.take_idle(), [transport.closing for _, transport in made]
+
+    taken, closed = run(scenario())
+    assert taken is None and closed == [True, True, True]
+
+
+def test_the_pool_keeps_no_more_idle_connections_than_max_connections() -> None:
+    async def scenario() -> tuple[int, list[bool]]:
+        pool, made = pooled(limit=2)
+        return pool.idle_count, [transport.closing for _, transport in made]
+
+    assert run(scenario()) == (2, [False, False, True])
 
 
 # --- through a gateway, over sockets ------------------------------------------------------

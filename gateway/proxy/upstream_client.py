@@ -580,8 +580,8 @@ class KeepAlivePool:
 
     def checkin(self, conn: UpstreamConnection) -> None:
         """A connection whose exchange ended cleanly, ready for another."""
-        loop = self._loop
-        if self._closed or loop is None or len(self._idle) >= self._budget.limit:
+        loop = self._loop = self._loop or asyncio.get_running_loop()
+        if self._closed or len(self._idle) >= self._budget.limit:
             self._close_idle(conn)
             return
         conn.idle = True
