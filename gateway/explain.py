@@ -85,6 +85,7 @@ def explain(rt: CompiledPolicy, req: DescribedRequest) -> dict[str, Any]:
         report["path_matching"] = _matching(rt, verdict.path)
     report["path"] = verdict.path
     report["route"] = _route(verdict.route)
+    report["access"] = {"outcome": the_plan.access.value, "list": the_plan.access_list}
     report["cors"] = _cors(the_plan)
     report["response_headers"] = _security(the_plan)
     action = the_plan.action
@@ -221,6 +222,9 @@ def format_report(report: dict[str, Any]) -> str:
     else:
         lines.append(f"  route:           {route['name']}  ("
                      + "; ".join(route["matched_because"]) + ")")
+    access = report["access"]
+    if access["list"] is not None:
+        lines.append(f"  access:          {access['outcome']} (list {access['list']})")
     for lim in report.get("rate_limits", ()):
         note = f"; {lim['note']}" if lim["note"] else ""
         shadow = " (shadow)" if lim["mode"] == "shadow" else ""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.access import AccessOutcome, judge
 from gateway.admission import Admission, CspReport, Refusal, admit
 from gateway.compiled import COLLECTOR, CompiledPolicy, RouteLimits
 from gateway.cors import actual as actual_cors
@@ -100,6 +101,8 @@ class Plan:
     upstream_host: UpstreamHost
     close: bool  # the answer ends the connection (a chunked request body)
     request_id: str
+    access: AccessOutcome = AccessOutcome.NO_LIST  # the route's access list on the client IP
+    access_list: str | None = None  # that list's name
 
     @property
     def route(self) -> Route | None:
@@ -168,6 +171,17 @@ def plan(compiled: CompiledPolicy, head: Head, *, trusted_peer: bool, request_id
         IpSource.FORWARDED_FOR if forwarded_hops(xff) else IpSource.TRUSTED_PEER
     verdict = admit(compiled, head.method, head.target, headers, head.content_length,
                     head.has_body, head.version)
+    access, access_list = AccessOutcome.NO_LIST, None
+    if not isinstance(verdict, Refusal):
+        listed = compiled.route_access.get(
+            COLLECTOR if isinstance(verdict, CspReport) else verdict.route.name)
+        access = judge(listed, client)
+        if listed is not None:
+            access_list = listed.name
+        if access.refused:  # before anything else: a refused client spends no quota
+            # the list's name and ranges are the operator's: explain says them, not the answer
+            verdict = Refusal(403, "this route is not served to your address",
+                              route=verdict.route, path=verdict.path)
     route = verdict.route
     if route is not None:
         cors_policy = compiled.route_cors.get(route.name)
@@ -195,7 +209,7 @@ def plan(compiled: CompiledPolicy, head: Head, *, trusted_peer: bool, request_id
     return Plan(head, action, verdict, trusted_peer, https, client, source, cors_policy,
                 headers_policy, cors, cors_headers, cors_reason, limits, limits_name,
                 UpstreamHost.CLIENT if preserve_host else UpstreamHost.TARGET, close,
-                request_id)
+                request_id, access, access_list)
 
 
 def _cors(policy: CorsPolicy | None, headers: CIMultiDictProxy[str], preflight: bool

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from gateway.settings.access import AccessList
 from gateway.settings.cors import CorsPolicy
 from gateway.settings.csp import CspReports
 from gateway.settings.headers import HeadersPolicy
@@ -121,6 +122,7 @@ class Route:
     rate_limits: tuple[str, ...] = ()  # names from Policy.rate_limits, checked in this order
     cors: str | None = None  # name in Policy.cors (the `default` one unless set), None: no CORS
     headers: str | None = None  # name in Policy.headers, likewise
+    access: str | None = None  # name in Policy.access_lists, likewise
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +152,7 @@ class Policy:
         default_factory=lambda: MappingProxyType({}))
     cors: Mapping[str, CorsPolicy] = field(default_factory=lambda: MappingProxyType({}))
     headers: Mapping[str, HeadersPolicy] = field(default_factory=lambda: MappingProxyType({}))
+    access_lists: Mapping[str, AccessList] = field(default_factory=lambda: MappingProxyType({}))
     csp_reports: CspReports | None = None
     observability: Observability = Observability()
 

@@ -21,7 +21,7 @@ _METHOD = re.compile(r"[A-Z][A-Z0-9\-_]*")
 _HOSTNAME = re.compile(r"(\*\.)?([a-z0-9]([a-z0-9\-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9\-]*[a-z0-9])?")
 
 KEYS = {
-    "routes[]": ("name", "match", "websocket", "rate_limits", "cors", "headers"),
+    "routes[]": ("name", "match", "websocket", "rate_limits", "cors", "headers", "access"),
     "routes[].match": ("path", "path_prefix", "methods", "host"),
 }
 
@@ -109,13 +109,15 @@ def _named_policy(r: Reader, m: dict[str, yaml.Node], key: str, where: str,
         if name not in getattr(defined, "declared", ()):  # a broken one is reported there
             known = ", ".join(getattr(defined, "declared", None) or defined) \
                 or "none are defined"
-            r.error(m[key], f"{where}.{key}: unknown {key} policy {name!r} (defined: {known})")
+            kind = "access list" if key == "access" else f"{key} policy"
+            r.error(m[key], f"{where}.{key}: unknown {kind} {name!r} (defined: {known})")
         return False, None
     return True, name
 
 
 def read_routes(r: Reader, node: yaml.Node, limits: Mapping[str, object],
-            cors: Mapping[str, object], headers: Mapping[str, object]) -> tuple[Route, ...]:
+                cors: Mapping[str, object], headers: Mapping[str, object],
+                access: Mapping[str, object]) -> tuple[Route, ...]:
     items = r.sequence(node, "routes")
     if items is None:
         return ()
@@ -147,12 +149,14 @@ def read_routes(r: Reader, node: yaml.Node, limits: Mapping[str, object],
             if "rate_limits" in m else ()
         cors_ok, cors_name = _named_policy(r, m, "cors", where, cors)
         headers_ok, headers_name = _named_policy(r, m, "headers", where, headers)
+        access_ok, access_name = _named_policy(r, m, "access", where, access)
         if name is None or match is None or websocket is None or route_limits is None \
-                or not cors_ok or not headers_ok:
+                or not cors_ok or not headers_ok or not access_ok:
             continue
         name_nodes[name] = m["name"]
         routes.append(Route(name=name, match=match, websocket=websocket,
-                            rate_limits=route_limits, cors=cors_name, headers=headers_name))
+                            rate_limits=route_limits, cors=cors_name, headers=headers_name,
+                            access=access_name))
         route_nodes.append(item)
     node_of = dict(zip((rt.name for rt in routes), route_nodes, strict=True))
     for later, earlier in shadowed_routes(routes):
