@@ -9,7 +9,7 @@ Neither re-derives anything, so what they say is what the data plane does by con
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -20,6 +20,7 @@ from gateway.cors import actual as actual_cors
 from gateway.cors import preflight as cors_preflight
 from gateway.http.client_ip import client_ip, forwarded_hops, parse_ip
 from gateway.http.forwarding import upstream_request_headers
+from gateway.http.rewrite import rewrite_path
 from gateway.ratelimit.keys import limit_tag, storage_key
 from gateway.settings.cors import CorsPolicy
 from gateway.settings.headers import HeadersPolicy
@@ -183,6 +184,8 @@ def plan(compiled: CompiledPolicy, head: Head, *, trusted_peer: bool, request_id
             verdict = Refusal(403, "this route is not served to your address",
                               route=verdict.route, path=verdict.path)
     route = verdict.route
+    if isinstance(verdict, Admission) and route is not None and route.rewrite is not None:
+        verdict = replace(verdict, upstream_path=rewrite_path(route.rewrite, verdict.path))
     if route is not None:
         cors_policy = compiled.route_cors.get(route.name)
         headers_policy = compiled.route_headers.get(route.name)

@@ -26,7 +26,8 @@ TOKENS = {"gateway", "gateway.tokens", "gateway.units", "gateway.loop_turns",
 DECISIONS = {"gateway.routing", "gateway.access", "gateway.cors", "gateway.security_headers",
              "gateway.csp_reports", "gateway.admission", "gateway.explain", "gateway.policytest",
              "gateway.compiled", "gateway.plan", "gateway.http.path_matching",
-             "gateway.http.client_ip", "gateway.http.forwarding", "gateway.ratelimit.algorithms",
+             "gateway.http.client_ip", "gateway.http.forwarding", "gateway.http.rewrite",
+             "gateway.ratelimit.algorithms",
              "gateway.ratelimit.keys", "gateway.ratelimit.headers"}
 
 

@@ -115,6 +115,17 @@ class RouteMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class PathRewrite:
+    """How a route changes the path it forwards (the query is kept): `replace` it, or strip
+    `strip_prefix` (whole segments) and then put `add_prefix` in front. Every value is a
+    normalized path; the route's match guarantees the strip lands on a segment boundary."""
+
+    strip_prefix: str | None = None
+    add_prefix: str | None = None
+    replace: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     match: RouteMatch
@@ -123,6 +134,7 @@ class Route:
     cors: str | None = None  # name in Policy.cors (the `default` one unless set), None: no CORS
     headers: str | None = None  # name in Policy.headers, likewise
     access: str | None = None  # name in Policy.access_lists, likewise
+    rewrite: PathRewrite | None = None  # the path sent upstream, when not the client's
 
 
 @dataclass(frozen=True, slots=True)
