@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from gateway.config import Loaded, Policy
 from gateway.http.client_ip import TrustedProxies, parse_ip
 from gateway.http.forwarding import ForwardingRules
+from gateway.identity import Verifier
 from gateway.ratelimit.headers import policy_header
 from gateway.routing import Router
 from gateway.settings.access import AccessList
@@ -31,7 +32,7 @@ class RouteLimits:
 
     policies: tuple[RateLimitPolicy, ...]
     policy_header: str
-    keyed_by_header: bool  # some limit's key reads a request header (keys vary per request)
+    keyed_by_header: bool  # some limit's key reads a header or a JWT (keys vary per request)
     any_exempt: bool = False  # some limit exempts a source range
 
     def applying_to(self, client_ip: str) -> tuple[RateLimitPolicy, ...]:
@@ -57,6 +58,8 @@ class CompiledPolicy:
     loaded_at: float  # wall-clock time of the load
     path_matching: PathMatching  # how the upstream reads paths; routes match the same way
     forwarding: ForwardingRules  # which request headers never reach the upstream
+    verifier: Verifier | None = None  # bearer JWTs (the `jwt` section)
+    identified: frozenset[str] = frozenset()  # routes (and the collector) that need the JWT
 
     @property
     def policy(self) -> Policy:
@@ -74,6 +77,9 @@ class CompiledPolicy:
             route_limits[COLLECTOR] = _route_limits(
                 tuple(policy.rate_limits[n] for n in policy.csp_reports.rate_limits))
         matching = policy.server.path_matching
+        identified = {name for name, limits in route_limits.items()
+                      if any(part.kind == "jwt" for p in limits.policies for part in p.key)}
+        identified |= {r.name for r in policy.routes if r.require_jwt}
         return cls(
             loaded=loaded, router=Router(policy.routes, matching),
             trusted=TrustedProxies(policy.server.trusted_proxies), route_limits=route_limits,
@@ -87,7 +93,9 @@ class CompiledPolicy:
             forwarding=ForwardingRules.build(
                 policy.server.client_identity_headers,
                 [part.header for p in policy.rate_limits.values() for part in p.key
-                 if part.header is not None]))
+                 if part.header is not None]),
+            verifier=Verifier(policy.jwt) if policy.jwt is not None else None,
+            identified=frozenset(identified))
 
 
 def _route_access(policy: Policy) -> dict[str, AccessList]:
@@ -99,5 +107,5 @@ def _route_access(policy: Policy) -> dict[str, AccessList]:
 
 def _route_limits(policies: tuple[RateLimitPolicy, ...]) -> RouteLimits:
     return RouteLimits(policies, policy_header(policies),
-                       any(part.kind == "header" for p in policies for part in p.key),
+                       any(part.kind in ("header", "jwt") for p in policies for part in p.key),
                        any(p.exempt for p in policies))

@@ -86,6 +86,9 @@ def explain(rt: CompiledPolicy, req: DescribedRequest) -> dict[str, Any]:
     report["path"] = verdict.path
     report["route"] = _route(verdict.route)
     report["access"] = {"outcome": the_plan.access.value, "list": the_plan.access_list}
+    identity = the_plan.identity
+    report["bearer_token"] = {"outcome": identity.outcome.value, "reason": identity.reason,
+                              "subject": (identity.claims or {}).get("sub")}
     report["cors"] = _cors(the_plan)
     report["response_headers"] = _security(the_plan)
     action = the_plan.action
@@ -225,6 +228,11 @@ def format_report(report: dict[str, Any]) -> str:
     else:
         lines.append(f"  route:           {route['name']}  ("
                      + "; ".join(route["matched_because"]) + ")")
+    token = report["bearer_token"]
+    if token["outcome"] != "not needed":
+        lines.append(f"  bearer token:    {token['outcome']}"
+                     + (f" (sub {token['subject']})" if token["subject"] is not None else "")
+                     + (f": {token['reason']}" if token["reason"] else ""))
     access = report["access"]
     if access["list"] is not None:
         lines.append(f"  access:          {access['outcome']} (list {access['list']})")

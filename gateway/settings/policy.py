@@ -11,6 +11,7 @@ from gateway.settings.access import AccessList
 from gateway.settings.cors import CorsPolicy
 from gateway.settings.csp import CspReports
 from gateway.settings.headers import HeadersPolicy
+from gateway.settings.jwt import JwtSettings
 from gateway.settings.path_matching import DEFAULT as DEFAULT_PATH_MATCHING
 from gateway.settings.path_matching import PathMatching
 from gateway.settings.ratelimit import RateLimitPolicy, RedisSettings
@@ -135,6 +136,7 @@ class Route:
     headers: str | None = None  # name in Policy.headers, likewise
     access: str | None = None  # name in Policy.access_lists, likewise
     rewrite: PathRewrite | None = None  # the path sent upstream, when not the client's
+    require_jwt: bool = False  # a valid bearer JWT or 401 (the `jwt` section verifies it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +169,7 @@ class Policy:
     access_lists: Mapping[str, AccessList] = field(default_factory=lambda: MappingProxyType({}))
     csp_reports: CspReports | None = None
     observability: Observability = Observability()
+    jwt: JwtSettings | None = None
 
 
 def shadowed_routes(routes: Sequence[Route]) -> list[tuple[Route, Route]]:

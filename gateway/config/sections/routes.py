@@ -23,7 +23,7 @@ _HOSTNAME = re.compile(r"(\*\.)?([a-z0-9]([a-z0-9\-]*[a-z0-9])?\.)*[a-z0-9]([a-z
 
 KEYS = {
     "routes[]": ("name", "match", "websocket", "rate_limits", "cors", "headers", "access",
-                 "rewrite"),
+                 "rewrite", "require_jwt"),
     "routes[].match": ("path", "path_prefix", "methods", "host"),
     "routes[].rewrite": ("strip_prefix", "add_prefix", "replace"),
 }
@@ -157,7 +157,8 @@ def _named_policy(r: Reader, m: dict[str, yaml.Node], key: str, where: str,
 
 def read_routes(r: Reader, node: yaml.Node, limits: Mapping[str, object],
                 cors: Mapping[str, object], headers: Mapping[str, object],
-                access: Mapping[str, object]) -> tuple[Route, ...]:
+                access: Mapping[str, object], jwt_configured: bool = False
+                ) -> tuple[Route, ...]:
     items = r.sequence(node, "routes")
     if items is None:
         return ()
@@ -191,14 +192,20 @@ def read_routes(r: Reader, node: yaml.Node, limits: Mapping[str, object],
         headers_ok, headers_name = _named_policy(r, m, "headers", where, headers)
         access_ok, access_name = _named_policy(r, m, "access", where, access)
         rewrite = _rewrite(r, m["rewrite"], where, match) if "rewrite" in m else None
+        require_jwt = r.boolean(m["require_jwt"], f"{where}.require_jwt") \
+            if "require_jwt" in m else False
+        if require_jwt and not jwt_configured:
+            r.error(m["require_jwt"], f"{where}.require_jwt needs the 'jwt' section (a secret "
+                    "or a JWKS to verify tokens with)")
+            require_jwt = None
         if name is None or match is None or websocket is None or route_limits is None \
                 or not cors_ok or not headers_ok or not access_ok \
-                or ("rewrite" in m and rewrite is None):
+                or ("rewrite" in m and rewrite is None) or require_jwt is None:
             continue
         name_nodes[name] = m["name"]
         routes.append(Route(name=name, match=match, websocket=websocket,
                             rate_limits=route_limits, cors=cors_name, headers=headers_name,
-                            access=access_name, rewrite=rewrite))
+                            access=access_name, rewrite=rewrite, require_jwt=require_jwt))
         route_nodes.append(item)
     node_of = dict(zip((rt.name for rt in routes), route_nodes, strict=True))
     for later, earlier in shadowed_routes(routes):
