@@ -51,7 +51,7 @@ from gateway.proxy.errors import (
     UpstreamBroken,
     UpstreamFailure,
 )
-from gateway.settings.policy import UpstreamSettings, UpstreamTarget
+from gateway.settings.policy import UpstreamSettings, UpstreamTarget, UpstreamTls
 
 READ_HIGH_WATER = 256 * 1024  # unconsumed response bytes before the upstream is paused
 READ_LOW_WATER = 64 * 1024
@@ -499,6 +499,17 @@ class _Budget:
                 return
 
 
+def client_context(tls: UpstreamTls | None) -> ssl.SSLContext:
+    """TLS to an https:// target: verified against the policy's CAs (else the system's), TLS
+    1.2 at least, HTTP/1.1 by ALPN, the gateway's certificate when the upstream asks for one."""
+    context = ssl.create_default_context(cafile=tls.ca if tls is not None else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    if tls is not None and tls.cert is not None:
+        context.load_cert_chain(tls.cert, tls.key)
+    return context
+
+
 class KeepAlivePool:
     """Connections to one target: idle ones reused last-in first-out (the warmest socket,
     and the oldest expire), closed after KEEPALIVE_S idle or when the upstream closes them."""
@@ -513,7 +524,7 @@ class KeepAlivePool:
         self.base_url = target.base_url  # the name in metrics and logs
         self._connect_timeout = settings.connect_timeout
         self._read_timeout = settings.read_timeout
-        self._ssl = ssl.create_default_context() if target.scheme == "https" else None
+        self._ssl = client_context(settings.tls) if target.scheme == "https" else None
         self._budget = budget
         budget.pools.append(self)
         self._idle: deque[UpstreamConnection] = deque()

@@ -92,6 +92,17 @@ class UpstreamTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """TLS to https:// targets: whom to trust, and the gateway's own certificate for mutual
+    TLS. Paths as the policy resolved them (relative to its file)."""
+
+    ca: str | None = None  # a PEM bundle of the CAs to trust; None: the system's
+    cert: str | None = None  # the gateway's client certificate (PEM), with `key`
+    key: str | None = None
+    digest: str = ""  # sha256 over the files' contents: rotated files make a reload a change
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamSettings:
     targets: tuple[UpstreamTarget, ...]
     connect_timeout: float = 2.0
@@ -105,6 +116,7 @@ class UpstreamSettings:
     max_streaming_bodies: int = 64  # requests forwarded while their body still arrives
     max_streaming_bodies_per_client: int = 4
     request_buffer: int = 64 * 1024  # bodies up to this are received whole before forwarding
+    tls: UpstreamTls | None = None  # for https:// targets; None: the system's CAs
 
 
 @dataclass(frozen=True, slots=True)

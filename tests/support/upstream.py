@@ -31,6 +31,7 @@ import asyncio
 import gzip
 import hashlib
 import json
+import ssl
 
 from aiohttp import WSMsgType, web
 
@@ -178,10 +179,10 @@ def app() -> web.Application:
     return application
 
 
-async def main(port: int, raw_port: int) -> None:
+async def main(port: int, raw_port: int, tls: ssl.SSLContext | None = None) -> None:
     runner = web.AppRunner(app(), access_log=None, auto_decompress=False)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=tls).start()
     loop = asyncio.get_running_loop()
     await loop.create_server(RawUpstream, "127.0.0.1", raw_port)
     print(json.dumps({"ready": True}), flush=True)
@@ -192,5 +193,15 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--raw-port", type=int, required=True)
+    parser.add_argument("--tls-cert", help="serve --port over TLS with this certificate (PEM)")
+    parser.add_argument("--tls-key")
+    parser.add_argument("--client-ca", help="and require a client certificate from this CA")
     args = parser.parse_args()
-    asyncio.run(main(args.port, args.raw_port))
+    context = None
+    if args.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.client_ca:
+            context.load_verify_locations(args.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    asyncio.run(main(args.port, args.raw_port, context))
