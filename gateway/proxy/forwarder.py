@@ -20,13 +20,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.http.forwarding import downstream_response_headers
-from gateway.http.protocol import RequestBodyFlood
-from gateway.http.response import RelayedResponse
+from gateway.http.protocol import Body, Exchange, RequestBodyFlood
 from gateway.observability.access_log import RequestRecord
 from gateway.observability.metrics import upstream_duration, upstream_error
 from gateway.proxy.capacity import Slots
@@ -61,7 +59,7 @@ class RequestBody:
 
     __slots__ = ("_content", "_head", "_limit", "_received", "_timeout", "error", "started")
 
-    def __init__(self, content: aiohttp.StreamReader, limit: int, timeout: float) -> None:
+    def __init__(self, content: Body, limit: int, timeout: float) -> None:
         self._content = content
         self._limit = limit
         self._timeout = timeout
@@ -109,7 +107,7 @@ class RequestBody:
 
 
 async def forward(
-    request: web.BaseRequest,
+    exchange: Exchange,
     pool: UpstreamPool,
     *,
     method: str,
@@ -123,9 +121,10 @@ async def forward(
     finish_headers: HeaderHook | None = None,
     close: bool = False,
     record: RequestRecord | None = None,
-) -> web.StreamResponse:
-    """Send the request upstream and stream the answer; raise UpstreamError before headers,
-    Full when the capacity bounds refuse it, ClientBodyError for a broken body."""
+) -> int:
+    """Send the request upstream and stream the answer to the client (its status is
+    returned); raise UpstreamError before headers, Full when the capacity bounds refuse it,
+    ClientBodyError for a broken body."""
     settings = pool.settings
     data: bytes | RequestBody | None = body
     streaming: Slots | None = None
@@ -139,7 +138,7 @@ async def forward(
     try:
         await pool.connections.take(settings.pool_timeout)
         try:
-            return await _exchange(request, pool, method, path_qs, headers, data,
+            return await _exchange(exchange, pool, method, path_qs, headers, data,
                                    request_id, preserve_host, finish_headers, close, record)
         finally:
             pool.connections.give_back()
@@ -149,7 +148,7 @@ async def forward(
 
 
 async def _exchange(
-    request: web.BaseRequest,
+    exchange: Exchange,
     pool: UpstreamPool,
     method: str,
     path_qs: str,
@@ -160,7 +159,7 @@ async def _exchange(
     finish_headers: HeaderHook | None,
     close: bool,
     record: RequestRecord | None,
-) -> web.StreamResponse:
+) -> int:
     attempts = pool.settings.retries + 1 if method in IDEMPOTENT else 1
     body = data if isinstance(data, RequestBody) else None
     targets = pool.targets_from_next()
@@ -196,37 +195,33 @@ async def _exchange(
                 502, "protocol", f"the upstream answered with status {upstream.status}, "
                 "which is not relayed"), target.base_url)
         try:
-            out = downstream_response_headers(upstream.headers, version=request.version,
+            out = downstream_response_headers(upstream.headers, version=exchange.version,
                                               request_id=request_id)
             if finish_headers is not None:
                 finish_headers(out)
-            return await _relay(request, upstream, out, close, record)
+            return await _relay(exchange, upstream, out, close, record)
         finally:
             upstream.release()
     raise AssertionError("the last attempt returns or raises")
 
 
 async def _relay(
-    request: web.BaseRequest,
+    exchange: Exchange,
     upstream: aiohttp.ClientResponse,
     response_headers: CIMultiDict[str],
     close: bool,
     record: RequestRecord | None,
-) -> web.StreamResponse:
-    response = RelayedResponse(status=upstream.status, reason=upstream.reason,
-                               headers=response_headers)
-    if close:
-        response.force_close()
-    await response.prepare(request)
+) -> int:
+    # the head goes out with the first body bytes: one write for a small answer
+    exchange.start(upstream.status, upstream.reason, response_headers, close)
     try:
-        sent = 0
         async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
-            sent += len(chunk)
+            await exchange.write(chunk)
         if record is not None:
-            record.body_bytes_out = sent
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            record.body_bytes_out = exchange.bytes_out
+    except (aiohttp.ClientError, TimeoutError) as exc:
         # Headers are out: end the connection without a clean end of message.
+        exchange.abort()
         raise ConnectionResetError("upstream body broke off") from exc
-    await response.write_eof()
-    return response
+    await exchange.end()
+    return upstream.status
