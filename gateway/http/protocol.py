@@ -76,6 +76,10 @@ class RequestBodyFlood(Exception):
     """The body took more bytes on the wire than its size limit allows (chunk extensions)."""
 
 
+class MalformedBody(Exception):
+    """llhttp refused the request's body framing (chunk sizes, terminators) mid-body."""
+
+
 class _Stop(Exception):
     """Raised from a parser callback to stop llhttp parsing what follows."""
 
@@ -457,18 +461,25 @@ class Connection(asyncio.Protocol):
                 parsing.body.set_exception(RequestBodyFlood(
                     "request body framing exceeds the size limit"))
         self._began_now = False
+        queued = len(self._queue)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._upgraded(data, exc.args[0])
         except httptools.HttpParserError as exc:
-            if self._refusal is not None:
-                self._refuse_head(self._refusal)
-            elif not self._stop:
-                self._refuse_head(parse_failure(str(exc)))
+            refusal = self._refusal or (None if self._stop else parse_failure(str(exc)))
+            if refusal is not None:
+                if self._parsing is None:
+                    # bytes holding a malformed head are refused whole: requests parsed from
+                    # the same read are dropped unhandled (none of them has begun)
+                    while len(self._queue) > queued:
+                        self._queue.pop()
+                self._refuse_head(refusal)
         else:
             if self._in_head:
                 self._head_in_progress(data)
+        if self._active is None and self._queue and self.transport is not None:
+            self._next()
 
     def _head_in_progress(self, data: bytes) -> None:
         """A head is still incomplete after `data`: bound it, and put its deadline on."""
@@ -516,8 +527,9 @@ class Connection(asyncio.Protocol):
             raise _Stop
         if len(name) == 4 and name.lower() == b"host":
             self._hosts += 1
+        # a field value has no surrounding whitespace (RFC 9110 5.5); llhttp keeps the trailing
         fields.append((name.decode("ascii", "surrogateescape"),
-                       value.decode("utf-8", "surrogateescape")))
+                       value.rstrip(b" \t").decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
         self._in_head = self._awaiting_head = False
@@ -547,10 +559,8 @@ class Connection(asyncio.Protocol):
         if has_body:
             self._parsing = ex
             self._wire = 0
-        self._queue.append(ex)
-        if self._active is None:
-            self._next()
-        elif len(self._queue) >= PIPELINE_DEPTH:
+        self._queue.append(ex)  # handled once these bytes are parsed (data_received)
+        if len(self._queue) >= PIPELINE_DEPTH:
             self.sync_reading()
 
     def on_body(self, data: bytes) -> None:
@@ -667,9 +677,19 @@ class Connection(asyncio.Protocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        parsing = self._parsing
+        if parsing is not None:
+            # the body of a request being handled broke: that request's answer says so (400),
+            # and the connection ends after it
+            self._parsing = None
+            if parsing.finished:  # answered already, its body being dropped: just end
+                self._end(None)
+                return
+            parsing.body.set_exception(MalformedBody("malformed request body"))
+            parsing.keep_alive = False
+            return
         if self._active is not None or self._queue:
-            self._pending = refusal
-            self.closing = True
+            self._pending = refusal  # answered in its turn, after the requests before it
             return
         self._send_refusal(refusal)
 

@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.http.forwarding import downstream_response_headers
-from gateway.http.protocol import Body, Exchange, RequestBodyFlood
+from gateway.http.protocol import Body, Exchange, MalformedBody, RequestBodyFlood
 from gateway.observability.access_log import RequestRecord
 from gateway.observability.metrics import upstream_duration, upstream_error
 from gateway.proxy.capacity import Slots
@@ -77,6 +77,9 @@ class RequestBody:
             raise self.error from None
         except RequestBodyFlood as exc:  # chunk framing far beyond the body it carries
             self.error = ClientBodyError(413, str(exc))
+            raise self.error from None
+        except MalformedBody as exc:
+            self.error = ClientBodyError(400, str(exc))
             raise self.error from None
         self._received += len(chunk)
         if self._received > self._limit:
