@@ -27,7 +27,10 @@ DECISIONS = {"gateway.routing", "gateway.cors", "gateway.security_headers",
              "gateway.csp_reports", "gateway.admission", "gateway.explain", "gateway.policytest",
              "gateway.compiled", "gateway.plan", "gateway.http.path_matching",
              "gateway.http.client_ip", "gateway.http.forwarding", "gateway.ratelimit.algorithms",
-             "gateway.ratelimit.keys", "gateway.ratelimit.headers"}
+             "gateway.ratelimit.keys", "gateway.ratelimit.headers",
+             # the data plane's pure parts: head checks, response bytes, frame headers
+             "gateway.http.framing", "gateway.http.response", "gateway.http.problem",
+             "gateway.http.ws_frames"}
 
 
 def modules() -> list[str]:

@@ -378,13 +378,8 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self._tunnel is not None:
             return True  # the relay closes it once the other side is done
-        if self._refused or self._lingering:
-            return None  # the client is done: the transport closes
-        if self._active is not None or self._queue:
-            # a half-closed client may still read its answers (RFC 9112 9.6)
-            self._stop = True
-            self.closing = True
-            return True
+        # the client is done: the transport closes, and a request still being answered is
+        # cancelled with its upstream exchange (a client that went away waits for nothing)
         return None
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -465,7 +460,7 @@ class Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self._upgraded(data, exc.args[0])
+            self._hold_after_upgrade(data, exc.args[0])
         except httptools.HttpParserError as exc:
             refusal = self._refusal or (None if self._stop else parse_failure(str(exc)))
             if refusal is not None:
@@ -584,7 +579,7 @@ class Connection(asyncio.Protocol):
             ex.keep_alive = False
             self._stop = True
 
-    def _upgraded(self, data: bytes, offset: int) -> None:
+    def _hold_after_upgrade(self, data: bytes, offset: int) -> None:
         """llhttp stopped after a request that asks for an upgrade (or CONNECT): the bytes
         after it are held until its answer says what they are (frames, or the next request)."""
         self._held = bytearray(data[offset:])
