@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -100,7 +99,14 @@ def new_request_id() -> str:
     """A random UUID (version 4 form). Drawn from a generator seeded once from the OS, not
     from os.urandom per request (uuid.uuid4 reads it each time, a syscall per request): a
     request ID names a request, it guards nothing. Reseeded in a forked child."""
-    return str(uuid.UUID(int=_ids.getrandbits(128), version=4))
+    bits = _ids.getrandbits(128) & _CLEAR | _VERSION_4
+    h = f"{bits:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# the version (4) and variant (RFC 9562) bits of a UUID, as uuid.UUID(version=4) sets them
+_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_VERSION_4 = (0x4000 << 64) | (0x8000 << 48)
 
 
 def _reseed() -> None:
