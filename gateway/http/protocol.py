@@ -388,6 +388,7 @@ class Connection(asyncio.Protocol):
         self.transport = None
         if self._refused:
             return
+        self.server.connection_gone()
         if self._tunnel is not None:
             self._tunnel.lost(exc)
             return
@@ -401,7 +402,6 @@ class Connection(asyncio.Protocol):
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(lost)
-        self.server.connection_gone()
 
     def pause_writing(self) -> None:
         self.writing_paused = True
