@@ -11,11 +11,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from multidict import CIMultiDict
+
 from gateway.config import Loaded, Policy
 from gateway.http.client_ip import TrustedProxies, parse_ip
 from gateway.http.forwarding import ForwardingRules
 from gateway.ratelimit.headers import policy_header
 from gateway.routing import Router
+from gateway.security_headers import apply as apply_security_headers
 from gateway.settings.cors import CorsPolicy
 from gateway.settings.headers import HeadersPolicy
 from gateway.settings.path_matching import PathMatching
@@ -55,6 +58,9 @@ class CompiledPolicy:
     loaded_at: float  # wall-clock time of the load
     path_matching: PathMatching  # how the upstream reads paths; routes match the same way
     forwarding: ForwardingRules  # which request headers never reach the upstream
+    # the headers of answers to requests too broken to route (the default security headers
+    # over plain HTTP), made once: a parse error or an overload refusal computes nothing
+    error_headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def policy(self) -> Policy:
@@ -72,19 +78,24 @@ class CompiledPolicy:
             route_limits[COLLECTOR] = _route_limits(
                 tuple(policy.rate_limits[n] for n in policy.csp_reports.rate_limits))
         matching = policy.server.path_matching
+        default_headers = policy.headers.get("default")
+        error_headers: CIMultiDict[str] = CIMultiDict()
+        if default_headers is not None:
+            apply_security_headers(default_headers, error_headers, https=False)
         return cls(
             loaded=loaded, router=Router(policy.routes, matching),
             trusted=TrustedProxies(policy.server.trusted_proxies), route_limits=route_limits,
             route_cors={r.name: policy.cors[r.cors] for r in policy.routes if r.cors},
             route_headers={r.name: policy.headers[r.headers] for r in policy.routes
                            if r.headers},
-            default_headers=policy.headers.get("default"),
+            default_headers=default_headers,
             default_cors=policy.cors.get("default"), loaded_at=time.time(),
             path_matching=matching,
             forwarding=ForwardingRules.build(
                 policy.server.client_identity_headers,
                 [part.header for p in policy.rate_limits.values() for part in p.key
-                 if part.header is not None]))
+                 if part.header is not None]),
+            error_headers=tuple(error_headers.items()))
 
 
 def _route_limits(policies: tuple[RateLimitPolicy, ...]) -> RouteLimits:

@@ -85,10 +85,7 @@ class Handler:
 
     def error_headers(self) -> CIMultiDict[str]:
         """Headers for answers to requests too broken to route: the default security headers."""
-        out: CIMultiDict[str] = CIMultiDict()
-        if self.runtime.compiled.default_headers is not None:
-            apply_security_headers(self.runtime.compiled.default_headers, out, https=False)
-        return out
+        return CIMultiDict(self.runtime.compiled.error_headers)
 
     async def __call__(self, exchange: Exchange) -> None:
         """Handle one request, and account for it: metrics and the access log."""
