@@ -32,6 +32,7 @@ from gateway.http.framing import (
 )
 from gateway.http.protocol import Exchange, GatewayServer
 from gateway.http.response import Answer
+from tests.support.memory_transport import MemoryTransport
 
 
 class _Sink:
@@ -130,40 +131,6 @@ def test_field_bounds() -> None:
 
 
 # ---- the same heads through the connection layer ---------------------------------------------
-
-
-class MemoryTransport(asyncio.Transport):
-    """What the connection writes, kept; closing recorded."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = b""
-        self.closed = False
-        self.eof = False
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self.eof = True
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 async def ok(exchange: Exchange) -> None:
