@@ -175,3 +175,31 @@ def test_an_answer_that_ends_the_connection_with_the_body_unread_half_closes() -
                               + b"x" * 1000)
     assert b"Connection: close\r\n" in transport.written
     assert transport.eof and not transport.closed  # lingering: the rest is read and dropped
+
+
+def test_an_answer_without_100_continue_to_a_waiting_body_ends_the_connection() -> None:
+    # the client may never send the body it announced: what follows could be either
+    transport = serve(target_answer, b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                                     b"Expect: 100-continue\r\n\r\n")
+    assert b"Connection: close\r\n" in transport.written and b"100 Continue" not in \
+        transport.written
+
+
+def test_a_keep_alive_answer_resumes_reading_a_body_it_drops() -> None:
+    async def answer_at_once(exchange: Exchange) -> None:
+        exchange.send(Answer(404, body=b"no"))
+
+    size = 3 * BODY_HIGH
+
+    async def rest(conn: Connection, transport: MemoryTransport) -> None:
+        for _ in range(size // 65536 - 2):
+            conn.data_received(b"b" * 65536)
+        await settle()
+        assert not transport.paused  # answered: the rest is read and dropped
+        conn.data_received(b"b" * 131072 + b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writes(transport, 2)
+
+    transport = serve(answer_at_once,
+                      b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size,
+                      then=rest)
+    assert len(transport.writes) == 2 and not transport.closed

@@ -181,8 +181,8 @@ class Exchange:
     """One request on a connection, and the writer of its answer."""
 
     __slots__ = ("_conn", "_head", "_mode", "body", "bytes_out", "chunked", "content_length",
-                 "finished", "has_body", "headers", "keep_alive", "method", "peer", "secure",
-                 "started", "status", "switched", "target", "upgrade", "version")
+                 "continued", "finished", "has_body", "headers", "keep_alive", "method", "peer",
+                 "secure", "started", "status", "switched", "target", "upgrade", "version")
 
     def __init__(self, conn: Connection, method: str, target: str,
                  headers: CIMultiDictProxy[str], version: tuple[int, int],
@@ -204,6 +204,7 @@ class Exchange:
         self.started = False  # some byte of the final answer is out (or queued)
         self.finished = False  # the answer is complete (or aborted)
         self.switched = False  # the connection became a tunnel
+        self.continued = False  # `100 Continue` was sent
         self.status = 0
         self.bytes_out = 0  # body bytes of the answer
         self._head: bytes | None = None  # a streamed answer's head, sent with its first bytes
@@ -211,6 +212,10 @@ class Exchange:
 
     def _keep(self, close: bool) -> bool:
         keep = self.keep_alive and not close and not self._conn.closing
+        if keep and not self.continued and not self.body.is_eof() and "Expect" in self.headers:
+            # the client waits for `100 Continue` before its body and may never send it: what
+            # follows on the connection could be that body or the next request, so it ends
+            keep = False
         self.keep_alive = keep
         return keep
 
@@ -226,6 +231,7 @@ class Exchange:
     def send_continue(self) -> None:
         """Tell a client waiting on `Expect: 100-continue` to send its body (RFC 9110
         10.1.1). The final answer still counts as not started: it can be any answer."""
+        self.continued = True
         self._conn.write(_CONTINUE)
 
     def start(self, status: int, reason: str | None, headers: CIMultiDict[str],
@@ -549,7 +555,8 @@ class Connection(asyncio.Protocol):
         body = Body(self) if has_body else _EMPTY
         ex = Exchange(self, parser.get_method().decode("ascii"),
                       b"".join(self._url).decode("utf-8", "surrogateescape"), headers, version,
-                      length, chunked, parser.should_keep_alive(), upgrade, body)
+                      length, chunked, parser.should_keep_alive() and not chunked, upgrade,
+                      body)
         self._last = ex
         if has_body:
             self._parsing = ex
@@ -624,7 +631,8 @@ class Connection(asyncio.Protocol):
             self._end(ex)
             return
         if not ex.body.is_eof():
-            ex.body.discard()
+            ex.body.discard()  # read and dropped as it arrives: reading goes on
+            self.sync_reading()
         if self._held is not None:  # an upgrade that was not taken: the next request
             held, self._held = bytes(self._held), None
             self.sync_reading()
