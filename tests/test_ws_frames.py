@@ -104,3 +104,15 @@ def test_close_frames_the_gateway_sends() -> None:
     assert close_frame(1009) == b"\x88\x02\x03\xf1"
     masked = close_frame(1001, b"bye", mask=b"\x01\x02\x03\x04")
     assert masked[:2] == b"\x88\x85" and scan(masked) is None
+
+
+def test_the_scanner_knows_when_the_stream_is_between_frames() -> None:
+    scanner = FrameScanner()
+    whole = frame(b"x" * 300)
+    assert scanner.at_boundary
+    scanner.feed(whole[:1])
+    assert not scanner.at_boundary  # half a header
+    scanner.feed(whole[1:10])
+    assert not scanner.at_boundary  # inside the payload
+    scanner.feed(whole[10:])
+    assert scanner.at_boundary

@@ -42,6 +42,11 @@ class FrameScanner:
         self._close = b""  # a close frame's first payload bytes (its code), once begun
         self._close_mask = b""
 
+    @property
+    def at_boundary(self) -> bool:
+        """Whether the bytes so far end between two frames (another frame may go here)."""
+        return not self._skip and not self._head
+
     def feed(self, data: bytes) -> int | None:
         """None while every frame in `data` (and before it) is acceptable, else the close
         code to answer with."""

@@ -142,7 +142,10 @@ class _UpstreamSide(asyncio.Protocol):
 
 class Relay:
     """Both ends of one WebSocket after the handshake: bytes copied, frame headers checked.
-    It is the client connection's tunnel sink (http/protocol.py)."""
+    It is the client connection's tunnel sink (http/protocol.py).
+
+    A close frame the gateway sends itself goes between frames, never inside one: when the
+    stream toward an end is in the middle of a frame, it waits for that frame's end."""
 
     def __init__(self, upstream: _UpstreamSide, max_message: int) -> None:
         self.upstream = upstream
@@ -150,21 +153,27 @@ class Relay:
         self._from_client = FrameScanner(client=True, max_message=max_message)
         self._from_upstream = FrameScanner(client=False, max_message=max_message)
         self._client_gone = asyncio.get_running_loop().create_future()
-        self._closing = False  # a frame was refused: nothing more is relayed
+        self._cut = False  # a frame was refused: nothing more is relayed
         self._close_sent = False
+        self._for_client: bytes | None = None  # a close frame waiting for a frame boundary
+        self._for_upstream: bytes | None = None
 
     # the client connection's events (TunnelSink)
     def data(self, data: bytes) -> None:
-        if self._closing:
+        if self._cut:
             return
+        at_boundary = self._from_client.at_boundary
         code = self._from_client.feed(data)
         if code is not None:
             log.info("closing WebSocket: client frame refused (%d)", code)
-            self.close(code, cut=True)
+            self._refused(code, upstream_clean=at_boundary)
             return
         up = self.upstream.transport
         if up is not None:
             up.write(data)
+            if self._for_upstream is not None and self._from_client.at_boundary:
+                up.write(self._for_upstream)
+                self._for_upstream = None
 
     def lost(self, exc: BaseException | None) -> None:
         if not self._client_gone.done():
@@ -183,14 +192,18 @@ class Relay:
 
     # the upstream connection's events
     def from_upstream(self, data: bytes) -> None:
-        if self._closing or self.client is None:
+        if self._cut or self.client is None:
             return
+        at_boundary = self._from_upstream.at_boundary
         code = self._from_upstream.feed(data)
         if code is not None:
             log.info("closing WebSocket: upstream frame refused (%d)", code)
-            self.close(code, cut=True)
+            self._refused(code, client_clean=at_boundary)
             return
         self.client.write(data)
+        if self._for_client is not None and self._from_upstream.at_boundary:
+            self.client.write(self._for_client)
+            self._for_client = None
 
     def upstream_lost(self) -> None:
         if self.client is not None:
@@ -205,23 +218,44 @@ class Relay:
         else:
             client.pause_reading()
 
-    def close(self, code: int, reason: bytes = b"", cut: bool = False) -> None:
-        """Send a close frame with `code` both ways; the ends finish the closing handshake
-        (up to _CLOSE_GRACE), or with `cut` (a frame refused) the connections end now."""
-        if self._closing or self._close_sent:
+    def _refused(self, code: int, client_clean: bool | None = None,
+                 upstream_clean: bool | None = None) -> None:
+        """A frame broke a rule: each end gets a close frame with `code` where its stream is
+        between frames (the chunk holding the bad frame is dropped), then both connections
+        end."""
+        self._cut = self._close_sent = True
+        client, up = self.client, self.upstream.transport
+        if client_clean is None:
+            client_clean = self._from_upstream.at_boundary
+        if upstream_clean is None:
+            upstream_clean = self._from_client.at_boundary
+        if client is not None and client_clean:
+            client.write(close_frame(code))
+        if up is not None and upstream_clean:
+            up.write(close_frame(code, mask=os.urandom(4)))
+        for transport in (client, up):
+            if transport is not None:
+                transport.close()
+
+    def close(self, code: int, reason: bytes = b"") -> None:
+        """Send a close frame with `code` both ways (shutdown); the ends finish the closing
+        handshake, and after _CLOSE_GRACE the connections end anyway."""
+        if self._close_sent:
             return
         self._close_sent = True
-        self._closing = cut
         client, up = self.client, self.upstream.transport
         if client is not None and not client.is_closing():
-            client.write(close_frame(code, reason))
+            frame = close_frame(code, reason)
+            if self._from_upstream.at_boundary:
+                client.write(frame)
+            else:
+                self._for_client = frame
         if up is not None and not up.is_closing():
-            up.write(close_frame(code, reason, mask=os.urandom(4)))
-        if cut:
-            for transport in (client, up):
-                if transport is not None:
-                    transport.close()
-            return
+            frame = close_frame(code, reason, mask=os.urandom(4))
+            if self._from_client.at_boundary:
+                up.write(frame)
+            else:
+                self._for_upstream = frame
         loop = asyncio.get_running_loop()
         for transport in (client, up):
             if transport is not None:
