@@ -26,11 +26,14 @@ if [ "${1:-}" = "--test" ]; then
       { systemctl disable --now nginx || service nginx stop; } >/dev/null 2>&1 || true
     fi
   fi
-  # promtool (Debian's prometheus package) checks and unit-tests the rules in deploy/.
+  # promtool (Debian's prometheus package) checks and unit-tests the rules in deploy/; the
+  # prometheus binary itself runs the compose stack's Prometheus in tests/test_deploy_compose.py
+  # (on a free port and a config of its own). hadolint, check-jsonschema and kubernetes-validate
+  # come from PyPI with the test extras above.
   if ! command -v promtool >/dev/null; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null)
-    # Only promtool is wanted. Where the package starts its server (hosts running systemd), stop
-    # and disable it: it listens on 9090, the gateway's default admin port.
+    # Where the package starts its server as a service (hosts running systemd), stop and
+    # disable it: it listens on 9090, the gateway's default admin port.
     if pgrep -x prometheus >/dev/null; then
       { systemctl disable --now prometheus || service prometheus stop; } >/dev/null 2>&1 || true
     fi

@@ -1,15 +1,15 @@
 """Every private aiohttp name the gateway still relies on, in one place.
 
-The public listener no longer runs on aiohttp (http/protocol.py parses with httptools'
-llhttp), so what is left is the parser choice of aiohttp's HTTP client, which still reads the
-upstream's answers (proxy/pool.py, proxy/forwarder.py), and the admin listener (admin.py,
-public API only):
+The public listener (http/protocol.py) and the upstream client (proxy/upstream_client.py)
+parse with httptools' llhttp, so what is left is the parser the admin listener (admin.py,
+aiohttp's public API otherwise) runs on:
 
     name                  aiohttp class (kind)           what the gateway needs it for -> used via
     --------------------- ------------------------------ -------------------------------------------
-    aiohttp._http_parser  aiohttp (module)               llhttp, the C parser, for upstream answers:
-                                                         the pure-Python one accepts what llhttp
-                                                         refuses -> has_c_parser, require_c_parser
+    aiohttp._http_parser  aiohttp (module)               llhttp, the C parser, for the admin
+                                                         listener: the pure-Python one accepts what
+                                                         llhttp refuses -> has_c_parser,
+                                                         require_c_parser
 
 `INTERNALS` below is the same list, read by tests/test_aiohttp_internals.py, which checks each
 one on the installed aiohttp.

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -169,10 +169,29 @@ def upstream_request_headers(
 
 
 def downstream_response_headers(
-    upstream: CIMultiDictProxy[str], *, version: tuple[int, int], request_id: str
+    upstream: CIMultiDictProxy[str] | CIMultiDict[str] | Sequence[tuple[str, str]], *,
+    version: tuple[int, int], request_id: str,
 ) -> CIMultiDict[str]:
-    """Headers to return to the client from an upstream response."""
-    out = _end_to_end(upstream)
-    out["Via"] = _via(upstream, version)
+    """Headers to return to the client from an upstream response: its fields (name, value)
+    in the order sent, or a multidict of them."""
+    fields: Sequence[tuple[str, str]] = (
+        list(upstream.items()) if isinstance(upstream, CIMultiDict | CIMultiDictProxy)
+        else upstream)
+    # lower-cased once, however many rules look at the names
+    named = [(name.lower(), name, value) for name, value in fields]
+    drop = DEFAULT_RULES.remove
+    vias: list[str] = []
+    listed: set[str] = set()
+    for lowered, _, value in named:
+        if lowered == "connection":
+            listed.update(token.strip().lower() for token in value.split(","))
+        elif lowered == "via":
+            vias.append(value)
+    if listed:
+        listed.discard("")
+        drop = drop | (listed - DEFAULT_RULES.keep)
+    out = CIMultiDict([(name, value) for lowered, name, value in named if lowered not in drop])
+    mine = via(version)
+    out["Via"] = f"{', '.join(vias)}, {mine}" if vias else mine
     out["X-Request-ID"] = request_id
     return out
