@@ -19,6 +19,7 @@ from gateway.http.forwarding import ForwardingRules
 from gateway.ratelimit.headers import policy_header
 from gateway.routing import Router
 from gateway.security_headers import apply as apply_security_headers
+from gateway.settings.access import AccessList
 from gateway.settings.cors import CorsPolicy
 from gateway.settings.headers import HeadersPolicy
 from gateway.settings.path_matching import PathMatching
@@ -53,6 +54,7 @@ class CompiledPolicy:
     route_limits: dict[str, RouteLimits]  # by route name; routes without limits are absent
     route_cors: dict[str, CorsPolicy]  # by route name; routes without CORS are absent
     route_headers: dict[str, HeadersPolicy]  # likewise, security headers
+    route_access: dict[str, AccessList]  # likewise, access lists (the collector: `default`)
     default_headers: HeadersPolicy | None  # for answers made before a route is known
     default_cors: CorsPolicy | None  # likewise: a browser can read the gateway's 404
     loaded_at: float  # wall-clock time of the load
@@ -88,6 +90,7 @@ class CompiledPolicy:
             route_cors={r.name: policy.cors[r.cors] for r in policy.routes if r.cors},
             route_headers={r.name: policy.headers[r.headers] for r in policy.routes
                            if r.headers},
+            route_access=_route_access(policy),
             default_headers=default_headers,
             default_cors=policy.cors.get("default"), loaded_at=time.time(),
             path_matching=matching,
@@ -96,6 +99,13 @@ class CompiledPolicy:
                 [part.header for p in policy.rate_limits.values() for part in p.key
                  if part.header is not None]),
             error_headers=tuple(error_headers.items()))
+
+
+def _route_access(policy: Policy) -> dict[str, AccessList]:
+    out = {r.name: policy.access_lists[r.access] for r in policy.routes if r.access}
+    if policy.csp_reports is not None and "default" in policy.access_lists:
+        out[COLLECTOR] = policy.access_lists["default"]
+    return out
 
 
 def _route_limits(policies: tuple[RateLimitPolicy, ...]) -> RouteLimits:

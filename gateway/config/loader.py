@@ -16,6 +16,7 @@ import yaml
 
 from gateway.config.errors import PolicyError, Problem
 from gateway.config.reader import Reader
+from gateway.config.sections import access_lists as access_lists_section
 from gateway.config.sections import cors_and_headers, csp_reports, rate_limits
 from gateway.config.sections import observability as observability_section
 from gateway.config.sections import routes as routes_section
@@ -35,7 +36,7 @@ from gateway.settings.ratelimit import RedisSettings
 # suite checks that docs/policy.md documents each one.
 KEYS: dict[str, tuple[str, ...]] = {
     "": ("version", "extends", "environment", "server", "upstream", "redis", "rate_limits",
-         "cors", "headers", "csp_reports", "observability", "routes"),
+         "cors", "headers", "access_lists", "csp_reports", "observability", "routes"),
     **server_section.KEYS,
     **upstream_section.KEYS,
     **routes_section.KEYS,
@@ -43,6 +44,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     **observability_section.KEYS,
     **cors_and_headers.KEYS,
     **csp_reports.KEYS,
+    **access_lists_section.KEYS,
 }
 
 
@@ -105,6 +107,8 @@ def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy 
         else _Named({})
     headers = _Named(cors_and_headers.read_headers(r, doc["headers"]), doc["headers"]) \
         if "headers" in doc else _Named({})
+    access = _Named(access_lists_section.read_access_lists(r, doc["access_lists"]),
+                    doc["access_lists"]) if "access_lists" in doc else _Named({})
     collector = csp_reports.read_csp_reports(r, doc["csp_reports"], limits) \
         if "csp_reports" in doc else None
     observability = observability_section.read_observability(r, doc["observability"]) \
@@ -113,7 +117,8 @@ def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy 
     if "routes" not in doc:
         r.error(root, "missing required key 'routes'")
     else:
-        routes = routes_section.read_routes(r, doc["routes"], limits, cors, headers)
+        routes = routes_section.read_routes(r, doc["routes"], limits, cors, headers,
+                                             access)
     if "routes" in doc:
         _warn_unused(r, doc, routes, collector)
     if server is not None and redis is not None and server.workers > 1 and not redis.url \
@@ -125,7 +130,8 @@ def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy 
     return Policy(version=version, environment=environment, server=server, upstream=upstream,
                   routes=routes, source_files=files, redis=redis,
                   rate_limits=MappingProxyType(limits), cors=MappingProxyType(cors),
-                  headers=MappingProxyType(headers), csp_reports=collector,
+                  headers=MappingProxyType(headers), access_lists=MappingProxyType(access),
+                  csp_reports=collector,
                   observability=observability or Observability())
 
 
@@ -151,8 +157,10 @@ def _warn_unused(r: Reader, doc: dict[str, yaml.Node], routes: tuple[Route, ...]
         # `default` decorates answers made before a route is known: always in use
         "cors": {route.cors for route in routes} | {"default"},
         "headers": {route.headers for route in routes} | {"default"},
+        "access_lists": {route.access for route in routes},
     }
-    what = {"rate_limits": "rate limit", "cors": "CORS policy", "headers": "header policy"}
+    what = {"rate_limits": "rate limit", "cors": "CORS policy", "headers": "header policy",
+            "access_lists": "access list"}
     for section, names in used.items():
         node = doc.get(section)
         if not isinstance(node, yaml.MappingNode):

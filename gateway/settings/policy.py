@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from gateway.settings.access import AccessList
 from gateway.settings.cors import CorsPolicy
 from gateway.settings.csp import CspReports
 from gateway.settings.headers import HeadersPolicy
@@ -114,6 +115,17 @@ class RouteMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class PathRewrite:
+    """How a route changes the path it forwards (the query is kept): `replace` it, or strip
+    `strip_prefix` (whole segments) and then put `add_prefix` in front. Every value is a
+    normalized path; the route's match guarantees the strip lands on a segment boundary."""
+
+    strip_prefix: str | None = None
+    add_prefix: str | None = None
+    replace: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     match: RouteMatch
@@ -121,6 +133,8 @@ class Route:
     rate_limits: tuple[str, ...] = ()  # names from Policy.rate_limits, checked in this order
     cors: str | None = None  # name in Policy.cors (the `default` one unless set), None: no CORS
     headers: str | None = None  # name in Policy.headers, likewise
+    access: str | None = None  # name in Policy.access_lists, likewise
+    rewrite: PathRewrite | None = None  # the path sent upstream, when not the client's
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +164,7 @@ class Policy:
         default_factory=lambda: MappingProxyType({}))
     cors: Mapping[str, CorsPolicy] = field(default_factory=lambda: MappingProxyType({}))
     headers: Mapping[str, HeadersPolicy] = field(default_factory=lambda: MappingProxyType({}))
+    access_lists: Mapping[str, AccessList] = field(default_factory=lambda: MappingProxyType({}))
     csp_reports: CspReports | None = None
     observability: Observability = Observability()
 
