@@ -11,12 +11,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from multidict import CIMultiDict
+
 from gateway.config import Loaded, Policy
 from gateway.http.client_ip import TrustedProxies, parse_ip
 from gateway.http.forwarding import ForwardingRules
 from gateway.identity import Verifier
 from gateway.ratelimit.headers import policy_header
 from gateway.routing import Router
+from gateway.security_headers import apply as apply_security_headers
 from gateway.settings.access import AccessList
 from gateway.settings.cors import CorsPolicy
 from gateway.settings.headers import HeadersPolicy
@@ -60,6 +63,9 @@ class CompiledPolicy:
     forwarding: ForwardingRules  # which request headers never reach the upstream
     verifier: Verifier | None = None  # bearer JWTs (the `jwt` section)
     identified: frozenset[str] = frozenset()  # routes (and the collector) that need the JWT
+    # the headers of answers to requests too broken to route (the default security headers
+    # over plain HTTP), made once: a parse error or an overload refusal computes nothing
+    error_headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def policy(self) -> Policy:
@@ -80,6 +86,10 @@ class CompiledPolicy:
         identified = {name for name, limits in route_limits.items()
                       if any(part.kind == "jwt" for p in limits.policies for part in p.key)}
         identified |= {r.name for r in policy.routes if r.require_jwt}
+        default_headers = policy.headers.get("default")
+        error_headers: CIMultiDict[str] = CIMultiDict()
+        if default_headers is not None:
+            apply_security_headers(default_headers, error_headers, https=False)
         return cls(
             loaded=loaded, router=Router(policy.routes, matching),
             trusted=TrustedProxies(policy.server.trusted_proxies), route_limits=route_limits,
@@ -87,7 +97,7 @@ class CompiledPolicy:
             route_headers={r.name: policy.headers[r.headers] for r in policy.routes
                            if r.headers},
             route_access=_route_access(policy),
-            default_headers=policy.headers.get("default"),
+            default_headers=default_headers,
             default_cors=policy.cors.get("default"), loaded_at=time.time(),
             path_matching=matching,
             forwarding=ForwardingRules.build(
@@ -95,7 +105,8 @@ class CompiledPolicy:
                 [part.header for p in policy.rate_limits.values() for part in p.key
                  if part.header is not None]),
             verifier=Verifier(policy.jwt) if policy.jwt is not None else None,
-            identified=frozenset(identified))
+            identified=frozenset(identified),
+            error_headers=tuple(error_headers.items()))
 
 
 def _route_access(policy: Policy) -> dict[str, AccessList]:

@@ -29,7 +29,10 @@ DECISIONS = {"gateway.routing", "gateway.access", "gateway.identity", "gateway.c
              "gateway.compiled", "gateway.plan", "gateway.http.path_matching",
              "gateway.http.client_ip", "gateway.http.forwarding", "gateway.http.rewrite",
              "gateway.ratelimit.algorithms",
-             "gateway.ratelimit.keys", "gateway.ratelimit.headers"}
+             "gateway.ratelimit.keys", "gateway.ratelimit.headers",
+             # the data plane's pure parts: head checks, response bytes, frame headers
+             "gateway.http.framing", "gateway.http.response", "gateway.http.problem",
+             "gateway.http.ws_frames"}
 
 
 def modules() -> list[str]:

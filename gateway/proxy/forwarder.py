@@ -24,13 +24,10 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
-import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.http.forwarding import downstream_response_headers
-from gateway.http.protocol import RequestBodyFlood
-from gateway.http.response import RelayedResponse
+from gateway.http.protocol import Body, Exchange, MalformedBody, RequestBodyFlood
 from gateway.observability.access_log import RequestRecord
 from gateway.observability.metrics import upstream_duration, upstream_error
 from gateway.proxy.capacity import Slots
@@ -66,7 +63,7 @@ class RequestBody:
 
     __slots__ = ("_content", "_head", "_limit", "_received", "_timeout", "error", "started")
 
-    def __init__(self, content: aiohttp.StreamReader, limit: int, timeout: float) -> None:
+    def __init__(self, content: Body, limit: int, timeout: float) -> None:
         self._content = content
         self._limit = limit
         self._timeout = timeout
@@ -84,6 +81,9 @@ class RequestBody:
             raise self.error from None
         except RequestBodyFlood as exc:  # chunk framing far beyond the body it carries
             self.error = ClientBodyError(413, str(exc))
+            raise self.error from None
+        except MalformedBody as exc:
+            self.error = ClientBodyError(400, str(exc))
             raise self.error from None
         self._received += len(chunk)
         if self._received > self._limit:
@@ -114,7 +114,7 @@ class RequestBody:
 
 
 async def forward(
-    request: web.BaseRequest,
+    exchange: Exchange,
     pool: UpstreamPool,
     *,
     method: str,
@@ -128,9 +128,10 @@ async def forward(
     finish_headers: HeaderHook | None = None,
     close: bool = False,
     record: RequestRecord | None = None,
-) -> web.StreamResponse:
-    """Send the request upstream and stream the answer; raise UpstreamError before headers,
-    Full when the capacity bounds refuse it, ClientBodyError for a broken body."""
+) -> int:
+    """Send the request upstream and stream the answer to the client (its status is
+    returned); raise UpstreamError before headers, Full when the capacity bounds refuse it,
+    ClientBodyError for a broken body."""
     settings = pool.settings
     data: bytes | RequestBody | None = body
     streaming: Slots | None = None
@@ -144,7 +145,7 @@ async def forward(
     try:
         await pool.connections.take(settings.pool_timeout)
         try:
-            return await _exchange(request, pool, method, path_qs, headers, data,
+            return await _exchange(exchange, pool, method, path_qs, headers, data,
                                    request_id, preserve_host, finish_headers, close, record)
         finally:
             pool.connections.give_back()
@@ -154,7 +155,7 @@ async def forward(
 
 
 async def _exchange(
-    request: web.BaseRequest,
+    exchange: Exchange,
     pool: UpstreamPool,
     method: str,
     path_qs: str,
@@ -165,7 +166,7 @@ async def _exchange(
     finish_headers: HeaderHook | None,
     close: bool,
     record: RequestRecord | None,
-) -> web.StreamResponse:
+) -> int:
     idempotent = method in IDEMPOTENT
     attempts = pool.settings.retries + 1 if idempotent else 1
     body = data if isinstance(data, RequestBody) else None
@@ -218,37 +219,33 @@ async def _exchange(
                 502, "protocol", f"the upstream answered with status {upstream.status}, "
                 "which is not relayed"), target.base_url)
         try:
-            out = downstream_response_headers(upstream.headers, version=request.version,
+            out = downstream_response_headers(upstream.headers, version=exchange.version,
                                               request_id=request_id)
             if finish_headers is not None:
                 finish_headers(out)
-            return await _relay(request, upstream, out, close, record)
+            return await _relay(exchange, upstream, out, close, record)
         finally:
             upstream.release()
     raise AssertionError("the last attempt returns or raises")
 
 
 async def _relay(
-    request: web.BaseRequest,
+    exchange: Exchange,
     upstream: UpstreamResponse,
     response_headers: CIMultiDict[str],
     close: bool,
     record: RequestRecord | None,
-) -> web.StreamResponse:
-    response = RelayedResponse(status=upstream.status, reason=upstream.reason,
-                               headers=response_headers)
-    if close:
-        response.force_close()
-    await response.prepare(request)
+) -> int:
+    # the head goes out with the first body bytes: one write for a small answer
+    exchange.start(upstream.status, upstream.reason, response_headers, close)
     try:
-        sent = 0
         async for chunk in upstream:
-            await response.write(chunk)
-            sent += len(chunk)
+            await exchange.write(chunk)
         if record is not None:
-            record.body_bytes_out = sent
+            record.body_bytes_out = exchange.bytes_out
     except (UpstreamBroken, OSError) as exc:
         # Headers are out: end the connection without a clean end of message.
+        exchange.abort()
         raise ConnectionResetError("upstream body broke off") from exc
-    await response.write_eof()
-    return response
+    await exchange.end()
+    return upstream.status
