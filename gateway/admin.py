@@ -44,7 +44,14 @@ def admin_app(handler_of: Callable[[], Handler],
         handler = handler_of()
         if handler.draining:
             return web.json_response({"status": "not ready", "reason": "draining"}, status=503)
-        problem = await handler.runtime.pool.reachable()
+        rt = handler.runtime
+        used = {route.upstream for route in rt.policy.routes} & set(rt.pools)
+        problem = None
+        for name in sorted(used) or [rt.policy.upstream.name]:
+            problem = await rt.pools[name].reachable()
+            if problem is not None:
+                problem = f"upstream {name}: {problem}" if len(rt.pools) > 1 else problem
+                break
         if problem is not None:
             return web.json_response({"status": "not ready", "reason": problem}, status=503)
         return web.json_response({"status": "ready"})

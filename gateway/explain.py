@@ -116,7 +116,8 @@ def explain(rt: CompiledPolicy, req: DescribedRequest) -> dict[str, Any]:
                              "detail": "CORS preflight, answered by the gateway"}
         return report
     assert isinstance(verdict, Admission)
-    targets = rt.policy.upstream.targets
+    upstream = rt.policy.upstreams.get(the_plan.upstream, rt.policy.upstream)
+    targets = upstream.targets
     out = the_plan.upstream_headers(rt)
     if the_plan.upstream_host is UpstreamHost.TARGET:
         out["Host"] = targets[0].authority if len(targets) == 1 else \
@@ -124,6 +125,9 @@ def explain(rt: CompiledPolicy, req: DescribedRequest) -> dict[str, Any]:
     sent = {k.lower(): v for k, v in out.items()}
     report["outcome"] = {
         "action": action.value,
+        "upstream_name": the_plan.upstream,
+        "targets": [t.base_url for t in targets],
+        "balance": upstream.balance,
         "upstream": targets[0].base_url + verdict.path_qs,
         "continue": verdict.send_continue,
     }
@@ -252,6 +256,10 @@ def format_report(report: dict[str, Any]) -> str:
     else:
         extra = ", after 100 Continue" if outcome["continue"] else ""
         lines.append(f"  outcome:         {outcome['action']} to {outcome['upstream']}{extra}")
+        if len(outcome["targets"]) > 1 or outcome["upstream_name"] != "default":
+            lines.append(f"  upstream:        {outcome['upstream_name']}: "
+                         + ", ".join(outcome["targets"])
+                         + (f" ({outcome['balance']})" if len(outcome["targets"]) > 1 else ""))
         up = report["upstream_request"]
         for name, value in up["set"]:
             lines.append(f"  upstream header: {name}: {value}")

@@ -48,6 +48,7 @@ from gateway.plan import (
     CorsOutcome,
     Head,
     Plan,
+    UpstreamHost,
     arrived_over_https,
     peer_trusted,
     plan,
@@ -229,7 +230,8 @@ class Handler:
         if verdict.send_continue and exchange.version >= (1, 1):
             exchange.send_continue()
 
-        upstream_settings = rt.policy.upstream
+        pool = rt.pools[the_plan.upstream]
+        preserve_host = the_plan.upstream_host is UpstreamHost.CLIENT
         fwd_headers = the_plan.upstream_headers(compiled)
         if self.sentry.enabled:
             fwd_headers.update(self.sentry.trace_headers())
@@ -241,16 +243,16 @@ class Handler:
                 ws_headers = CIMultiDict({"X-Request-ID": request_id})
                 decorate(ws_headers)
                 return await relay_websocket(
-                    exchange, rt.pool, self.websockets, path_qs=path_qs, headers=fwd_headers,
-                    response_headers=ws_headers, preserve_host=upstream_settings.preserve_host,
+                    exchange, pool, self.websockets, path_qs=path_qs, headers=fwd_headers,
+                    response_headers=ws_headers, preserve_host=preserve_host,
                     client_ip=client, max_message=limits.max_websocket_message)
             body = None
             if exchange.has_body:
                 body = RequestBody(exchange.body, limits.max_body_size,
                                    rt.policy.server.timeouts.body)
             return await forward(
-                exchange, rt.pool, method=exchange.method, path_qs=path_qs, headers=fwd_headers,
-                body=body, request_id=request_id, preserve_host=upstream_settings.preserve_host,
+                exchange, pool, method=exchange.method, path_qs=path_qs, headers=fwd_headers,
+                body=body, request_id=request_id, preserve_host=preserve_host,
                 client=client, content_length=exchange.content_length,
                 finish_headers=decorate, close=closing, record=record)
         except Full as exc:

@@ -106,6 +106,7 @@ class Plan:
     access: AccessOutcome = AccessOutcome.NO_LIST  # the route's access list on the client IP
     access_list: str | None = None  # that list's name
     identity: Identity = NOT_NEEDED  # the bearer JWT, where a limit or the route needs it
+    upstream: str = "default"  # the upstream's name (Policy.upstreams): the route's choice
 
     @property
     def route(self) -> Route | None:
@@ -226,11 +227,14 @@ def plan(compiled: CompiledPolicy, head: Head, *, trusted_peer: bool, request_id
         limits_name = verdict.route.name
     if limits_name is not None:
         limits = compiled.route_limits.get(limits_name)
-    preserve_host = compiled.policy.upstream.preserve_host
+    policy = compiled.policy
+    upstream = route.upstream if route is not None else policy.upstream.name
+    preserve_host = policy.upstreams[upstream].preserve_host if upstream in policy.upstreams \
+        else policy.upstream.preserve_host
     return Plan(head, action, verdict, trusted_peer, https, client, source, cors_policy,
                 headers_policy, cors, cors_headers, cors_reason, limits, limits_name,
                 UpstreamHost.CLIENT if preserve_host else UpstreamHost.TARGET, close,
-                request_id, access, access_list, identity)
+                request_id, access, access_list, identity, upstream)
 
 
 def _cors(policy: CorsPolicy | None, headers: CIMultiDictProxy[str], preflight: bool

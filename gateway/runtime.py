@@ -5,7 +5,8 @@ A request takes the current Runtime once, when it starts, so a reload (which rep
 reference) can never give it part of the old policy and part of the new. `Runtime.build`
 is the one place that decides what survives a reload:
 
-- the upstream pool, while `upstream` is unchanged (connections stay warm);
+- each upstream's pool, while its settings are unchanged (connections stay warm, health
+  state is kept);
 - the rate limiter and its Redis connection, while `redis` is unchanged; in-process counters
   are always carried over (a reload does not reset anyone's quota);
 - per-route limit state (metric children, storage keys per client) is rebuilt: its policies
@@ -39,7 +40,7 @@ class LimitState:
 @dataclass(frozen=True, slots=True)
 class Runtime:
     compiled: CompiledPolicy
-    pool: UpstreamPool
+    pools: dict[str, UpstreamPool]  # by upstream name (the top-level `upstream` is `default`)
     limiter: Limiter
     limit_state: dict[str, LimitState]  # by the same names as compiled.route_limits
 
@@ -47,23 +48,38 @@ class Runtime:
     def policy(self) -> Policy:
         return self.compiled.policy
 
+    @property
+    def pool(self) -> UpstreamPool:
+        """The pool of `policy.upstream`: the default upstream."""
+        return self.pools[self.policy.upstream.name]
+
+    def start_pools(self) -> None:
+        """Start what runs beside requests (active health checks); a kept pool is running."""
+        for pool in self.pools.values():
+            pool.start()
+
+    async def close_pools(self) -> None:
+        for pool in self.pools.values():
+            await pool.close()
+
     @classmethod
     def build(cls, loaded: Loaded, previous: Runtime | None = None) -> Runtime:
         """Compile `loaded` and attach the live resources, keeping `previous`'s where their
         settings did not change."""
         compiled = CompiledPolicy.build(loaded)
         policy = compiled.policy
-        if previous is not None and previous.policy.upstream == policy.upstream:
-            pool = previous.pool
-        else:
-            pool = UpstreamPool(policy.upstream)
+        pools = {}
+        for name, settings in (policy.upstreams or {policy.upstream.name: policy.upstream}).items():
+            kept = previous.pools.get(name) if previous is not None else None
+            pools[name] = kept if kept is not None and kept.settings == settings \
+                else UpstreamPool(settings)
         if previous is not None and previous.policy.redis == policy.redis:
             limiter = previous.limiter
         else:
             limiter = Limiter(policy.redis, previous.limiter.memory if previous else None)
         state = {name: _limit_state(name, limits)
                  for name, limits in compiled.route_limits.items()}
-        return cls(compiled, pool, limiter, state)
+        return cls(compiled, pools, limiter, state)
 
 
 def _limit_state(route: str, limits: RouteLimits) -> LimitState:

@@ -55,6 +55,7 @@ class GatewayProcess:
                           [t.host for t in policy.upstream.targets])
         self.handler = Handler(Runtime.build(self.loaded), sentry)  # pool needs the loop
         self.handler.runtime.limiter.start()  # replica heartbeat, Redis probes (limiter.py)
+        self.handler.runtime.start_pools()  # active health checks
         access_log.configure(policy.observability.access_log.format)
         self._stopping = asyncio.Event()
         reloader = PolicyReloader(self.config_path, self.loaded, self._apply)
@@ -92,7 +93,7 @@ class GatewayProcess:
             if public is not None:
                 public.close()
             await admin.cleanup()
-            await self.handler.runtime.pool.close()
+            await self.handler.runtime.close_pools()
             await self.handler.runtime.limiter.close()
             raise ListenError(f"{exc.strerror or exc} (public {listen}, admin "
                               f"{admin_listen})") from None
@@ -121,7 +122,7 @@ class GatewayProcess:
         public.close()  # no new connections; those open finish what they are answering
         await self.handler.websockets.close_all(message=b"gateway shutting down")
         await server.shutdown(server_cfg.timeouts.shutdown)
-        await self.handler.runtime.pool.close()
+        await self.handler.runtime.close_pools()
         await self.handler.runtime.limiter.close()
         await admin.cleanup()
         log.info("stopped")
@@ -137,8 +138,10 @@ class GatewayProcess:
         # requests still using the old pool or Redis connection keep them until they finish
         later = asyncio.get_running_loop().call_later
         grace = old.policy.server.timeouts.shutdown
-        if new.pool is not old.pool:
-            later(grace, lambda: asyncio.ensure_future(old.pool.close()))
+        new.start_pools()
+        for pool in old.pools.values():
+            if pool not in new.pools.values():
+                later(grace, lambda pool=pool: asyncio.ensure_future(pool.close()))
         if new.limiter is not old.limiter:
             new.limiter.start()  # its heartbeat and probes, before its first request
             log.info("rate limits: %s", describe_limiter(new.policy))

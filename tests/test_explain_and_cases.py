@@ -31,7 +31,9 @@ def test_explain_reports_route_path_client_ip_and_upstream() -> None:
     assert report["route"]["name"] == "login"
     assert report["route"]["matched_because"][0] == "path is exactly /api/auth/login"
     assert report["outcome"] == {"action": "forward", "continue": False,
-                                 "upstream": "http://127.0.0.1:8000/api/auth/login"}
+                                 "upstream": "http://127.0.0.1:8000/api/auth/login",
+                                 "upstream_name": "default", "balance": "round_robin",
+                                 "targets": ["http://127.0.0.1:8000"]}
     assert dict(report["upstream_request"]["set"])["X-Forwarded-Host"] == "shop.example"
 
 

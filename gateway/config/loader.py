@@ -36,7 +36,8 @@ from gateway.settings.ratelimit import RedisSettings
 # Every mapping the policy file may contain and its keys: the loader reads these, and the test
 # suite checks that docs/policy.md documents each one.
 KEYS: dict[str, tuple[str, ...]] = {
-    "": ("version", "extends", "environment", "server", "upstream", "redis", "rate_limits",
+    "": ("version", "extends", "environment", "server", "upstream", "upstreams", "redis",
+         "rate_limits",
          "cors", "headers", "access_lists", "jwt", "csp_reports", "observability", "routes"),
     **server_section.KEYS,
     **upstream_section.KEYS,
@@ -97,10 +98,21 @@ def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy 
             environment = None
     server = server_section.read_server(r, doc["server"]) if "server" in doc else ServerSettings()
     upstream = None
-    if "upstream" not in doc:
-        r.error(root, "missing required key 'upstream'")
-    else:
+    named = _Named(upstream_section.read_upstreams(r, doc["upstreams"]), doc["upstreams"]) \
+        if "upstreams" in doc else _Named({})
+    if "upstream" in doc:
         upstream = upstream_section.read_upstream(r, doc["upstream"])
+        # routes' default, even when broken
+        named.declared = tuple(dict.fromkeys(("default", *named.declared)))
+        if "default" in named:
+            r.error(_key_node(doc["upstreams"], "default"), "upstreams.default is the top-level "
+                    "'upstream'; name this one otherwise, or drop 'upstream'")
+        elif upstream is not None:
+            named["default"] = upstream
+    elif "upstreams" not in doc:
+        r.error(root, "missing required key 'upstream' (or named 'upstreams')")
+    elif named:  # the fallback for what has no route yet: `default`, else the first named
+        upstream = named.get("default") or next(iter(named.values()))
     redis = rate_limits.read_redis(r, doc["redis"]) if "redis" in doc \
         else RedisSettings()
     limits = _Named(rate_limits.read_rate_limits(r, doc["rate_limits"]),
@@ -123,7 +135,7 @@ def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy 
         r.error(root, "missing required key 'routes'")
     else:
         routes = routes_section.read_routes(r, doc["routes"], limits, cors, headers,
-                                             access, jwt_configured="jwt" in doc)
+                                             access, named, jwt_configured="jwt" in doc)
     if "routes" in doc:
         _warn_unused(r, doc, routes, collector)
     if server is not None and redis is not None and server.workers > 1 and not redis.url \
@@ -137,6 +149,7 @@ def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy 
                   rate_limits=MappingProxyType(limits), cors=MappingProxyType(cors),
                   headers=MappingProxyType(headers), access_lists=MappingProxyType(access),
                   csp_reports=collector, jwt=jwt_settings,
+                  upstreams=MappingProxyType(dict(named)),
                   observability=observability or Observability())
 
 
@@ -173,9 +186,10 @@ def _warn_unused(r: Reader, doc: dict[str, yaml.Node], routes: tuple[Route, ...]
         "cors": {route.cors for route in routes} | {"default"},
         "headers": {route.headers for route in routes} | {"default"},
         "access_lists": {route.access for route in routes},
+        "upstreams": {route.upstream for route in routes},
     }
     what = {"rate_limits": "rate limit", "cors": "CORS policy", "headers": "header policy",
-            "access_lists": "access list"}
+            "access_lists": "access list", "upstreams": "upstream"}
     for section, names in used.items():
         node = doc.get(section)
         if not isinstance(node, yaml.MappingNode):

@@ -57,6 +57,10 @@ UPSTREAM_DURATION = Histogram(
 UPSTREAM_ERRORS = Counter(
     "gateway_upstream_errors_total", "Upstream failures by kind (connect|timeout|reset|protocol)",
     ["upstream", "kind"], registry=REGISTRY)
+TARGET_UP = Gauge(
+    "gateway_upstream_target_up", "Whether the balancer may choose this target (0: down by "
+    "active health checks, or ejected after connect failures; the least of the workers)",
+    ["upstream", "target"], registry=REGISTRY, multiprocess_mode="livemin")
 CONFIG_RELOADS = Counter(
     "gateway_config_reloads_total", "Policy reloads by result (success | failure)",
     ["result"], registry=REGISTRY)

@@ -31,7 +31,12 @@ from gateway.http.protocol import Body, Exchange, MalformedBody, RequestBodyFloo
 from gateway.observability.access_log import RequestRecord
 from gateway.observability.metrics import upstream_duration, upstream_error
 from gateway.proxy.capacity import Slots
-from gateway.proxy.errors import UpstreamBroken, UpstreamFailure
+from gateway.proxy.errors import (
+    CONNECT_FAILED,
+    CONNECT_TIMEOUT,
+    UpstreamBroken,
+    UpstreamFailure,
+)
 from gateway.proxy.pool import UpstreamPool
 from gateway.proxy.upstream_client import UpstreamResponse, encode_head
 
@@ -204,11 +209,14 @@ async def _exchange(
             if body is not None and body.error is not None:
                 raise body.error from exc
             failure = exc.failure
+            if failure is CONNECT_FAILED or failure is CONNECT_TIMEOUT:
+                target.health.connect_failed()  # passive health (health.py)
             if failure.retryable and (body is None or not body.started) \
                     and attempt + 1 < attempts:
                 upstream_error(target.base_url, failure.kind)  # the last one: the handler
                 continue
             raise UpstreamError(failure, target.base_url) from exc
+        target.health.connected()
         took = time.perf_counter() - started
         upstream_duration(target.base_url, took)
         if record is not None:

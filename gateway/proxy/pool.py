@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Sequence
 
 import aiohttp
 
 from gateway.proxy.capacity import Slots
+from gateway.proxy.health import run_checks
 from gateway.proxy.upstream_client import KeepAlivePool, keepalive_pools
 from gateway.settings.policy import UpstreamSettings, UpstreamTarget
 
@@ -31,6 +33,7 @@ class UpstreamPool:
         self._targets = settings.targets
         self._cycle = itertools.cycle(range(len(settings.targets)))
         self.keepalive = keepalive_pools(settings)  # in the order of the targets
+        self._checks: list[asyncio.Future[None]] = []  # active health checks (health.py)
         self.connections = Slots("upstream connections", settings.max_connections)
         self.websockets = Slots("WebSockets", settings.max_websockets,
                                 settings.max_websockets_per_client)
@@ -68,16 +71,36 @@ class UpstreamPool:
         return [*self._targets[start:], *self._targets[:start]]
 
     def pools_from_next(self) -> Sequence[KeepAlivePool]:
-        """The targets' keep-alive pools, starting with the next one in round-robin order
-        (the rest are retries)."""
+        """The targets' keep-alive pools the balancer chooses from, the chosen one first (the
+        rest are retries): the available ones (health.py) in round-robin order, or by fewest
+        connections in use; every target when none is available."""
         pools = self.keepalive
         if len(pools) == 1:
             return pools
+        now = time.monotonic()
         start = next(self._cycle)
-        return [*pools[start:], *pools[:start]]
+        ordered = [*pools[start:], *pools[:start]]
+        available = [p for p in ordered if p.health.available(now)] or ordered
+        if self.settings.balance == "least_connections":
+            available.sort(key=lambda p: p.busy)  # stable: round robin among equals
+        return available
+
+    def start(self) -> None:
+        """Active health checks, one task per target (idempotent: a kept pool runs on)."""
+        check = self.settings.health
+        if check is None or self._checks:
+            return
+        for pool in self.keepalive:
+            self._checks.append(asyncio.ensure_future(
+                run_checks(pool.target, pool.health, check, pool.ssl_context)))
 
     async def reachable(self) -> str | None:
-        """None when some target accepts a TCP connection, else why none does."""
+        """None when some target accepts a TCP connection (with active health checks: some
+        target is up), else why none does."""
+        if self.settings.health is not None:
+            if any(not p.health.down for p in self.keepalive):
+                return None
+            return "every target fails its health checks"
         last = "no upstream targets"
         for target in self._targets:
             try:
@@ -93,6 +116,9 @@ class UpstreamPool:
         return last
 
     async def close(self) -> None:
+        for task in self._checks:
+            task.cancel()
+        self._checks.clear()
         for pool in self.keepalive:
             pool.close()
         await self.ws_session.close()

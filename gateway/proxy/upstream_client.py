@@ -51,6 +51,7 @@ from gateway.proxy.errors import (
     UpstreamBroken,
     UpstreamFailure,
 )
+from gateway.proxy.health import TargetHealth
 from gateway.settings.policy import UpstreamSettings, UpstreamTarget, UpstreamTls
 
 READ_HIGH_WATER = 256 * 1024  # unconsumed response bytes before the upstream is paused
@@ -515,7 +516,7 @@ class KeepAlivePool:
     and the oldest expire), closed after KEEPALIVE_S idle or when the upstream closes them."""
 
     __slots__ = ("_budget", "_closed", "_connect_timeout", "_idle", "_loop", "_read_timeout",
-                 "_ssl", "_sweeper", "authority", "base_url", "target")
+                 "_ssl", "_sweeper", "authority", "base_url", "health", "open", "target")
 
     def __init__(self, target: UpstreamTarget, settings: UpstreamSettings,
                  budget: _Budget) -> None:
@@ -531,6 +532,17 @@ class KeepAlivePool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+        self.open = 0  # this target's connections (idle or in use)
+        self.health = TargetHealth(target.base_url, settings)
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return self._ssl
+
+    @property
+    def busy(self) -> int:
+        """Connections in use: what least_connections balances."""
+        return self.open - len(self._idle)
 
     @property
     def idle_count(self) -> int:
@@ -588,6 +600,7 @@ class KeepAlivePool:
 
     def opened(self) -> None:
         self._budget.open += 1
+        self.open += 1
 
     def checkin(self, conn: UpstreamConnection) -> None:
         """A connection whose exchange ended cleanly, ready for another."""
@@ -604,6 +617,7 @@ class KeepAlivePool:
     def lost(self, conn: UpstreamConnection) -> None:
         """The connection closed (either side)."""
         self._budget.open -= 1
+        self.open -= 1
         if conn.idle:
             conn.idle = False
             self._idle.remove(conn)

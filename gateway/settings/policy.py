@@ -103,6 +103,19 @@ class UpstreamTls:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Active health checks: GET `path` on each target every `interval`; a target is down
+    after `unhealthy` failures in a row (no answer, or not 2xx/3xx within `timeout`) and up
+    again after `healthy` successes in a row."""
+
+    path: str
+    interval: float = 5.0
+    timeout: float = 2.0
+    healthy: int = 2
+    unhealthy: int = 3
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamSettings:
     targets: tuple[UpstreamTarget, ...]
     connect_timeout: float = 2.0
@@ -117,6 +130,13 @@ class UpstreamSettings:
     max_streaming_bodies_per_client: int = 4
     request_buffer: int = 64 * 1024  # bodies up to this are received whole before forwarding
     tls: UpstreamTls | None = None  # for https:// targets; None: the system's CAs
+    name: str = "default"  # the top-level `upstream`, or the key in `upstreams`
+    balance: str = "round_robin"  # or least_connections
+    health: HealthCheck | None = None  # active checks; None: only passive ones
+    # passive health: a target that failed this many connects in a row is left out for
+    # `eject_for` seconds (0: never ejected); a request to it is retried elsewhere as usual
+    eject_after: int = 3
+    eject_for: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +169,7 @@ class Route:
     access: str | None = None  # name in Policy.access_lists, likewise
     rewrite: PathRewrite | None = None  # the path sent upstream, when not the client's
     require_jwt: bool = False  # a valid bearer JWT or 401 (the `jwt` section verifies it)
+    upstream: str = "default"  # name in Policy.upstreams
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +203,10 @@ class Policy:
     csp_reports: CspReports | None = None
     observability: Observability = Observability()
     jwt: JwtSettings | None = None
+    # every upstream by name, the top-level `upstream` as `default`; `upstream` above is the
+    # one answers made before a route is known refer to
+    upstreams: Mapping[str, UpstreamSettings] = field(
+        default_factory=lambda: MappingProxyType({}))
 
 
 def shadowed_routes(routes: Sequence[Route]) -> list[tuple[Route, Route]]:

@@ -271,8 +271,9 @@ class Recorder:
         raise TimeoutError(f"sync marker {target} did not reach the recorder via the gateway")
 
 
-def start_recorder(tmp: Path) -> Recorder:
-    port = free_port()
+def start_recorder(tmp: Path, port: int | None = None) -> Recorder:
+    """A recorder on a free port, or on `port` (one restarted where it was)."""
+    port = port or free_port()
     log = tmp / f"recorder-{port}.jsonl"
     log.touch()
     return Recorder(port, log, start_ready("tests.support.recorder", "--port", str(port),

@@ -23,7 +23,7 @@ _HOSTNAME = re.compile(r"(\*\.)?([a-z0-9]([a-z0-9\-]*[a-z0-9])?\.)*[a-z0-9]([a-z
 
 KEYS = {
     "routes[]": ("name", "match", "websocket", "rate_limits", "cors", "headers", "access",
-                 "rewrite", "require_jwt"),
+                 "rewrite", "require_jwt", "upstream"),
     "routes[].match": ("path", "path_prefix", "methods", "host"),
     "routes[].rewrite": ("strip_prefix", "add_prefix", "replace"),
 }
@@ -157,8 +157,8 @@ def _named_policy(r: Reader, m: dict[str, yaml.Node], key: str, where: str,
 
 def read_routes(r: Reader, node: yaml.Node, limits: Mapping[str, object],
                 cors: Mapping[str, object], headers: Mapping[str, object],
-                access: Mapping[str, object], jwt_configured: bool = False
-                ) -> tuple[Route, ...]:
+                access: Mapping[str, object], upstreams: Mapping[str, object],
+                jwt_configured: bool = False) -> tuple[Route, ...]:
     items = r.sequence(node, "routes")
     if items is None:
         return ()
@@ -192,6 +192,15 @@ def read_routes(r: Reader, node: yaml.Node, limits: Mapping[str, object],
         headers_ok, headers_name = _named_policy(r, m, "headers", where, headers)
         access_ok, access_name = _named_policy(r, m, "access", where, access)
         rewrite = _rewrite(r, m["rewrite"], where, match) if "rewrite" in m else None
+        upstream: str | None = "default"
+        if "upstream" in m:
+            upstream = r.string(m["upstream"], f"{where}.upstream")
+        if upstream is not None and upstream not in upstreams:
+            if upstream not in getattr(upstreams, "declared", ()):  # a broken one: reported
+                known = ", ".join(getattr(upstreams, "declared", None) or upstreams) or "none"
+                r.error(m.get("upstream", item), f"{where}.upstream: unknown upstream "
+                        f"{upstream!r} (defined: {known})")
+            upstream = None
         require_jwt = r.boolean(m["require_jwt"], f"{where}.require_jwt") \
             if "require_jwt" in m else False
         if require_jwt and not jwt_configured:
@@ -200,12 +209,14 @@ def read_routes(r: Reader, node: yaml.Node, limits: Mapping[str, object],
             require_jwt = None
         if name is None or match is None or websocket is None or route_limits is None \
                 or not cors_ok or not headers_ok or not access_ok \
-                or ("rewrite" in m and rewrite is None) or require_jwt is None:
+                or ("rewrite" in m and rewrite is None) or require_jwt is None \
+                or upstream is None:
             continue
         name_nodes[name] = m["name"]
         routes.append(Route(name=name, match=match, websocket=websocket,
                             rate_limits=route_limits, cors=cors_name, headers=headers_name,
-                            access=access_name, rewrite=rewrite, require_jwt=require_jwt))
+                            access=access_name, rewrite=rewrite, require_jwt=require_jwt,
+                            upstream=upstream))
         route_nodes.append(item)
     node_of = dict(zip((rt.name for rt in routes), route_nodes, strict=True))
     for later, earlier in shadowed_routes(routes):
