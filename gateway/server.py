@@ -28,6 +28,8 @@ from gateway.config.render import redact
 from gateway.handler import Handler
 from gateway.http.aiohttp_internals import require_c_parser
 from gateway.http.protocol import GatewayServer
+from gateway.http.redirect import RedirectToHttps
+from gateway.http.tls import ListenerTls
 from gateway.observability import access_log
 from gateway.observability.metrics import LOOP_LAG, OVERLOAD_REFUSALS
 from gateway.observability.sentry import reporter
@@ -48,6 +50,7 @@ class GatewayProcess:
         self.config_path = config_path
         self.loaded = loaded
         self.reuse_port = reuse_port
+        self.tls: ListenerTls | None = None  # TLS on the public listener (server.tls)
 
     async def run(self) -> None:
         policy = self.loaded.policy
@@ -83,15 +86,26 @@ class GatewayProcess:
         await admin.setup()
         listen, admin_listen = server_cfg.listen, server_cfg.admin_listen
         public = None
+        self.tls = ListenerTls(server_cfg.tls) if server_cfg.tls is not None else None
+        redirect = None
         try:
-            public = await loop.create_server(server, listen.host, listen.port,
-                                              reuse_port=self.reuse_port, backlog=1024)
+            public = await loop.create_server(
+                server, listen.host, listen.port, reuse_port=self.reuse_port, backlog=1024,
+                ssl=self.tls.front if self.tls is not None else None,
+                ssl_handshake_timeout=server_cfg.timeouts.header if self.tls else None)
+            if server_cfg.redirect_http is not None:
+                plain = server_cfg.redirect_http
+                redirect = await loop.create_server(
+                    lambda: RedirectToHttps(listen.port, server_cfg.timeouts.header),
+                    plain.host, plain.port, reuse_port=self.reuse_port)
             await web.TCPSite(admin, admin_listen.host, admin_listen.port,
                               reuse_port=self.reuse_port).start()
         except OSError as exc:
             # one clear line from the caller; nothing left open behind it
             if public is not None:
                 public.close()
+            if redirect is not None:
+                redirect.close()
             await admin.cleanup()
             await self.handler.runtime.close_pools()
             await self.handler.runtime.limiter.close()
@@ -120,6 +134,8 @@ class GatewayProcess:
         log.info("draining: readiness now fails, finishing in-flight requests")
         self.handler.draining = True
         public.close()  # no new connections; those open finish what they are answering
+        if redirect is not None:
+            redirect.close()
         await self.handler.websockets.close_all(message=b"gateway shutting down")
         await server.shutdown(server_cfg.timeouts.shutdown)
         await self.handler.runtime.close_pools()
@@ -132,8 +148,15 @@ class GatewayProcess:
         old = self.handler.runtime
         self.handler.runtime = new = Runtime.build(loaded, previous=old)
         access_log.configure(loaded.policy.observability.access_log.format)
+        new_tls = new.policy.server.tls
+        if self.tls is not None and new_tls is not None:
+            self.tls.update(new_tls)  # new handshakes only: open connections keep theirs
+        elif (self.tls is None) != (new_tls is None):
+            log.warning("server.tls switched on or off in the policy; it applies after a "
+                        "restart")
         if new.policy.server.listen != old.policy.server.listen or \
-                new.policy.server.admin_listen != old.policy.server.admin_listen:
+                new.policy.server.admin_listen != old.policy.server.admin_listen or \
+                new.policy.server.redirect_http != old.policy.server.redirect_http:
             log.warning("listener addresses changed in the policy; they apply after a restart")
         # requests still using the old pool or Redis connection keep them until they finish
         later = asyncio.get_running_loop().call_later

@@ -59,6 +59,7 @@ from gateway.http.framing import (
 from gateway.http.problem import problem_bytes, problem_response
 from gateway.http.response import BODYLESS_STATUSES, Answer, connection_line, encode_head
 from gateway.loop_turns import after_turns
+from gateway.observability.metrics import TLS_HANDSHAKES
 
 log = logging.getLogger("gateway.http")
 
@@ -349,6 +350,8 @@ class Connection(asyncio.Protocol):
         tcp: Any = transport
         self.transport = tcp
         server = self.server
+        if tcp.get_extra_info("sslcontext") is not None:
+            TLS_HANDSHAKES.labels("completed").inc()  # (tls.py counts the started ones)
         if len(server.connections) >= server.max_connections():
             self._refuse(tcp, "connections",
                          "the gateway is at its connection limit; retry shortly")

@@ -61,6 +61,14 @@ TARGET_UP = Gauge(
     "gateway_upstream_target_up", "Whether the balancer may choose this target (0: down by "
     "active health checks, or ejected after connect failures; the least of the workers)",
     ["upstream", "target"], registry=REGISTRY, multiprocess_mode="livemin")
+TLS_HANDSHAKES = Counter(
+    "gateway_tls_handshakes_total", "TLS handshakes on the public listener: started (a "
+    "ClientHello reached certificate selection) and completed; the difference failed",
+    ["result"], registry=REGISTRY)
+TLS_CERT_EXPIRY = Gauge(
+    "gateway_tls_certificate_expiry_timestamp_seconds", "When each certificate of the public "
+    "listener expires (seconds since the epoch), by its first name",
+    ["certificate"], registry=REGISTRY, multiprocess_mode="min")
 CONFIG_RELOADS = Counter(
     "gateway_config_reloads_total", "Policy reloads by result (success | failure)",
     ["result"], registry=REGISTRY)

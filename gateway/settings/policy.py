@@ -61,6 +61,26 @@ CLIENT_IDENTITY_HEADERS = (
 
 
 @dataclass(frozen=True, slots=True)
+class Certificate:
+    """One certificate of the public listener, as the policy resolved and checked it."""
+
+    cert: str  # path of the PEM chain
+    key: str  # path of its private key
+    names: tuple[str, ...]  # DNS names it serves (subjectAltName), lower-case; `*.x` wildcards
+    not_after: float  # expiry, seconds since the epoch
+    digest: str  # sha256 over both files: a rotated file makes a reload a change
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """TLS on `server.listen`: the first certificate is the default, the others are chosen by
+    the name the client asks for (SNI)."""
+
+    certificates: tuple[Certificate, ...]
+    min_version: str = "1.2"  # or 1.3
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     listen: Address = Address("0.0.0.0", 8080)
     admin_listen: Address = Address("127.0.0.1", 9090)
@@ -72,6 +92,8 @@ class ServerSettings:
     watch_interval: float = 1.0
     path_matching: PathMatching = DEFAULT_PATH_MATCHING
     client_identity_headers: tuple[str, ...] = CLIENT_IDENTITY_HEADERS
+    tls: ServerTls | None = None  # TLS termination on `listen`
+    redirect_http: Address | None = None  # a plain listener answering 308 to https
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import ipaddress
 import re
+import ssl
+from pathlib import Path
 
 import yaml
+from cryptography import x509
 
 from gateway.config.reader import Reader, checked_names
 from gateway.settings import path_matching
 from gateway.settings.policy import (
     Address,
+    Certificate,
     ServerLimits,
     ServerSettings,
     ServerTimeouts,
+    ServerTls,
 )
 from gateway.tokens import TOKEN
 
@@ -24,7 +31,10 @@ _GATEWAY_SET = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-h
 
 KEYS = {
     "server": ("listen", "admin_listen", "workers", "trusted_proxies", "timeouts", "limits",
-               "watch", "watch_interval", "path_matching", "client_identity_headers"),
+               "watch", "watch_interval", "path_matching", "client_identity_headers", "tls",
+               "redirect_http"),
+    "server.tls": ("certificates", "min_version"),
+    "server.tls.certificates[]": ("cert", "key"),
     "server.timeouts": ("header", "idle", "body", "shutdown"),
     "server.limits": ("max_body_size", "max_header_size", "max_headers",
                       "max_websocket_message", "max_connections", "max_requests_in_progress"),
@@ -109,8 +119,16 @@ def read_server(r: Reader, node: yaml.Node) -> ServerSettings | None:
                 r.error(item, f"server.client_identity_headers: {text} is set by the gateway "
                         "itself (see server.trusted_proxies)")
                 identity = None
+    tls = _tls(r, m["tls"]) if "tls" in m else None
+    redirect = _address(r, m["redirect_http"], "server.redirect_http") \
+        if "redirect_http" in m else None
+    if "redirect_http" in m and redirect is not None and "tls" not in m:
+        r.error(m["redirect_http"], "server.redirect_http sends clients to https: it needs "
+                "server.tls")
+        redirect = None
     if listen is None or admin is None or workers is None or watch is None or interval is None \
-            or matching is None or identity is None:
+            or matching is None or identity is None or ("tls" in m and tls is None) \
+            or ("redirect_http" in m and redirect is None):
         return None
     if _same_socket(listen, admin):
         r.error(m.get("admin_listen", node), f"server.admin_listen {admin} and server.listen "
@@ -118,7 +136,78 @@ def read_server(r: Reader, node: yaml.Node) -> ServerSettings | None:
     return ServerSettings(listen=listen, admin_listen=admin, workers=workers,
                           trusted_proxies=trusted, timeouts=timeouts, limits=limits,
                           watch=watch, watch_interval=interval, path_matching=matching,
-                          client_identity_headers=identity)
+                          client_identity_headers=identity, tls=tls, redirect_http=redirect)
+
+
+def _tls(r: Reader, node: yaml.Node) -> ServerTls | None:
+    m = r.mapping(node, KEYS["server.tls"], "server.tls")
+    if m is None:
+        return None
+    if "certificates" not in m:
+        r.error(node, "server.tls needs 'certificates' (a list of {cert, key})")
+        return None
+    min_version = r.string(m["min_version"], "server.tls.min_version") \
+        if "min_version" in m else "1.2"
+    if min_version not in (None, "1.2", "1.3"):
+        r.error(m["min_version"], f"server.tls.min_version must be \"1.2\" or \"1.3\" (TLS 1.0 "
+                f"and 1.1 are broken: RFC 8996); got {min_version!r}")
+        min_version = None
+    certificates = []
+    for i, item in enumerate(r.sequence(m["certificates"], "server.tls.certificates") or ()):
+        certificate = _certificate(r, item, f"server.tls.certificates[{i}]")
+        if certificate is None:
+            return None
+        certificates.append(certificate)
+    if not certificates:
+        r.error(m["certificates"], "server.tls.certificates must list at least one")
+        return None
+    if min_version is None:
+        return None
+    return ServerTls(certificates=tuple(certificates), min_version=min_version)
+
+
+def _certificate(r: Reader, node: yaml.Node, where: str) -> Certificate | None:
+    """One {cert, key}: readable, a key that matches, not expired; its names for SNI."""
+    m = r.mapping(node, KEYS["server.tls.certificates[]"], where)
+    if m is None:
+        return None
+    if "cert" not in m or "key" not in m:
+        r.error(node, f"{where} needs 'cert' and 'key' (PEM files)")
+        return None
+    paths = {}
+    digest = hashlib.sha256()
+    for key in ("cert", "key"):
+        name = r.string(m[key], f"{where}.{key}")
+        if name is None:
+            return None
+        path = Path(m[key].start_mark.name).parent / name
+        try:
+            digest.update(path.read_bytes())
+        except OSError as exc:
+            r.error(m[key], f"{where}.{key}: cannot read {path}: {exc.strerror}")
+            return None
+        paths[key] = path
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            paths["cert"], paths["key"])
+        leaf = x509.load_pem_x509_certificate(paths["cert"].read_bytes())
+    except (ssl.SSLError, ValueError) as exc:
+        r.error(m["cert"], f"{where}: cannot use {paths['cert']} with {paths['key']} "
+                f"({getattr(exc, 'reason', None) or exc})")
+        return None
+    not_after = leaf.not_valid_after_utc
+    if not_after <= datetime.datetime.now(datetime.UTC):
+        r.error(m["cert"], f"{where}.cert: {paths['cert']} expired on "
+                f"{not_after.isoformat(timespec='seconds')}")
+        return None
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [n.lower() for n in san.get_values_for_type(x509.DNSName)]
+        names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        names = []
+    return Certificate(cert=str(paths["cert"]), key=str(paths["key"]), names=tuple(names),
+                       not_after=not_after.timestamp(), digest=digest.hexdigest())
 
 
 def _cidr_items(r: Reader, node: yaml.Node, what: str) -> list[tuple[yaml.Node, str]]:
