@@ -189,3 +189,40 @@ routes: [{name: all, match: {path_prefix: /}}]
     [problem] = problems(path)
     assert problem.startswith(f"{path}:5:16: server.tls.certificates[0].cert: "
                               f"{tmp_path}/old.pem expired on 2020-01-01")
+
+
+def test_sslyze_finds_no_weak_protocol_or_cipher(site) -> None:
+    """A scanner someone else wrote (sslyze) against the listener: nothing below TLS 1.2, and
+    every TLS 1.2 suite with forward secrecy and an AEAD cipher."""
+    from sslyze import (
+        ScanCommand,
+        Scanner,
+        ServerNetworkConfiguration,
+        ServerNetworkLocation,
+        ServerScanRequest,
+    )
+
+    gw, *_ = site
+    commands = {ScanCommand.SSL_2_0_CIPHER_SUITES, ScanCommand.SSL_3_0_CIPHER_SUITES,
+                ScanCommand.TLS_1_0_CIPHER_SUITES, ScanCommand.TLS_1_1_CIPHER_SUITES,
+                ScanCommand.TLS_1_2_CIPHER_SUITES, ScanCommand.TLS_1_3_CIPHER_SUITES}
+    scanner = Scanner()
+    scanner.queue_scans([ServerScanRequest(
+        server_location=ServerNetworkLocation("a.test", gw.port, ip_address="127.0.0.1"),
+        network_configuration=ServerNetworkConfiguration("a.test"),
+        scan_commands=commands)])
+    [result] = list(scanner.get_results())
+    scans = result.scan_result
+    assert scans is not None, result.connectivity_error_trace
+
+    def accepted(attempt) -> list[str]:
+        assert attempt.result is not None, attempt.error_trace
+        return [s.cipher_suite.name for s in attempt.result.accepted_cipher_suites]
+
+    for old in (scans.ssl_2_0_cipher_suites, scans.ssl_3_0_cipher_suites,
+                scans.tls_1_0_cipher_suites, scans.tls_1_1_cipher_suites):
+        assert accepted(old) == []
+    tls12 = accepted(scans.tls_1_2_cipher_suites)
+    assert tls12 and all("_ECDHE_" in name or "_DHE_" in name for name in tls12), tls12
+    assert all("GCM" in name or "CHACHA20" in name for name in tls12), tls12
+    assert accepted(scans.tls_1_3_cipher_suites)
