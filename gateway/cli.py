@@ -23,6 +23,7 @@ from gateway.config import Loaded, PolicyError, load_policy
 from gateway.config.loader import counts_requests, workers_without_redis
 from gateway.config.render import policy_yaml
 from gateway.explain import DEFAULT_PEER, DescribedRequest, explain, format_report
+from gateway.jwks import fetch_once
 from gateway.policytest import check_case, load_cases
 
 T = TypeVar("T")
@@ -86,7 +87,12 @@ def _explain(args: argparse.Namespace, loaded: Loaded) -> int:
             return 1
         headers.append((name.strip(), value.strip()))
     request = DescribedRequest(args.method, args.url, tuple(headers), args.client_ip)
-    report = explain(CompiledPolicy.build(loaded), request)
+    compiled = CompiledPolicy.build(loaded)
+    if compiled.verifier is not None and compiled.verifier.url is not None:
+        problem = fetch_once(compiled.verifier)  # as `gateway run` would have by now
+        if problem is not None:
+            print(f"gateway: {problem}", file=sys.stderr)
+    report = explain(compiled, request)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 

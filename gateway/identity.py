@@ -45,12 +45,35 @@ class Verifier:
     def __init__(self, settings: JwtSettings) -> None:
         self.settings = settings
         self._keys: dict[str | None, tuple[Any, str]] = {}  # kid -> (key, algorithm)
+        self.url = settings.jwks_url  # keys fetched by the I/O layer (jwks.py), if any
+        self.unknown_kid = False  # a token named a key this set lacks: time to fetch again
         if settings.secret is not None:
             self._keys[None] = (settings.secret, "HS256")
-        else:
-            assert settings.jwks is not None
-            for jwk in jwt.PyJWKSet.from_dict(json.loads(settings.jwks)).keys:
-                self._keys[jwk.key_id] = (jwk.key, jwk.algorithm_name)
+        elif settings.jwks is not None:
+            self.load_jwks(settings.jwks)
+
+    def load_jwks(self, text: str) -> None:
+        """Replace the keys with a JWKS document's public, asymmetric ones (ValueError and
+        PyJWTError for a document that is not one)."""
+        keys: dict[str | None, tuple[Any, str]] = {}
+        for jwk in jwt.PyJWKSet.from_dict(json.loads(text)).keys:
+            if jwk.algorithm_name.startswith("HS") or hasattr(jwk.key, "private_numbers"):
+                continue  # never a shared or private key from a document
+            keys[jwk.key_id] = (jwk.key, jwk.algorithm_name)
+        if not keys:
+            raise ValueError("no public signing keys in the JWKS")
+        self._keys = keys
+        self.unknown_kid = False
+
+    def adopt(self, other: Verifier) -> None:
+        """The fetched keys of the previous policy's verifier, when the URL is the same: a
+        reload does not wait for a fetch."""
+        if self.url is not None and other.url == self.url and other._keys:
+            self._keys = other._keys
+
+    @property
+    def has_keys(self) -> bool:
+        return bool(self._keys)
 
     def identify(self, authorization: str | None) -> Identity:
         if not authorization:
@@ -67,7 +90,10 @@ class Verifier:
                 key, algorithm = self._keys[kid]
             elif len(self._keys) == 1 and kid is None:
                 key, algorithm = next(iter(self._keys.values()))
+            elif not self._keys:
+                return Identity(TokenOutcome.INVALID, reason="signing keys not fetched yet")
             else:
+                self.unknown_kid = True
                 return Identity(TokenOutcome.INVALID, reason=f"unknown key id {kid!r}")
             s = self.settings
             claims = jwt.decode(

@@ -15,11 +15,13 @@ is the one place that decides what survives a reload:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.compiled import CompiledPolicy, RouteLimits
 from gateway.config import Loaded, Policy
+from gateway.jwks import refresh_jwks
 from gateway.observability.metrics import RATELIMIT_DECISIONS
 from gateway.proxy.pool import UpstreamPool
 from gateway.ratelimit.keys import Checks
@@ -43,6 +45,7 @@ class Runtime:
     pools: dict[str, UpstreamPool]  # by upstream name (the top-level `upstream` is `default`)
     limiter: Limiter
     limit_state: dict[str, LimitState]  # by the same names as compiled.route_limits
+    background: list[asyncio.Future[None]] = field(default_factory=list)  # the JWKS refresh
 
     @property
     def policy(self) -> Policy:
@@ -54,9 +57,20 @@ class Runtime:
         return self.pools[self.policy.upstream.name]
 
     def start_pools(self) -> None:
-        """Start what runs beside requests (active health checks); a kept pool is running."""
+        """Start what runs beside requests: active health checks (a kept pool is running
+        already) and the JWKS refresh of this policy's verifier."""
         for pool in self.pools.values():
             pool.start()
+        verifier = self.compiled.verifier
+        if verifier is not None and verifier.url is not None and not self.background:
+            self.background.append(asyncio.ensure_future(
+                refresh_jwks(verifier, self.policy.jwt.jwks_refresh)))
+
+    def stop_background(self) -> None:
+        """This runtime's own background work (a reload started the next runtime's)."""
+        for task in self.background:
+            task.cancel()
+        self.background.clear()
 
     async def close_pools(self) -> None:
         for pool in self.pools.values():
@@ -79,6 +93,9 @@ class Runtime:
             limiter = Limiter(policy.redis, previous.limiter.memory if previous else None)
         state = {name: _limit_state(name, limits)
                  for name, limits in compiled.route_limits.items()}
+        if previous is not None and compiled.verifier is not None \
+                and previous.compiled.verifier is not None:
+            compiled.verifier.adopt(previous.compiled.verifier)  # no gap while it fetches
         return cls(compiled, pools, limiter, state)
 
 

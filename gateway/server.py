@@ -138,6 +138,7 @@ class GatewayProcess:
             redirect.close()
         await self.handler.websockets.close_all(message=b"gateway shutting down")
         await server.shutdown(server_cfg.timeouts.shutdown)
+        self.handler.runtime.stop_background()
         await self.handler.runtime.close_pools()
         await self.handler.runtime.limiter.close()
         await admin.cleanup()
@@ -162,6 +163,7 @@ class GatewayProcess:
         later = asyncio.get_running_loop().call_later
         grace = old.policy.server.timeouts.shutdown
         new.start_pools()
+        old.stop_background()
         for pool in old.pools.values():
             if pool not in new.pools.values():
                 later(grace, lambda pool=pool: asyncio.ensure_future(pool.close()))

@@ -7,7 +7,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,7 +30,7 @@ from gateway.settings.jwt import JwtSettings
 from gateway.settings.ratelimit import KeyPart, RateLimitPolicy
 from tests.support.client import request
 from tests.support.policy import problems, write_policy
-from tests.support.processes import start_gateway, stop
+from tests.support.processes import eventually, free_port, start_gateway, stop, wait_for_port
 from tests.support.recorder import start_recorder
 
 SECRET = "s" * 40
@@ -279,3 +282,48 @@ def test_each_user_has_its_own_quota_and_bad_tokens_share_the_client_ips(running
     # the token went to the upstream as the client sent it (the gateway only reads it)
     assert [v for n, v in rec.since(mark)[-1]["headers"] if n.lower() == "authorization"] == \
         [f"Bearer {bob}"]
+
+
+@pytest.mark.integration
+def test_a_jwks_url_is_fetched_and_fetched_again_when_the_provider_rotates_keys(
+        tmp_path: Path) -> None:
+    keys_dir = tmp_path / "idp"
+    keys_dir.mkdir()
+    document, rsa_key, _ = jwks_file(keys_dir)
+    port = free_port()
+    idp = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                            "127.0.0.1", "--directory", str(keys_dir)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rec = start_recorder(tmp_path)
+    gw = None
+    try:
+        wait_for_port(port, idp)
+        top = f"""\
+jwt: {{jwks: "http://127.0.0.1:{port}/{document.name}", jwks_refresh: 1s}}
+rate_limits:
+  per_user: {{limit: 100, per: 1m, key: "jwt:sub"}}
+"""
+        gw = start_gateway(tmp_path, rec.url, routes=ROUTES, top_extra=top)
+        for _ in range(3):  # the client IP's own quota, used by requests without a token
+            assert request(gw.port, "GET", "/anon").status == 200
+        users = itertools.count()
+
+        def counted_by_subject(key: object, kid: str) -> bool:
+            """A fresh subject starts at 99 left; a refused token counts against the client
+            IP, which has less left."""
+            bearer = token({"sub": f"user-{next(users)}"}, key, "RS256", {"kid": kid})
+            reply = request(gw.port, "GET", "/y", headers={"Authorization": f"Bearer {bearer}"})
+            return reply.status == 200 and reply.headers.get("X-RateLimit-Remaining") == "99"
+
+        assert eventually(lambda: counted_by_subject(rsa_key, "r1"))
+        # the provider rotates to a new key (kid r2): accepted once the gateway fetched the
+        # set again, which a token naming an unknown kid brings forward
+        new_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(new_key.public_key()))
+        document.write_text(json.dumps({"keys": [{**jwk, "kid": "r2", "alg": "RS256"}]}))
+        assert eventually(lambda: counted_by_subject(new_key, "r2"), timeout=15)
+    finally:
+        if gw is not None:
+            stop(gw.proc)
+        stop(rec.proc)
+        stop(idp)

@@ -11,11 +11,13 @@ class JwtSettings:
     # exactly one: a shared secret (HS256), or a JWKS document (RS256 / ES256 public keys)
     secret: str | None = None
     jwks: str | None = None  # the JWKS JSON text, read at load from the file the policy names
+    jwks_url: str | None = None  # or fetched from this URL, and again every `jwks_refresh`
+    jwks_refresh: float = 300.0
     audience: str | None = None  # when set, the token's `aud` must name it
     issuer: str | None = None  # when set, the token's `iss` must be it
     leeway: float = 0.0  # seconds of clock skew allowed on exp / nbf / iat
 
     def __repr__(self) -> str:  # the secret never reaches a log or a traceback
         return (f"JwtSettings(secret={'***' if self.secret else None}, "
-                f"jwks={'...' if self.jwks else None}, audience={self.audience!r}, "
+                f"jwks={'...' if self.jwks else self.jwks_url}, audience={self.audience!r}, "
                 f"issuer={self.issuer!r}, leeway={self.leeway})")

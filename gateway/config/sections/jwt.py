@@ -12,7 +12,7 @@ from gateway.config.reader import Reader
 from gateway.settings.jwt import JwtSettings
 
 KEYS = {
-    "jwt": ("secret", "jwks", "audience", "issuer", "leeway"),
+    "jwt": ("secret", "jwks", "jwks_refresh", "audience", "issuer", "leeway"),
 }
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash (256 bits)
 
@@ -24,7 +24,7 @@ def read_jwt(r: Reader, node: yaml.Node) -> JwtSettings | None:
     if ("secret" in m) == ("jwks" in m):
         r.error(node, "jwt needs exactly one of 'secret' (HS256) or 'jwks' (RS256, ES256)")
         return None
-    secret = jwks = None
+    secret = jwks = jwks_url = None
     if "secret" in m:
         secret = r.string(m["secret"], "jwt.secret")
         if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
@@ -32,15 +32,38 @@ def read_jwt(r: Reader, node: yaml.Node) -> JwtSettings | None:
                     "(RFC 7518 3.2); generate one with `openssl rand -hex 32`")
             return None
     else:
-        jwks = _read_jwks(r, m["jwks"])
+        text = r.string(m["jwks"], "jwt.jwks")
+        if text is not None and text.startswith(("https://", "http://")):
+            jwks_url = _jwks_url(r, m["jwks"], text)
+            if jwks_url is None:
+                return None
+        else:
+            jwks = _read_jwks(r, m["jwks"])
+    refresh = r.duration(m["jwks_refresh"], "jwt.jwks_refresh") if "jwks_refresh" in m \
+        else 300.0
     audience = r.string(m["audience"], "jwt.audience") if "audience" in m else None
     issuer = r.string(m["issuer"], "jwt.issuer") if "issuer" in m else None
     leeway = r.duration(m["leeway"], "jwt.leeway", positive=False) if "leeway" in m else 0.0
-    if (secret is None and jwks is None) or leeway is None \
+    if (secret is None and jwks is None and jwks_url is None) or leeway is None \
+            or refresh is None \
             or ("audience" in m and audience is None) or ("issuer" in m and issuer is None):
         return None
-    return JwtSettings(secret=secret, jwks=jwks, audience=audience, issuer=issuer,
-                       leeway=leeway)
+    return JwtSettings(secret=secret, jwks=jwks, jwks_url=jwks_url, jwks_refresh=refresh,
+                       audience=audience, issuer=issuer, leeway=leeway)
+
+
+def _jwks_url(r: Reader, node: yaml.Node, url: str) -> str | None:
+    """A JWKS URL: https, or http to this host only (keys over plain HTTP elsewhere could be
+    swapped by anyone on the path)."""
+    rest = url.partition("://")[2]
+    host = rest.split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+    if url.startswith("http://") and host not in ("127.0.0.1", "localhost", "::1"):
+        r.error(node, "jwt.jwks: a JWKS URL must be https:// (http:// only to this host)")
+        return None
+    if not host:
+        r.error(node, f"jwt.jwks: {url!r} names no host")
+        return None
+    return url
 
 
 def _read_jwks(r: Reader, node: yaml.Node) -> str | None:
