@@ -20,8 +20,7 @@ from gateway.settings.access import AccessList
 from tests.support.client import request
 from tests.support.metrics import value
 from tests.support.policy import problems, write_policy
-from tests.support.processes import start_gateway, stop
-from tests.support.recorder import start_recorder
+from tests.support.recorder import gateway_before_recorder
 
 OFFICE = AccessList("office", allow=(ip_network("203.0.113.0/24"), ip_network("2001:db8::/32")),
                     deny=(ip_network("203.0.113.66/32"),))
@@ -181,13 +180,10 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory):
-    tmp = tmp_path_factory.mktemp("access")
-    rec = start_recorder(tmp)
-    gw = start_gateway(tmp, rec.url, routes=ROUTES, top_extra=LISTS,
-                       server_extra="trusted_proxies: [127.0.0.1/32]")
-    yield gw, rec
-    stop(gw.proc)
-    stop(rec.proc)
+    with gateway_before_recorder(tmp_path_factory.mktemp("access"),
+                                 routes=ROUTES, top_extra=LISTS,
+                                 server_extra="trusted_proxies: [127.0.0.1/32]") as started:
+        yield started
 
 
 @pytest.mark.integration

@@ -31,7 +31,7 @@ from gateway.settings.ratelimit import KeyPart, RateLimitPolicy
 from tests.support.client import request
 from tests.support.policy import problems, write_policy
 from tests.support.processes import eventually, free_port, start_gateway, stop, wait_for_port
-from tests.support.recorder import start_recorder
+from tests.support.recorder import gateway_before_recorder, start_recorder
 
 SECRET = "s" * 40
 HS = Verifier(JwtSettings(secret=SECRET))
@@ -240,12 +240,9 @@ rate_limits:
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory):
-    tmp = tmp_path_factory.mktemp("jwt")
-    rec = start_recorder(tmp)
-    gw = start_gateway(tmp, rec.url, routes=ROUTES, top_extra=TOP)
-    yield gw, rec
-    stop(gw.proc)
-    stop(rec.proc)
+    with gateway_before_recorder(tmp_path_factory.mktemp("jwt"),
+                                 routes=ROUTES, top_extra=TOP) as started:
+        yield started
 
 
 @pytest.mark.integration

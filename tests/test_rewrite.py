@@ -18,8 +18,7 @@ from gateway.http.rewrite import rewrite_path
 from gateway.settings.policy import PathRewrite
 from tests.support.client import request
 from tests.support.policy import problems, write_policy
-from tests.support.processes import start_gateway, stop
-from tests.support.recorder import start_recorder
+from tests.support.recorder import gateway_before_recorder
 
 
 @pytest.mark.parametrize(("rewrite", "path", "sent"), [
@@ -130,12 +129,9 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory):
-    tmp = tmp_path_factory.mktemp("rewrite")
-    rec = start_recorder(tmp)
-    gw = start_gateway(tmp, rec.url, routes=ROUTES)
-    yield gw, rec
-    stop(gw.proc)
-    stop(rec.proc)
+    with gateway_before_recorder(tmp_path_factory.mktemp("rewrite"),
+                                 routes=ROUTES) as started:
+        yield started
 
 
 @pytest.mark.integration

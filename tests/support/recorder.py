@@ -31,12 +31,13 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import h11
 
-from tests.support.processes import free_port, start_ready
+from tests.support.processes import Gateway, free_port, start_gateway, start_ready, stop
 
 SYNC_PREFIX = "/__sync/"
 
@@ -278,6 +279,21 @@ def start_recorder(tmp: Path, port: int | None = None) -> Recorder:
     log.touch()
     return Recorder(port, log, start_ready("tests.support.recorder", "--port", str(port),
                                            "--log", str(log)))
+
+
+@contextlib.contextmanager
+def gateway_before_recorder(tmp: Path, **gateway: object) -> Iterator[tuple[Gateway, Recorder]]:
+    """A recorder, and a gateway in front of it (start_gateway's keyword arguments), stopped
+    when done: for tests that check what exactly reached the upstream."""
+    rec = start_recorder(tmp)
+    try:
+        gw = start_gateway(tmp, rec.url, **gateway)  # type: ignore[arg-type]
+        try:
+            yield gw, rec
+        finally:
+            stop(gw.proc)
+    finally:
+        stop(rec.proc)
 
 
 if __name__ == "__main__":
