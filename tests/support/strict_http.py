@@ -1,0 +1,165 @@
+"""A strict HTTP/1.1 request framer (RFC 9112), written for the tests from the RFC's grammar:
+the reference the smuggling fuzzer (tests/reliability/test_smuggling_fuzz.py) holds the
+gateway's framing to, independent of llhttp (the gateway's parser) and of h11 (the recording
+upstream's).
+
+`frame(data)` splits bytes into requests until the first one that is not valid HTTP/1.1 (or
+not whole yet): where a lenient parser and a strict one could disagree about where a request
+ends, this one refuses. It accepts only what has a single reading:
+- request line `method SP target SP HTTP/1.x` (runs of SP tolerated, RFC 9112 3), origin-form
+  targets of visible ASCII; empty lines before a request line are skipped (RFC 9112 2.2);
+- field lines `token ":" OWS value OWS` ended by CRLF, no obs-fold, no bare CR or LF, no NUL
+  or other control in values;
+- exactly one Host in HTTP/1.1, at most one in HTTP/1.0;
+- Transfer-Encoding only in HTTP/1.1, only the single coding `chunked`, never with
+  Content-Length; Content-Length on one field line, digits only;
+- chunk sizes of 1 to 16 hex digits, chunk extensions `;name[=token|quoted-string]`,
+  trailer fields as field lines (never part of the request's headers).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+TOKEN = re.compile(TCHAR + rb"+\Z")
+REQUEST_LINE = re.compile(rb"(" + TCHAR + rb"+) +(/[\x21-\x7e]*) +HTTP/(1\.[01])\Z")
+FIELD_LINE = re.compile(rb"(" + TCHAR + rb"+):[ \t]*((?:[\x21-\x7e\x80-\xff]"
+                        rb"(?:[ \t\x21-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?)[ \t]*\Z")
+QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+CHUNK_EXT = re.compile(rb"(?:[ \t]*;[ \t]*" + TCHAR + rb"+(?:[ \t]*=[ \t]*(?:" + TCHAR
+                       + rb"+|" + QUOTED + rb"))?)*\Z")
+HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+MAX_HEAD = 64 * 1024
+
+
+@dataclass
+class Request:
+    method: str
+    target: str
+    version: str
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+    chunked: bool = False
+    trailers: list[tuple[str, str]] = field(default_factory=list)
+    size: int = 0  # bytes of `data` this request took, head and body
+
+    def values(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+class Invalid(ValueError):
+    """Not a valid HTTP/1.1 request (the reason is the message)."""
+
+
+class Incomplete(ValueError):
+    """A valid beginning of a request that needs more bytes."""
+
+
+def frame(data: bytes) -> tuple[list[Request], str]:
+    """The requests `data` holds, in order, and how the rest ends: "" when `data` ends exactly
+    after the last request, "incomplete" when a valid request is cut short, else "invalid:
+    <reason>" for the first byte sequence that is not a request."""
+    requests: list[Request] = []
+    offset = 0
+    while offset < len(data):
+        try:
+            req = parse_one(data, offset)
+        except Incomplete:
+            return requests, "incomplete"
+        except Invalid as exc:
+            return requests, f"invalid: {exc}"
+        requests.append(req)
+        offset += req.size
+    return requests, ""
+
+
+def _line(data: bytes, pos: int) -> tuple[bytes, int]:
+    """The line at `pos` (without CRLF) and the position after it; a bare LF is invalid, a
+    CR not followed by LF is invalid."""
+    end = data.find(b"\n", pos)
+    if end < 0:
+        if b"\r" in data[pos:-1] or len(data) - pos > MAX_HEAD:
+            raise Invalid("bare CR or overlong line")
+        raise Incomplete
+    if end == pos or data[end - 1:end] != b"\r":
+        raise Invalid("bare LF")
+    line = data[pos:end - 1]
+    if b"\r" in line:
+        raise Invalid("bare CR")
+    return line, end + 1
+
+
+def _fields(data: bytes, pos: int) -> tuple[list[tuple[str, str]], int]:
+    fields = []
+    while True:
+        line, pos = _line(data, pos)
+        if line == b"":
+            return fields, pos
+        if line[:1] in (b" ", b"\t"):
+            raise Invalid("obs-fold")
+        m = FIELD_LINE.match(line)
+        if not m:
+            raise Invalid(f"field line {line[:40]!r}")
+        fields.append((m.group(1).decode("latin-1"), m.group(2).decode("latin-1")))
+
+
+def parse_one(data: bytes, offset: int = 0) -> Request:
+    pos = offset
+    while data.startswith(b"\r\n", pos):  # empty lines before a request line
+        pos += 2
+    if pos >= len(data) or data[pos:] == b"\r":
+        raise Incomplete
+    line, pos = _line(data, pos)
+    m = REQUEST_LINE.match(line)
+    if not m:
+        raise Invalid(f"request line {line[:60]!r}")
+    method, target, version = (g.decode("latin-1") for g in m.groups())
+    headers, pos = _fields(data, pos)
+    req = Request(method, target, version, headers)
+    hosts = req.values("Host")
+    if len(hosts) > 1 or (version == "1.1" and len(hosts) != 1):
+        raise Invalid("Host")
+    te, cl = req.values("Transfer-Encoding"), req.values("Content-Length")
+    if te:
+        if version != "1.1":
+            raise Invalid("Transfer-Encoding in HTTP/1.0")
+        if cl:
+            raise Invalid("Transfer-Encoding with Content-Length")
+        codings = [c.strip().lower() for v in te for c in v.split(",")]
+        if codings != ["chunked"]:
+            raise Invalid(f"transfer codings {codings}")
+        req.chunked = True
+        req.body, req.trailers, pos = _chunked(data, pos)
+    elif cl:
+        if len(cl) != 1 or not cl[0].isdigit() or not cl[0].isascii() or len(cl[0]) > 15:
+            raise Invalid(f"Content-Length {cl}")
+        length = int(cl[0])
+        if len(data) - pos < length:
+            raise Incomplete
+        req.body = data[pos:pos + length]
+        pos += length
+    req.size = pos - offset
+    return req
+
+
+def _chunked(data: bytes, pos: int) -> tuple[bytes, list[tuple[str, str]], int]:
+    body = bytearray()
+    while True:
+        line, pos = _line(data, pos)
+        m = HEX.match(line)
+        if not m or not CHUNK_EXT.match(line[m.end():]):
+            raise Invalid(f"chunk size line {line[:40]!r}")
+        size = int(m.group(0), 16)
+        if size == 0:
+            trailers, pos = _fields(data, pos)
+            return bytes(body), trailers, pos
+        if len(data) - pos < size + 2:
+            if len(data) - pos > size and data[pos + size:pos + size + 1] != b"\r":
+                raise Invalid("chunk data longer than its size")
+            raise Incomplete
+        if data[pos + size:pos + size + 2] != b"\r\n":
+            raise Invalid("chunk data not followed by CRLF")
+        body += data[pos:pos + size]
+        pos += size + 2
