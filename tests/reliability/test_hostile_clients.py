@@ -46,7 +46,9 @@ from tests.support.processes import (
 from tests.support.scale import FULL, scaled
 
 # one worker runs the module: the scenarios share a gateway and measure its footprint
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("reliability-hostile")]
+# A full run asserts latency ratios: then the module runs while no other test does.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("reliability-hostile"),
+              *([pytest.mark.exclusive] if FULL else [])]
 
 HEADER_TIMEOUT = 2.0
 BODY_TIMEOUT = 2.0
@@ -279,3 +281,4 @@ def test_a_client_that_never_reads_releases_its_upstream_connection(tmp_path,
 
 def _status(gw: Gateway) -> int:
     return request(gw.port, "GET", "/x", timeout=5).status
+

@@ -199,14 +199,17 @@ class PacedLoad:
     each on a free keep-alive connection of the pool (a new one when none is free, at most
     `connections`; beyond that a request waits, and its wait counts in its latency).
 
-    `path` is a string or a function of the request's number. Use as a context manager or
+    `path` is a string or a function of the request's number; `headers`, a function of it
+    giving extra header lines ("Name: value\r\n" each). Use as a context manager or
     start()/stop(); stop() returns the Summary."""
 
     def __init__(self, port: int, rate: float = 50, path: str | Callable[[int], str] = "/load",
                  connections: int = 16, timeout: float = 10.0, host: str = "load.test",
-                 max_requests: int = 1_000_000, method: str = "GET") -> None:
+                 max_requests: int = 1_000_000, method: str = "GET",
+                 headers: Callable[[int], str] | None = None) -> None:
         self.port, self.rate, self.connections = port, rate, connections
         self.path = path if callable(path) else (lambda _n, p=path: p)
+        self.headers = headers or (lambda _n: "")
         self.timeout, self.host, self.max_requests, self.method = (
             timeout, host, max_requests, method)
         self.summary = Summary()
@@ -256,12 +259,14 @@ class PacedLoad:
 
     async def _one(self, n: int, due: float, idle: list, slots: asyncio.Semaphore) -> None:
         path = self.path(n)
+        head = (f"{self.method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{self.headers(n)}\r\n"
+                .encode("latin-1"))
         status, error = None, None
         conn = None
         async with slots:
             try:
                 async with asyncio.timeout(self.timeout):
-                    status, conn = await self._exchange(path, idle)
+                    status, conn = await self._exchange(head, idle)
             except TimeoutError:
                 error = "timeout"
             except (Closed, asyncio.IncompleteReadError):
@@ -277,11 +282,11 @@ class PacedLoad:
         self.summary.outcomes.append(
             Outcome(due, time.monotonic() - due, status, error, path))
 
-    async def _exchange(self, path: str, idle: list):
+    async def _exchange(self, head: bytes, idle: list):
         if idle:
             reader, writer = idle.pop()
             try:
-                return await self._send_on(path, reader, writer)
+                return await self._send_on(head, reader, writer)
             except Closed as exc:
                 if exc.args[0]:
                     raise
@@ -290,12 +295,12 @@ class PacedLoad:
             # a kept-alive connection the gateway closed meanwhile, nothing of an answer
             # read: once more on a new connection, as browsers do
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        return await self._send_on(path, reader, writer)
+        return await self._send_on(head, reader, writer)
 
-    async def _send_on(self, path: str, reader: asyncio.StreamReader,
+    async def _send_on(self, head: bytes, reader: asyncio.StreamReader,
                        writer: asyncio.StreamWriter):
         try:
-            writer.write(f"{self.method} {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+            writer.write(head)
             status, headers, _body = await read_response(reader, self.method == "HEAD")
         except BaseException:
             writer.close()

@@ -7,7 +7,8 @@ upstream's).
 not whole yet): where a lenient parser and a strict one could disagree about where a request
 ends, this one refuses. It accepts only what has a single reading:
 - request line `method SP target SP HTTP/1.x` (runs of SP tolerated, RFC 9112 3), origin-form
-  targets of visible ASCII; empty lines before a request line are skipped (RFC 9112 2.2);
+  targets of visible ASCII; empty lines (CRLF or LF) before a request line are skipped
+  (RFC 9112 2.2);
 - field lines `token ":" OWS value OWS` ended by CRLF, no obs-fold, no bare CR or LF, no NUL
   or other control in values;
 - exactly one Host in HTTP/1.1, at most one in HTTP/1.0;
@@ -107,8 +108,10 @@ def _fields(data: bytes, pos: int) -> tuple[list[tuple[str, str]], int]:
 
 def parse_one(data: bytes, offset: int = 0) -> Request:
     pos = offset
-    while data.startswith(b"\r\n", pos):  # empty lines before a request line
-        pos += 2
+    # empty lines before a request line (RFC 9112 2.2): CRLF, or a bare LF, which llhttp and
+    # most servers also skip; either way the line belongs to no request
+    while data.startswith((b"\r\n", b"\n"), pos):
+        pos += 2 if data[pos] == 13 else 1
     if pos >= len(data) or data[pos:] == b"\r":
         raise Incomplete
     line, pos = _line(data, pos)
