@@ -14,7 +14,8 @@ ends, this one refuses. It accepts only what has a single reading:
 - exactly one Host in HTTP/1.1, at most one in HTTP/1.0;
 - Transfer-Encoding only in HTTP/1.1, only the single coding `chunked`, never with
   Content-Length; Content-Length on one field line, digits only;
-- chunk sizes of 1 to 16 hex digits, chunk extensions `;name[=token|quoted-string]`,
+- chunk sizes of 1 to 16 hex digits, chunk extensions `;name[=token|quoted-string]` (an
+  empty value tolerated),
   trailer fields as field lines (never part of the request's headers).
 """
 
@@ -29,8 +30,9 @@ REQUEST_LINE = re.compile(rb"(" + TCHAR + rb"+) +(/[\x21-\x7e]*) +HTTP/(1\.[01])
 FIELD_LINE = re.compile(rb"(" + TCHAR + rb"+):[ \t]*((?:[\x21-\x7e\x80-\xff]"
                         rb"(?:[ \t\x21-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?)[ \t]*\Z")
 QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+# An empty value after `=` is tolerated (llhttp accepts it): it moves no boundary.
 CHUNK_EXT = re.compile(rb"(?:[ \t]*;[ \t]*" + TCHAR + rb"+(?:[ \t]*=[ \t]*(?:" + TCHAR
-                       + rb"+|" + QUOTED + rb"))?)*\Z")
+                       + rb"*|" + QUOTED + rb"))?)*\Z")
 HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 MAX_HEAD = 64 * 1024
 
