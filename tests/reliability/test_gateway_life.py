@@ -7,7 +7,6 @@ Figures: run with `-s`; each scenario prints one `RELIABILITY {...}` line.
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import subprocess
@@ -19,10 +18,10 @@ import pytest
 
 from tests.support.chaos_upstream import start_chaos
 from tests.support.client import request
-from tests.support.load import Footprint, PacedLoad, open_fds
+from tests.support.load import Footprint, PacedLoad, open_fds, report
 from tests.support.metrics import total, value
 from tests.support.processes import eventually, start_gateway, stop, wait_until
-from tests.support.scale import FULL, scaled
+from tests.support.scale import scaled
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("reliability-life")]
 
@@ -35,9 +34,6 @@ def chaos() -> Iterator[tuple[int, subprocess.Popen]]:
     yield port, proc
     stop(proc)
 
-
-def report(scenario: str, **figures) -> None:
-    print("RELIABILITY " + json.dumps({"scenario": scenario, "full": FULL, **figures}))
 
 
 def test_sigterm_under_load_answers_every_accepted_request_then_exits_0(

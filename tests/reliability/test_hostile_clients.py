@@ -14,7 +14,6 @@ Figures: run with `-s`; each scenario prints one `RELIABILITY {...}` line (docs/
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import threading
 import time
@@ -30,6 +29,7 @@ from tests.support.load import (
     PacedLoad,
     Summary,
     flood,
+    report,
     slow_body,
     slowloris,
     sockets_to,
@@ -90,9 +90,6 @@ def site(tmp_path_factory) -> Iterator[Site]:
         stop(gw.proc)
         stop(up.proc)
 
-
-def report(scenario: str, **figures) -> None:
-    print("RELIABILITY " + json.dumps({"scenario": scenario, "full": FULL, **figures}))
 
 
 def check_load(site: Site, load: Summary, scenario: str) -> None:

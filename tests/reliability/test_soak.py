@@ -13,13 +13,12 @@ Figures: run with `-s`; each soak prints one `RELIABILITY {...}` line with sampl
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
 from tests.support.chaos_upstream import start_chaos
-from tests.support.load import Footprint, PacedLoad, slope_per_minute
+from tests.support.load import Footprint, PacedLoad, report, slope_per_minute
 from tests.support.processes import run_shipped, stop
 from tests.support.redis_server import start_redis
 from tests.support.scale import FULL
@@ -78,14 +77,14 @@ def test_a_soak_with_the_production_policy_and_redis_stays_flat(tmp_path, second
             slope_per_minute([(t, f.upstream_sockets) for t, f, _ in warm]), 2),
         "redis_keys_per_min": round(slope_per_minute([(t, k) for t, _, k in warm]), 1)}
     figures = {
-        "scenario": f"soak-{seconds}s", "full": FULL, "load": summary.figures(),
+        "load": summary.figures(),
         "start": str(start), "end": str(end),
         "rss_mib_max": round(max(f.rss_kib for _, f, _ in samples) / 1024, 1),
         "fds_max": max(f.fds for _, f, _ in samples),
         "upstream_sockets_max": max(f.upstream_sockets for _, f, _ in samples),
         "redis_keys": [keys_start, max(k for _, _, k in samples), samples[-1][2]],
         "slopes_after_warmup": slopes}
-    print("RELIABILITY " + json.dumps(figures))
+    report(f"soak-{seconds}s", **figures)
     assert summary.errors == {} and set(summary.by_status) == {200}, summary
     if FULL:  # on a machine shared with other work, the load's own thread can lag
         assert summary.requests >= RATE * seconds * 0.9, "the load fell behind"

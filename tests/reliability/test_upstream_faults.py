@@ -13,7 +13,6 @@ Figures: run with `-s`; each scenario prints one `RELIABILITY {...}` line.
 from __future__ import annotations
 
 import collections
-import json
 import signal
 import subprocess
 import time
@@ -24,10 +23,10 @@ import pytest
 
 from tests.support.chaos_upstream import start_chaos
 from tests.support.client import request
-from tests.support.load import Footprint, PacedLoad, Summary
+from tests.support.load import Footprint, PacedLoad, Summary, report
 from tests.support.metrics import samples
 from tests.support.processes import Gateway, eventually, start_gateway, stop, wait_until
-from tests.support.scale import FULL, scaled
+from tests.support.scale import scaled
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("reliability-upstream-faults")]
 
@@ -57,9 +56,6 @@ def site(tmp_path_factory) -> Iterator[Site]:
     stop(gw.proc)
     stop(s.up)
 
-
-def report(scenario: str, **figures) -> None:
-    print("RELIABILITY " + json.dumps({"scenario": scenario, "full": FULL, **figures}))
 
 
 def by_path(summary: Summary) -> dict[str, collections.Counter]:

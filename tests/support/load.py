@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import os
 import resource
 import threading
@@ -25,6 +26,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+# --------------------------------------------------------------------------------------------
+# figures
+
+
+def report(scenario: str, **figures) -> None:
+    """One `RELIABILITY {...}` line of figures (seen with `pytest -s`, not under xdist), also
+    appended to the file GATEWAY_RELIABILITY_FIGURES names, if set (any worker, any run)."""
+    from tests.support.scale import FULL
+    line = json.dumps({"scenario": scenario, "full": FULL, **figures})
+    print("RELIABILITY " + line)
+    if path := os.environ.get("GATEWAY_RELIABILITY_FIGURES"):
+        with open(path, "a") as out:
+            out.write(line + "\n")
+
 
 # --------------------------------------------------------------------------------------------
 # descriptors of the test process

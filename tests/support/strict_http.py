@@ -14,9 +14,9 @@ ends, this one refuses. It accepts only what has a single reading:
 - exactly one Host in HTTP/1.1, at most one in HTTP/1.0;
 - Transfer-Encoding only in HTTP/1.1, only the single coding `chunked`, never with
   Content-Length; Content-Length on one field line, digits only;
-- chunk sizes of 1 to 16 hex digits, chunk extensions `;name[=token|quoted-string]` (an
-  empty value tolerated),
-  trailer fields as field lines (never part of the request's headers).
+- chunk sizes of at most 16 significant hex digits (any leading zeros), chunk extensions
+  `;name[=token|quoted-string]` (an empty value tolerated), trailer fields as field lines
+  (never part of the request's headers).
 """
 
 from __future__ import annotations
@@ -33,8 +33,17 @@ QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*
 # An empty value after `=` is tolerated (llhttp accepts it): it moves no boundary.
 CHUNK_EXT = re.compile(rb"(?:[ \t]*;[ \t]*" + TCHAR + rb"+(?:[ \t]*=[ \t]*(?:" + TCHAR
                        + rb"*|" + QUOTED + rb"))?)*\Z")
-HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+HEX = re.compile(rb"0*([0-9A-Fa-f]{1,16})(?![0-9A-Fa-f])|0+(?![0-9A-Fa-f])")
 MAX_HEAD = 64 * 1024
+
+# The lenient reading (`lenient=True`) accepts what parsers commonly tolerate where no
+# boundary can move: any chunk extension without control characters, any byte but NUL, CR and
+# LF in a field value, whitespace at the end of the request line. A gateway that forwards what
+# only the lenient reading accepts, exactly as it reads it, is lenient, not desynchronized.
+LENIENT_REQUEST_LINE = re.compile(rb"(" + TCHAR + rb"+) +(/[\x21-\x7e]*) +HTTP/(1\.[01])[ \t]*\Z")
+LENIENT_FIELD_LINE = re.compile(rb"(" + TCHAR + rb"+):[ \t]*((?:[^\x00\r\n \t]"
+                                rb"(?:[^\x00\r\n]*[^\x00\r\n \t])?)?)[ \t]*\Z")
+LENIENT_CHUNK_EXT = re.compile(rb"(?:[ \t]*;[^\x00-\x08\x0a-\x1f\x7f]*)?\Z")
 
 
 @dataclass
@@ -60,7 +69,7 @@ class Incomplete(ValueError):
     """A valid beginning of a request that needs more bytes."""
 
 
-def frame(data: bytes) -> tuple[list[Request], str]:
+def frame(data: bytes, lenient: bool = False) -> tuple[list[Request], str]:
     """The requests `data` holds, in order, and how the rest ends: "" when `data` ends exactly
     after the last request, "incomplete" when a valid request is cut short, else "invalid:
     <reason>" for the first byte sequence that is not a request."""
@@ -68,7 +77,7 @@ def frame(data: bytes) -> tuple[list[Request], str]:
     offset = 0
     while offset < len(data):
         try:
-            req = parse_one(data, offset)
+            req = parse_one(data, offset, lenient)
         except Incomplete:
             return requests, "incomplete"
         except Invalid as exc:
@@ -94,7 +103,9 @@ def _line(data: bytes, pos: int) -> tuple[bytes, int]:
     return line, end + 1
 
 
-def _fields(data: bytes, pos: int) -> tuple[list[tuple[str, str]], int]:
+def _fields(data: bytes, pos: int, lenient: bool = False
+            ) -> tuple[list[tuple[str, str]], int]:
+    field_line = LENIENT_FIELD_LINE if lenient else FIELD_LINE
     fields = []
     while True:
         line, pos = _line(data, pos)
@@ -102,13 +113,13 @@ def _fields(data: bytes, pos: int) -> tuple[list[tuple[str, str]], int]:
             return fields, pos
         if line[:1] in (b" ", b"\t"):
             raise Invalid("obs-fold")
-        m = FIELD_LINE.match(line)
+        m = field_line.match(line)
         if not m:
             raise Invalid(f"field line {line[:40]!r}")
         fields.append((m.group(1).decode("latin-1"), m.group(2).decode("latin-1")))
 
 
-def parse_one(data: bytes, offset: int = 0) -> Request:
+def parse_one(data: bytes, offset: int = 0, lenient: bool = False) -> Request:
     pos = offset
     # empty lines before a request line (RFC 9112 2.2): CRLF, or a bare LF, which llhttp and
     # most servers also skip; either way the line belongs to no request
@@ -117,11 +128,11 @@ def parse_one(data: bytes, offset: int = 0) -> Request:
     if pos >= len(data) or data[pos:] == b"\r":
         raise Incomplete
     line, pos = _line(data, pos)
-    m = REQUEST_LINE.match(line)
+    m = (LENIENT_REQUEST_LINE if lenient else REQUEST_LINE).match(line)
     if not m:
         raise Invalid(f"request line {line[:60]!r}")
     method, target, version = (g.decode("latin-1") for g in m.groups())
-    headers, pos = _fields(data, pos)
+    headers, pos = _fields(data, pos, lenient)
     req = Request(method, target, version, headers)
     hosts = req.values("Host")
     if len(hosts) > 1 or (version == "1.1" and len(hosts) != 1):
@@ -136,7 +147,7 @@ def parse_one(data: bytes, offset: int = 0) -> Request:
         if codings != ["chunked"]:
             raise Invalid(f"transfer codings {codings}")
         req.chunked = True
-        req.body, req.trailers, pos = _chunked(data, pos)
+        req.body, req.trailers, pos = _chunked(data, pos, lenient)
     elif cl:
         if len(cl) != 1 or not cl[0].isdigit() or not cl[0].isascii() or len(cl[0]) > 15:
             raise Invalid(f"Content-Length {cl}")
@@ -149,16 +160,18 @@ def parse_one(data: bytes, offset: int = 0) -> Request:
     return req
 
 
-def _chunked(data: bytes, pos: int) -> tuple[bytes, list[tuple[str, str]], int]:
+def _chunked(data: bytes, pos: int, lenient: bool = False
+             ) -> tuple[bytes, list[tuple[str, str]], int]:
+    chunk_ext = LENIENT_CHUNK_EXT if lenient else CHUNK_EXT
     body = bytearray()
     while True:
         line, pos = _line(data, pos)
         m = HEX.match(line)
-        if not m or not CHUNK_EXT.match(line[m.end():]):
+        if not m or not chunk_ext.match(line[m.end():]):
             raise Invalid(f"chunk size line {line[:40]!r}")
-        size = int(m.group(0), 16)
+        size = int(m.group(0), 16)  # leading zeros are fine: they overflow nothing
         if size == 0:
-            trailers, pos = _fields(data, pos)
+            trailers, pos = _fields(data, pos, lenient)
             return bytes(body), trailers, pos
         if len(data) - pos < size + 2:
             if len(data) - pos > size and data[pos + size:pos + size + 1] != b"\r":
