@@ -324,8 +324,10 @@ def rewritten(target: str) -> str:
 
 
 def fuzzed_headers(req: Request | dict) -> dict[str, str]:
-    """The `X-Fz-*` headers a request carries (combined per name, lower-case names), less
-    those its Connection header names (hop-by-hop, removed by the gateway)."""
+    """The `X-Fz-*` headers a request carries (combined per name, lower-case names; empty
+    field lines count only in that the name is present: RFC 9110 5.6.1, empty list elements
+    are ignored), less those its Connection header names (hop-by-hop, removed by the
+    gateway)."""
     pairs = (req.headers if isinstance(req, Request)
              else [(k, v) for k, v in req["headers"]])
     nominated = {t.strip().lower() for k, v in pairs if k.lower() == "connection"
@@ -334,7 +336,7 @@ def fuzzed_headers(req: Request | dict) -> dict[str, str]:
     for k, v in pairs:
         if k.lower().startswith("x-fz-") and k.lower() not in nominated:
             out.setdefault(k.lower(), []).append(v)
-    return {k: ", ".join(v) for k, v in out.items()}
+    return {k: ", ".join(x for x in v if x) for k, v in out.items()}
 
 
 def check_forwarded_framing(entry: dict) -> Request:
@@ -362,16 +364,20 @@ def check_example(sent: bytes, received: bytes, closed: bool, entries: list[dict
     answers = parse_answers(received, [r.method for r in expected])
     assert all(a.status != 500 for a in answers), f"a 500; {where}"
     forwarded = [check_forwarded_framing(entry) for entry in entries]
+    known: collections.Counter = collections.Counter()
     try:
-        match(expected, rest, answers, forwarded, where)
+        match(expected, rest, answers, forwarded, where, known)
     except AssertionError as strict:
         # forwarded as only a lenient parser reads it (no boundary moved): tolerated, counted
         expected, rest = frame(sent, lenient=True)
+        known.clear()
         try:
-            match(expected, rest, answers, forwarded, where)
+            match(expected, rest, answers, forwarded, where, known)
         except AssertionError:
             raise strict from None
         stats["tolerated_leniency"] += 1
+    for bug, count in known.items():
+        stats[f"known_bug_{bug}"] += count
     stats["examples"] += 1
     stats["forwarded_requests"] += len(entries)
     stats["fuzzed_forwarded" if any(e["target"] != SENTINEL_TARGET for e in entries)
@@ -382,8 +388,24 @@ def check_example(sent: bytes, received: bytes, closed: bool, entries: list[dict
         stats["answer_to_head_with_body"] += answer.head_body
 
 
+def case_merged(req: Request) -> Request:
+    """`req` as the gateway forwards it today: aiohttp's ClientSession._prepare_headers tracks
+    the names it has seen in a case-sensitive set over a case-insensitive multidict, so a
+    field line whose name differs only in case from an earlier one replaces all of them
+    (`x-a: 1` then `X-A: 2` arrive as `X-A: 2`). A known disagreement, kept as a strict xfail
+    in test_smuggling_regressions.py; counted, not failed, here."""
+    merged: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for name, value in req.headers:
+        if name not in seen:
+            merged = [(k, v) for k, v in merged if k.lower() != name.lower()]
+            seen.add(name)
+        merged.append((name, value))
+    return Request(req.method, req.target, req.version, merged, req.body)
+
+
 def match(expected: list[Request], rest: str, answers: list[Answer], forwarded: list[Request],
-          where: str) -> None:
+          where: str, known: collections.Counter | None = None) -> None:
     """The forwarded requests are the client's requests (as the reference reads them) in
     order, less those the gateway answered itself (a refusal that keeps the connection, such
     as 417, skips one); each relayed answer is the one to the request of its rank."""
@@ -398,9 +420,13 @@ def match(expected: list[Request], rest: str, answers: list[Answer], forwarded: 
             got = forwarded[j]
             assert got.body == want.body, (
                 f"request {rank}: upstream body {got.body!r}, sent {want.body!r}; {where}")
-            assert fuzzed_headers(got) == fuzzed_headers(want), (
-                f"request {rank}: upstream headers {fuzzed_headers(got)}, sent "
-                f"{fuzzed_headers(want)}; {where}")
+            if (fuzzed_headers(got) != fuzzed_headers(want) and known is not None
+                    and fuzzed_headers(got) == fuzzed_headers(case_merged(want))):
+                known["case-duplicates-merged"] += 1  # see case_merged
+            else:
+                assert fuzzed_headers(got) == fuzzed_headers(want), (
+                    f"request {rank}: upstream headers {fuzzed_headers(got)}, sent "
+                    f"{fuzzed_headers(want)}; {where}")
             j += 1
         elif rank < len(answers):
             assert answers[rank].gateways_own, (

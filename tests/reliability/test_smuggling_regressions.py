@@ -6,6 +6,11 @@ the exact answer, the connection's end, and what the upstream received.
   then parsed as the next request and forwarded (`CONNECT /x` + `Content-Length: 44` + a
   44-byte `GET /smuggled ...`: the upstream received `GET /smuggled`). Fixed in
   gateway/admission.py: a refused CONNECT ends the connection.
+- Field lines whose names differ only in case (`x-a: 1`, then `X-A: 2`) reach the upstream
+  as the last one alone (`X-A: 2`): aiohttp's ClientSession._prepare_headers remembers names
+  in a case-sensitive set over a case-insensitive multidict. A header a rate limit is keyed
+  by is then decided on one value while the upstream sees another. Not fixed here (the
+  forwarder is being rewritten): a strict xfail.
 """
 
 from __future__ import annotations
@@ -58,3 +63,25 @@ def test_a_refused_connect_ends_the_connection_and_nothing_behind_it_is_forwarde
         assert conn.closed_within(3.0), f"not closed; unread: {conn.buf[:200]!r}"
     site.rec.sync(site.gw.port)
     assert site.rec.since(mark) == [], "bytes behind a refused CONNECT reached the upstream"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "found by the smuggling fuzzer: field lines whose names differ only in case reach the "
+    "upstream as the last one alone (aiohttp ClientSession._prepare_headers)"))
+@pytest.mark.parametrize("lines", [
+    (b"x-fz-a: 1", b"X-Fz-A: 2"),
+    (b"X-Tenant: alice", b"x-tenant: bob"),
+    (b"x-fz-a: 0", b"X-Fz-A: "),
+], ids=["two-values", "rate-limit-key-header", "value-then-empty"])
+def test_field_lines_differing_only_in_case_all_reach_the_upstream(
+        site: Site, lines: tuple[bytes, bytes]) -> None:
+    mark = site.rec.mark()
+    request = (b"GET /fz/case HTTP/1.1\r\nHost: gw.test\r\n" + b"\r\n".join(lines)
+               + b"\r\nConnection: close\r\n\r\n")
+    with Conn(site.gw.port) as conn:
+        conn.send(request)
+        assert conn.read_response().status == 200
+    (entry,) = site.rec.since(mark)
+    name = lines[0].split(b":")[0].decode().lower()
+    sent = [line.split(b":", 1)[1].strip().decode() for line in lines]
+    assert [v for k, v in entry["headers"] if k.lower() == name] == sent

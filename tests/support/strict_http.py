@@ -38,7 +38,8 @@ MAX_HEAD = 64 * 1024
 
 # The lenient reading (`lenient=True`) accepts what parsers commonly tolerate where no
 # boundary can move: any chunk extension without control characters, any byte but NUL, CR and
-# LF in a field value, whitespace at the end of the request line. A gateway that forwards what
+# LF in a field value, whitespace at the end of the request line, and a chunked HTTP/1.0
+# request as the last one of its connection. A gateway that forwards what
 # only the lenient reading accepts, exactly as it reads it, is lenient, not desynchronized.
 LENIENT_REQUEST_LINE = re.compile(rb"(" + TCHAR + rb"+) +(/[\x21-\x7e]*) +HTTP/(1\.[01])[ \t]*\Z")
 LENIENT_FIELD_LINE = re.compile(rb"(" + TCHAR + rb"+):[ \t]*((?:[^\x00\r\n \t]"
@@ -56,6 +57,7 @@ class Request:
     chunked: bool = False
     trailers: list[tuple[str, str]] = field(default_factory=list)
     size: int = 0  # bytes of `data` this request took, head and body
+    last: bool = False  # the connection ends after it (lenient reading of TE in HTTP/1.0)
 
     def values(self, name: str) -> list[str]:
         return [v for k, v in self.headers if k.lower() == name.lower()]
@@ -84,6 +86,8 @@ def frame(data: bytes, lenient: bool = False) -> tuple[list[Request], str]:
             return requests, f"invalid: {exc}"
         requests.append(req)
         offset += req.size
+        if req.last:
+            return requests, "closed after a Transfer-Encoding in HTTP/1.0"
     return requests, ""
 
 
@@ -139,8 +143,11 @@ def parse_one(data: bytes, offset: int = 0, lenient: bool = False) -> Request:
         raise Invalid("Host")
     te, cl = req.values("Transfer-Encoding"), req.values("Content-Length")
     if te:
-        if version != "1.1":
+        if version != "1.1" and not lenient:
             raise Invalid("Transfer-Encoding in HTTP/1.0")
+        # lenient: framed as chunked, and nothing after it is read (RFC 9112 6.1: the server
+        # closes the connection after responding)
+        req.last = version != "1.1"
         if cl:
             raise Invalid("Transfer-Encoding with Content-Length")
         codings = [c.strip().lower() for v in te for c in v.split(",")]
