@@ -95,5 +95,6 @@ def test_a_soak_with_the_production_policy_and_redis_stays_flat(tmp_path, second
     assert end.rss_kib - start.rss_kib < 30 * 1024
     if seconds >= 120:  # long enough for a slope to mean something
         assert slopes["rss_kib_per_min"] < 512, "RSS keeps growing"
-        assert abs(slopes["fds_per_min"]) < 1
-        assert abs(slopes["redis_keys_per_min"]) < 0.05 * CLIENTS
+        # growth only: descriptors and keys follow the load's jitter both ways
+        assert slopes["fds_per_min"] < 1, "descriptors keep growing"
+        assert slopes["redis_keys_per_min"] < 0.05 * CLIENTS, "Redis keys keep growing"

@@ -86,8 +86,10 @@ def settled(site: Site, before: Footprint) -> Footprint:
 
 
 def no_hang(summary: Summary, bound: float) -> None:
+    """No request took longer than `bound` once sent (the load's own queue for a free
+    connection left out), none timed out at the client, none was a 500."""
     assert "timeout" not in summary.errors, f"requests hung: {summary}"
-    assert summary.max_latency <= bound, f"a request took {summary.max_latency:.2f} s"
+    assert summary.max_service <= bound, f"a request took {summary.max_service:.2f} s"
     assert 500 not in summary.by_status, summary
 
 
@@ -201,5 +203,6 @@ def test_sigstop_upstream_is_a_504_not_a_hang(site: Site) -> None:
     report("upstream-stopped", load=summary.figures())
     assert set(summary.by_status) <= {504, 503}, summary
     assert 504 in summary.by_status
-    no_hang(summary, READ_TIMEOUT + CONNECT_TIMEOUT + SLACK)
+    # waiting for a pooled connection (pool_timeout, then 503), then the read timeout
+    no_hang(summary, 1.0 + READ_TIMEOUT + CONNECT_TIMEOUT + SLACK)
     assert eventually(lambda: request(site.gw.port, "GET", "/ok", timeout=5).status == 200)

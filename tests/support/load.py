@@ -164,6 +164,7 @@ class Outcome:
     status: int | None
     error: str | None  # "timeout", "closed", "reset", "refused", ...
     path: str = ""
+    service: float = 0.0  # from the moment it was sent (a connection free) to its end
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -199,12 +200,18 @@ class Summary:
     def max_latency(self) -> float:
         return max((o.latency for o in self.outcomes), default=0.0)
 
+    @property
+    def max_service(self) -> float:
+        """The longest a request took once sent (the load's own queueing left out)."""
+        return max((o.service for o in self.outcomes), default=0.0)
+
     def figures(self) -> dict:
         """The figures docs/reliability.md reports (milliseconds)."""
         return {"requests": self.requests, "status": dict(sorted(self.by_status.items())),
                 "errors": dict(self.errors), "p50_ms": round(self.p(0.50) * 1000, 1),
                 "p99_ms": round(self.p(0.99) * 1000, 1),
-                "max_ms": round(self.max_latency * 1000, 1)}
+                "max_ms": round(self.max_latency * 1000, 1),
+                "max_service_ms": round(self.max_service * 1000, 1)}
 
     def __str__(self) -> str:
         return str(self.figures())
@@ -280,6 +287,7 @@ class PacedLoad:
         status, error = None, None
         conn = None
         async with slots:
+            sent = time.monotonic()
             try:
                 async with asyncio.timeout(self.timeout):
                     status, conn = await self._exchange(head, idle)
@@ -295,8 +303,9 @@ class PacedLoad:
                 error = type(exc).__name__
             if conn is not None:
                 idle.append(conn)
+        now = time.monotonic()
         self.summary.outcomes.append(
-            Outcome(due, time.monotonic() - due, status, error, path))
+            Outcome(due, now - due, status, error, path, now - sent))
 
     async def _exchange(self, head: bytes, idle: list):
         if idle:
