@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import psutil
 import pytest
 
 from tests.support.client import request
@@ -30,6 +31,7 @@ from tests.support.load import (
     Summary,
     flood,
     report,
+    rss_kib,
     slow_body,
     slowloris,
     sockets_to,
@@ -123,8 +125,11 @@ def run_flood(site: Site, scenario: str, count: int, make, ramp: float) -> tuple
                                                                               Footprint,
                                                                               Footprint]:
     before = Footprint.of(site.gw.proc.pid, site.up.port)
+    gateway = psutil.Process(site.gw.proc.pid)
+    gateway.cpu_percent(None)
     with PacedLoad(site.gw.port, RATE) as load:
         cuts = asyncio.run(flood(count, make, ramp))
+    load.summary.gateway_cpu_percent = gateway.cpu_percent(None)
     wait_until(lambda: Footprint.of(site.gw.proc.pid, site.up.port).other_fds <= before.other_fds,
              timeout=10)
     after = Footprint.of(site.gw.proc.pid, site.up.port)
@@ -145,7 +150,7 @@ def test_slowloris_heads_are_cut_at_the_header_timeout_while_traffic_flows(
     cuts, load, before, after = run_flood(
         site, "slowloris", SLOWLORIS,
         slowloris(site.gw.port, interval=0.5, limit=HEADER_TIMEOUT + SLACK + 2), ramp=1.0)
-    report("slowloris", load=load.figures(),
+    report("slowloris", load=load.figures(), gateway_cpu_percent=load.gateway_cpu_percent,
            quiet_p99_ms=round(quiet.p(0.99) * 1000, 1), **cut_times(cuts), before=str(before),
            after=str(after))
     assert not [c for c in cuts if c.error], "a slowloris connection could not even open"
@@ -168,7 +173,7 @@ def test_trickled_bodies_are_cut_at_the_body_timeout_while_traffic_flows(
         site, "slow-bodies", SLOW_BODIES,
         slow_body(site.gw.port, interval=BODY_TIMEOUT + 0.5, limit=BODY_TIMEOUT + SLACK + 2),
         ramp=1.0)
-    report("slow-bodies", load=load.figures(),
+    report("slow-bodies", load=load.figures(), gateway_cpu_percent=load.gateway_cpu_percent,
            quiet_p99_ms=round(quiet.p(0.99) * 1000, 1), **cut_times(cuts),
            statuses=sorted({str(c.status) for c in cuts}), before=str(before),
            after=str(after))
@@ -255,7 +260,8 @@ def test_clients_that_never_read_keep_the_gateways_memory_bounded(
     try:
         # every download has started upstream and stalled on the client's full buffers
         wait_until(lambda: sockets_to(gw.proc.pid, site.up.port) >= NON_READERS, timeout=10)
-        time.sleep(1.0)  # let any unbounded buffering show (there is no event to wait on)
+        # the buffers fill, then stop growing (an unbounded one would go on)
+        assert eventually(lambda: _rss_settled(gw.proc.pid), timeout=15), "RSS kept growing"
         during = Footprint.of(gw.proc.pid, site.up.port)
         # the normal traffic beside the stalled answers
         with PacedLoad(gw.port, RATE) as load:
@@ -300,6 +306,13 @@ def test_a_client_that_never_reads_releases_its_upstream_connection(tmp_path,
     finally:
         stop(gw.proc)
     assert released, "the upstream connection is still held after every timeout passed"
+
+
+def _rss_settled(pid: int) -> bool:
+    """RSS grew by less than 1 MiB over the last half second."""
+    first = rss_kib(pid)
+    time.sleep(0.5)
+    return rss_kib(pid) - first < 1024
 
 
 def _status(gw: Gateway) -> int:

@@ -177,6 +177,7 @@ def percentile(values: list[float], q: float) -> float:
 @dataclass
 class Summary:
     outcomes: list[Outcome] = field(default_factory=list)
+    gateway_cpu_percent: float | None = None  # set by a caller that measured it
 
     @property
     def requests(self) -> int:
