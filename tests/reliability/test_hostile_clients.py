@@ -27,7 +27,7 @@ from tests.support.client import request
 from tests.support.load import (
     Footprint,
     Held,
-    PacedLoad,
+    ProcessLoad,
     Summary,
     flood,
     report,
@@ -85,7 +85,7 @@ def site(tmp_path_factory) -> Iterator[Site]:
                       "max_body_size: 100MiB}"),
         upstream_extra="request_buffer: 64KiB")
     try:
-        with PacedLoad(gw.port, RATE) as load:
+        with ProcessLoad(gw.port, RATE) as load:
             time.sleep(QUIET_SECONDS)
         quiet = load.summary
         report("quiet", load=quiet.figures())
@@ -103,7 +103,7 @@ def quiet(site: Site) -> Summary:
     scenario (which then runs alone: `exclusive`), else the module's."""
     if not FULL:
         return site.quiet
-    with PacedLoad(site.gw.port, RATE) as load:
+    with ProcessLoad(site.gw.port, RATE) as load:
         time.sleep(QUIET_SECONDS)
     return load.summary
 
@@ -127,7 +127,7 @@ def run_flood(site: Site, scenario: str, count: int, make, ramp: float) -> tuple
     before = Footprint.of(site.gw.proc.pid, site.up.port)
     gateway = psutil.Process(site.gw.proc.pid)
     gateway.cpu_percent(None)
-    with PacedLoad(site.gw.port, RATE) as load:
+    with ProcessLoad(site.gw.port, RATE) as load:
         cuts = asyncio.run(flood(count, make, ramp))
     load.summary.gateway_cpu_percent = gateway.cpu_percent(None)
     wait_until(lambda: Footprint.of(site.gw.proc.pid, site.up.port).other_fds <= before.other_fds,
@@ -214,7 +214,7 @@ def test_an_idle_keepalive_crowd_costs_bounded_memory_and_is_closed_at_the_idle_
     assert opened_ev.wait(120), "the idle crowd did not open"
     during = Footprint.of(gw.proc.pid, site.up.port)
     # the normal traffic while the whole crowd is held (before the first is cut)
-    with PacedLoad(gw.port, RATE) as load:
+    with ProcessLoad(gw.port, RATE) as load:
         time.sleep(scaled(1.0, 5.0))
     thread.join(IDLE_TIMEOUT + SLACK + 30)
     wait_until(lambda: Footprint.of(gw.proc.pid, site.up.port).other_fds <= before.other_fds,
@@ -264,7 +264,7 @@ def test_clients_that_never_read_keep_the_gateways_memory_bounded(
         assert eventually(lambda: _rss_settled(gw.proc.pid), timeout=15), "RSS kept growing"
         during = Footprint.of(gw.proc.pid, site.up.port)
         # the normal traffic beside the stalled answers
-        with PacedLoad(gw.port, RATE) as load:
+        with ProcessLoad(gw.port, RATE) as load:
             time.sleep(scaled(1.0, 5.0))
         stalled = Footprint.of(gw.proc.pid, site.up.port)
     finally:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import json
+import multiprocessing
 import os
 import resource
 import threading
@@ -96,6 +98,12 @@ def sockets_to(pid: int, port: int) -> int:
     """ESTABLISHED TCP connections of `pid` whose remote port is `port`."""
     return sum(1 for c in psutil.Process(pid).net_connections("tcp")
                if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED)
+
+
+def sockets_from(pid: int, port: int) -> int:
+    """TCP connections of `pid` accepted on its local `port` (clients), not yet closed."""
+    return sum(1 for c in psutil.Process(pid).net_connections("tcp")
+               if c.laddr and c.laddr.port == port and c.raddr)
 
 
 def slope_per_minute(points: list[tuple[float, float]]) -> float:
@@ -455,3 +463,37 @@ class Held:
         for _reader, writer in self.conns:
             writer.close()
         self.conns.clear()
+
+
+# --------------------------------------------------------------------------------------------
+# a paced load in a process of its own
+
+
+def _load_process(port: int, rate: float, path: str, started, stopping, results) -> None:
+    with PacedLoad(port, rate, path=path) as load:
+        started.set()
+        stopping.wait(3600)
+    results.put([dataclasses.astuple(o) for o in load.summary.outcomes])
+
+
+class ProcessLoad:
+    """PacedLoad in a process of its own, so that what it measures is not the test process's
+    other work (a flood of thousands of coroutines takes the GIL from a load thread). Use as
+    a context manager; `summary` once it has exited."""
+
+    def __init__(self, port: int, rate: float = 50, path: str = "/load") -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.started, self.stopping, self.results = ctx.Event(), ctx.Event(), ctx.Queue()
+        self.proc = ctx.Process(target=_load_process, args=(
+            port, rate, path, self.started, self.stopping, self.results), daemon=True)
+        self.summary = Summary()
+
+    def __enter__(self) -> ProcessLoad:
+        self.proc.start()
+        assert self.started.wait(30), "the load process did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.summary = Summary([Outcome(*o) for o in self.results.get(timeout=60)])
+        self.proc.join(10)
