@@ -20,7 +20,7 @@ from tests.support.chaos_upstream import start_chaos
 from tests.support.client import request
 from tests.support.load import Footprint, PacedLoad, open_fds, report
 from tests.support.metrics import total, value
-from tests.support.processes import eventually, start_gateway, stop, wait_until
+from tests.support.processes import eventually, stop, wait_until
 from tests.support.scale import scaled
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("reliability-life")]
@@ -37,9 +37,9 @@ def chaos() -> Iterator[tuple[int, subprocess.Popen]]:
 
 
 def test_sigterm_under_load_answers_every_accepted_request_then_exits_0(
-        tmp_path, chaos) -> None:
+        gateway_factory, chaos) -> None:
     port, _ = chaos
-    gw = start_gateway(tmp_path, f"http://127.0.0.1:{port}",
+    gw = gateway_factory(f"http://127.0.0.1:{port}",
                        server_extra="timeouts: {shutdown: 5s}")
     paths = ["/ok", "/slow/0.5"]  # half of the requests are in flight for 0.5 s
     with PacedLoad(gw.port, RATE, path=lambda n: paths[n % 2], connections=64) as load:
@@ -68,9 +68,9 @@ def test_sigterm_under_load_answers_every_accepted_request_then_exits_0(
                for o in after), [(o.status, o.error) for o in after]
 
 
-def test_sighup_reloads_under_load_lose_nothing_and_leak_nothing(tmp_path, chaos) -> None:
+def test_sighup_reloads_under_load_lose_nothing_and_leak_nothing(gateway_factory, chaos) -> None:
     port, _ = chaos
-    gw = start_gateway(tmp_path, f"http://127.0.0.1:{port}",
+    gw = gateway_factory(f"http://127.0.0.1:{port}",
                        server_extra="timeouts: {shutdown: 500ms}\nwatch: false",
                        top_extra="headers:\n  default:\n    set: {X-Policy: v0}")
     request(gw.port, "GET", "/ok")
@@ -107,9 +107,9 @@ def _settled(pid: int, port: int, before: Footprint) -> bool:
 
 
 def test_a_worker_killed_with_sigkill_is_replaced_while_the_others_serve(
-        tmp_path, chaos) -> None:
+        gateway_factory, chaos) -> None:
     port, _ = chaos
-    gw = start_gateway(tmp_path, f"http://127.0.0.1:{port}", args=("--workers", "2"))
+    gw = gateway_factory(f"http://127.0.0.1:{port}", args=("--workers", "2"))
     supervisor = psutil.Process(gw.proc.pid)
     wait_until(lambda: len(supervisor.children()) == 2)
     workers = {p.pid for p in supervisor.children()}
@@ -143,13 +143,13 @@ def test_a_worker_killed_with_sigkill_is_replaced_while_the_others_serve(
 
 
 def test_the_descriptor_limit_reached_refuses_new_connections_and_recovers(
-        tmp_path, chaos) -> None:
+        gateway_factory, chaos) -> None:
     """At RLIMIT_NOFILE a new connection cannot be accepted: it is closed at once without an
     answer (libuv accepts it on a reserved descriptor and closes it) or waits in the backlog
     until a descriptor is free; never a crash, a spinning loop or a hang. The connections
     the gateway holds are served meanwhile, and new ones are once descriptors are free."""
     port, _ = chaos
-    gw = start_gateway(tmp_path, f"http://127.0.0.1:{port}")
+    gw = gateway_factory(f"http://127.0.0.1:{port}")
     proc = psutil.Process(gw.proc.pid)
     assert _ask(_connect(gw.port)) == 200  # a pooled upstream connection from now on
     limit = open_fds(gw.proc.pid) + 40
