@@ -155,8 +155,10 @@ def test_slowloris_heads_are_cut_at_the_header_timeout_while_traffic_flows(
            after=str(after))
     assert not [c for c in cuts if c.error], "a slowloris connection could not even open"
     late = [c for c in cuts if c.cut_after is None or c.cut_after > HEADER_TIMEOUT + SLACK]
-    early = [c for c in cuts if c.cut_after is not None and c.cut_after < HEADER_TIMEOUT - 0.2]
+    early = [c for c in cuts if c.cut_after is not None and c.cut_after < HEADER_TIMEOUT - 0.5]
     assert not late, f"{len(late)} slowloris connections outlived the header timeout"
+    # (the gateway's clock starts at its accept, a little before the flood's `opened` when the
+    # machine is busy)
     assert not early, f"{len(early)} cut before the header timeout"
     # cut without an answer that could be taken for a response to the unfinished request,
     # or with the gateway's own 408
