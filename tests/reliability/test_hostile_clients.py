@@ -57,7 +57,7 @@ BODY_TIMEOUT = 2.0
 IDLE_TIMEOUT = scaled(3.0, 30.0)  # the full crowd takes a while to open
 SLACK = scaled(3.0, 5.0)  # how late a cut may come on a loaded 2-core machine
 RATE = 50  # requests per second of the normal traffic
-QUIET_SECONDS = scaled(2.0, 10.0)
+QUIET_SECONDS = scaled(1.0, 10.0)
 
 SLOWLORIS = scaled(200, 2000)
 SLOW_BODIES = scaled(200, 2000)

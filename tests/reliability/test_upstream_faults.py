@@ -34,7 +34,7 @@ CONNECT_TIMEOUT = 0.5
 READ_TIMEOUT = 1.0
 SLACK = 2.0  # a loaded 2-core machine answers late by this much at most
 RATE = scaled(50, 200)
-SECONDS = scaled(3.0, 30.0)
+SECONDS = scaled(2.0, 30.0)
 
 
 @dataclass
