@@ -57,10 +57,13 @@ class Admission:
     websocket: bool
     send_continue: bool  # answer `Expect: 100-continue` before reading the body
     preflight: bool = False  # a CORS preflight: answered by the gateway
+    upstream_path: str | None = None  # the route's rewrite of `path` (plan.py), if any
 
     @property
     def path_qs(self) -> str:
-        return self.path if self.query is None else f"{self.path}?{self.query}"
+        """What the upstream receives as its request target."""
+        path = self.path if self.upstream_path is None else self.upstream_path
+        return path if self.query is None else f"{path}?{self.query}"
 
 
 @dataclass(frozen=True, slots=True)

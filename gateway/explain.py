@@ -85,6 +85,10 @@ def explain(rt: CompiledPolicy, req: DescribedRequest) -> dict[str, Any]:
         report["path_matching"] = _matching(rt, verdict.path)
     report["path"] = verdict.path
     report["route"] = _route(verdict.route)
+    report["access"] = {"outcome": the_plan.access.value, "list": the_plan.access_list}
+    identity = the_plan.identity
+    report["bearer_token"] = {"outcome": identity.outcome.value, "reason": identity.reason,
+                              "subject": (identity.claims or {}).get("sub")}
     report["cors"] = _cors(the_plan)
     report["response_headers"] = _security(the_plan)
     action = the_plan.action
@@ -95,6 +99,7 @@ def explain(rt: CompiledPolicy, req: DescribedRequest) -> dict[str, Any]:
         return report
     if isinstance(verdict, Admission):
         report["query"] = verdict.query
+        report["upstream_path"] = verdict.upstream_path or verdict.path
     report["counters"] = _counters(rt.policy.redis)
     report["rate_limits"] = [
         {"name": c.policy.name, "limit": c.policy.limit, "per_ms": c.policy.period_ms,
@@ -210,6 +215,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"{req['method']} {req['target']}  (host {req['host'] or '-'}, "
              f"peer {req['peer']}, {req['scheme']})"]
     lines.append(f"  normalized path: {report['path'] or '(rejected)'}")
+    if report.get("upstream_path", report["path"]) != report["path"]:
+        lines.append(f"  rewritten to:    {report['upstream_path']}  (the route's rewrite)")
     matching = report.get("path_matching")
     if matching is not None and matching["routes_match"] != report["path"]:
         lines.append(f"  routes match:    {matching['routes_match']}  (server.path_matching)")
@@ -221,6 +228,14 @@ def format_report(report: dict[str, Any]) -> str:
     else:
         lines.append(f"  route:           {route['name']}  ("
                      + "; ".join(route["matched_because"]) + ")")
+    token = report["bearer_token"]
+    if token["outcome"] != "not needed":
+        lines.append(f"  bearer token:    {token['outcome']}"
+                     + (f" (sub {token['subject']})" if token["subject"] is not None else "")
+                     + (f": {token['reason']}" if token["reason"] else ""))
+    access = report["access"]
+    if access["list"] is not None:
+        lines.append(f"  access:          {access['outcome']} (list {access['list']})")
     for lim in report.get("rate_limits", ()):
         note = f"; {lim['note']}" if lim["note"] else ""
         shadow = " (shadow)" if lim["mode"] == "shadow" else ""

@@ -20,7 +20,6 @@ import logging
 import time
 from collections.abc import Callable
 
-from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.admission import Admission, Refusal
@@ -30,11 +29,12 @@ from gateway.csp_reports import CONTENT_TYPES as CSP_CONTENT_TYPES
 from gateway.csp_reports import summarize
 from gateway.http.forwarding import choose_request_id
 from gateway.http.problem import problem_response
-from gateway.http.protocol import send_100_continue
-from gateway.http.response import GatewayResponse
+from gateway.http.protocol import Exchange
+from gateway.http.response import Answer
 from gateway.observability import access_log
 from gateway.observability.access_log import RequestRecord
 from gateway.observability.metrics import (
+    ACCESS_REFUSALS,
     CSP_REPORTS,
     IN_FLIGHT,
     OVERLOAD_REFUSALS,
@@ -86,30 +86,24 @@ class Handler:
 
     def error_headers(self) -> CIMultiDict[str]:
         """Headers for answers to requests too broken to route: the default security headers."""
-        out: CIMultiDict[str] = CIMultiDict()
-        if self.runtime.compiled.default_headers is not None:
-            apply_security_headers(self.runtime.compiled.default_headers, out, https=False)
-        return out
+        return CIMultiDict(self.runtime.compiled.error_headers)
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def __call__(self, exchange: Exchange) -> None:
         """Handle one request, and account for it: metrics and the access log."""
         started = time.perf_counter()
-        record = RequestRecord(method=request.method)
+        record = RequestRecord(method=exchange.method)
         IN_FLIGHT.inc()
         self.in_progress += 1
         status = 499  # the client went away (or the connection broke) before an answer
-        response = None
         try:
             with self.sentry.transaction(record) as transaction:
                 try:
-                    response = await self._handle(request, record)
+                    status = await self._handle(exchange, record)
                 except Exception as exc:
                     self.sentry.exception(exc, record.request_id, record.route)
                     raise
                 finally:
                     self.sentry.finish(transaction, record)
-            status = response.status
-            return response
         finally:
             IN_FLIGHT.dec()
             self.in_progress -= 1
@@ -121,17 +115,15 @@ class Handler:
             # an excluded route (health checks) still logs what it refused
             if settings.enabled and (record.route not in settings.exclude_routes
                                      or status >= 400):
-                body = getattr(response, "body", None)  # the gateway's own answers
-                bytes_out = len(body) if isinstance(body, bytes) else record.body_bytes_out
-                access_log.write(record, status, request.content_length or 0, bytes_out,
-                                 elapsed)
+                access_log.write(record, status, exchange.content_length or 0,
+                                 exchange.bytes_out, elapsed)
 
-    async def _handle(self, request: web.BaseRequest,
-                      record: RequestRecord) -> web.StreamResponse:
+    async def _handle(self, exchange: Exchange, record: RequestRecord) -> int:
+        """Execute the plan for one request; the status of the answer it sent."""
         rt = self.runtime  # read once: the whole request runs under this policy
         compiled = rt.compiled
-        headers = request.headers
-        peer = request.remote or ""
+        headers = exchange.headers
+        peer = exchange.peer
         trusted = peer_trusted(compiled, peer)
         request_id = choose_request_id(headers, trusted)
         record.request_id = request_id
@@ -141,7 +133,7 @@ class Handler:
         cors_policy = compiled.default_cors
         headers_policy = compiled.default_headers
         cors_added: tuple[tuple[str, str], ...] = ()
-        https = arrived_over_https(request.secure, trusted, headers)
+        https = arrived_over_https(exchange.secure, trusted, headers)
         rl_headers: list[tuple[str, str]] = []
 
         def decorate(out: CIMultiDict[str], cors: bool = True) -> None:
@@ -161,11 +153,12 @@ class Handler:
 
         def refuse(status: int, detail: str, close: bool = False, cors: bool = True,
                    extra: tuple[tuple[str, str], ...] = (),
-                   **fields: object) -> web.StreamResponse:
+                   **fields: object) -> int:
             out: CIMultiDict[str] = CIMultiDict(extra)
             decorate(out, cors)
-            return problem_response(status, detail, request_id=request_id, headers=out,
-                                    close=close or closing, **fields)
+            exchange.send(problem_response(status, detail, request_id=request_id, headers=out,
+                                           close=close or closing, **fields))
+            return status
 
         # overload: beyond this many requests at once (open WebSockets are bounded on their
         # own), new ones are answered at once rather than slowing every admitted one down
@@ -175,13 +168,13 @@ class Handler:
             if cors_policy is not None:
                 cors_added = tuple(actual_cors(cors_policy, headers))
             return refuse(503, "the gateway is at its limit of requests in progress; retry "
-                          "shortly", close=not request.content.is_eof(),
+                          "shortly", close=not exchange.body.is_eof(),
                           extra=(("Retry-After", "1"),))
 
         the_plan = plan(compiled, Head(
-            request.method, request.raw_path, headers, peer, request.secure,
-            (request.version.major, request.version.minor), request.content_length,
-            request.body_exists), trusted_peer=trusted, request_id=request_id)
+            exchange.method, exchange.target, headers, peer, exchange.secure,
+            exchange.version, exchange.content_length, exchange.has_body),
+            trusted_peer=trusted, request_id=request_id)
         verdict = the_plan.verdict
         record.path = verdict.path
         if verdict.route is not None:
@@ -191,6 +184,8 @@ class Handler:
             cors_added = the_plan.cors_headers
         if the_plan.action is Action.ANSWER:
             assert isinstance(verdict, Refusal)
+            if the_plan.access.refused:
+                ACCESS_REFUSALS.labels(record.route, the_plan.access_list).inc()
             return refuse(verdict.status, verdict.detail, verdict.close, extra=verdict.headers)
         client = the_plan.client_ip
         record.client_ip = client
@@ -215,7 +210,7 @@ class Handler:
                               **{"violated-policies": names})
 
         if the_plan.action is Action.COLLECT_CSP_REPORT:
-            return await self._collect_csp_report(request, rt, client, refuse, decorate,
+            return await self._collect_csp_report(exchange, rt, client, refuse, decorate,
                                                   request_id)
 
         if the_plan.action is Action.PREFLIGHT:
@@ -227,14 +222,12 @@ class Handler:
             for name, value in the_plan.cors_headers:
                 out[name] = add_vary(out.getall(name, ()), value) if name == "Vary" else value
             out["X-Request-ID"] = request_id
-            response = GatewayResponse(status=204, headers=out)
-            if closing:
-                response.force_close()
-            return response
+            exchange.send(Answer(204, out.items(), close=closing))
+            return 204
 
         assert isinstance(verdict, Admission)
-        if verdict.send_continue and request.version >= (1, 1):
-            await send_100_continue(request)
+        if verdict.send_continue and exchange.version >= (1, 1):
+            exchange.send_continue()
 
         upstream_settings = rt.policy.upstream
         fwd_headers = the_plan.upstream_headers(compiled)
@@ -248,23 +241,23 @@ class Handler:
                 ws_headers = CIMultiDict({"X-Request-ID": request_id})
                 decorate(ws_headers)
                 return await relay_websocket(
-                    request, rt.pool, self.websockets, path_qs=path_qs, headers=fwd_headers,
+                    exchange, rt.pool, self.websockets, path_qs=path_qs, headers=fwd_headers,
                     response_headers=ws_headers, preserve_host=upstream_settings.preserve_host,
                     client_ip=client, max_message=limits.max_websocket_message)
             body = None
-            if request.body_exists:
-                body = RequestBody(request.content, limits.max_body_size,
+            if exchange.has_body:
+                body = RequestBody(exchange.body, limits.max_body_size,
                                    rt.policy.server.timeouts.body)
             return await forward(
-                request, rt.pool, method=request.method, path_qs=path_qs, headers=fwd_headers,
+                exchange, rt.pool, method=exchange.method, path_qs=path_qs, headers=fwd_headers,
                 body=body, request_id=request_id, preserve_host=upstream_settings.preserve_host,
-                client=client, content_length=request.content_length,
+                client=client, content_length=exchange.content_length,
                 finish_headers=decorate, close=closing, record=record)
         except Full as exc:
             record.source = "gateway"
             log.warning("refused (503) for lack of upstream capacity: %s", exc.detail)
             # an unread body cannot be skipped cheaply: the connection ends with the answer
-            return refuse(503, exc.detail, close=not request.content.is_eof(),
+            return refuse(503, exc.detail, close=not exchange.body.is_eof(),
                           extra=(("Retry-After", "1"),))
         except HandshakeRefused as exc:
             record.source = "gateway"
@@ -281,18 +274,18 @@ class Handler:
             record.source = "gateway"
             return refuse(exc.status, exc.detail, close=True)
 
-    async def _collect_csp_report(self, request: web.BaseRequest, rt: Runtime, client: str,
-                                  refuse: Callable[..., web.StreamResponse],
+    async def _collect_csp_report(self, exchange: Exchange, rt: Runtime, client: str,
+                                  refuse: Callable[..., int],
                                   decorate: Callable[[CIMultiDict[str]], None],
-                                  request_id: str) -> web.StreamResponse:
-        content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+                                  request_id: str) -> int:
+        content_type = exchange.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type not in CSP_CONTENT_TYPES:
             CSP_REPORTS.labels("rejected").inc()
             return refuse(415, "CSP reports are JSON (application/csp-report or "
                           "application/reports+json)")
         try:
             async with asyncio.timeout(rt.policy.server.timeouts.body):
-                body = await request.content.read()  # bounded: Content-Length was checked
+                body = await exchange.body.read()  # bounded: Content-Length was checked
         except TimeoutError:
             return refuse(408, "request body not received in time", close=True)
         reports = summarize(body)
@@ -304,7 +297,8 @@ class Handler:
             csp_log.warning("csp violation from %s: %s", client, json.dumps(report))
         out: CIMultiDict[str] = CIMultiDict({"X-Request-ID": request_id})
         decorate(out)
-        return GatewayResponse(status=204, headers=out)
+        exchange.send(Answer(204, out.items()))
+        return 204
 
     async def _check_limits(self, rt: Runtime, the_plan: Plan) -> Decision | None:
         route = the_plan.limits_name

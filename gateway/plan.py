@@ -9,16 +9,19 @@ Neither re-derives anything, so what they say is what the data plane does by con
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.access import AccessOutcome, judge
 from gateway.admission import Admission, CspReport, Refusal, admit
 from gateway.compiled import COLLECTOR, CompiledPolicy, RouteLimits
 from gateway.cors import actual as actual_cors
 from gateway.cors import preflight as cors_preflight
 from gateway.http.client_ip import client_ip, forwarded_hops, parse_ip
 from gateway.http.forwarding import upstream_request_headers
+from gateway.http.rewrite import rewrite_path
+from gateway.identity import NOT_NEEDED, Identity, TokenOutcome
 from gateway.ratelimit.keys import limit_tag, storage_key
 from gateway.settings.cors import CorsPolicy
 from gateway.settings.headers import HeadersPolicy
@@ -100,6 +103,9 @@ class Plan:
     upstream_host: UpstreamHost
     close: bool  # the answer ends the connection (a chunked request body)
     request_id: str
+    access: AccessOutcome = AccessOutcome.NO_LIST  # the route's access list on the client IP
+    access_list: str | None = None  # that list's name
+    identity: Identity = NOT_NEEDED  # the bearer JWT, where a limit or the route needs it
 
     @property
     def route(self) -> Route | None:
@@ -109,7 +115,8 @@ class Plan:
         """The counters this request counts against (the handler caches them per client)."""
         if self.limits is None:
             return ()
-        return limit_checks(compiled, self.limits, self.client_ip, self.head.headers)
+        return limit_checks(compiled, self.limits, self.client_ip, self.head.headers,
+                            self.identity)
 
     def upstream_headers(self, compiled: CompiledPolicy) -> CIMultiDict[str]:
         """The headers sent upstream (FORWARD, RELAY_WEBSOCKET), Host as `upstream_host` says
@@ -147,11 +154,12 @@ def arrived_over_https(secure: bool, trusted_peer: bool, headers: CIMultiDictPro
 
 
 def limit_checks(compiled: CompiledPolicy, limits: RouteLimits, client: str,
-                 headers: CIMultiDictProxy[str]) -> tuple[LimitCheck, ...]:
+                 headers: CIMultiDictProxy[str], identity: Identity = NOT_NEEDED
+                 ) -> tuple[LimitCheck, ...]:
     prefix = compiled.policy.redis.key_prefix
     out = []
     for policy in limits.applying_to(client):
-        tag, note = limit_tag(policy, client, headers)
+        tag, note = limit_tag(policy, client, headers, identity)
         out.append(LimitCheck(policy, storage_key(prefix, policy, tag), note))
     return tuple(out)
 
@@ -168,7 +176,34 @@ def plan(compiled: CompiledPolicy, head: Head, *, trusted_peer: bool, request_id
         IpSource.FORWARDED_FOR if forwarded_hops(xff) else IpSource.TRUSTED_PEER
     verdict = admit(compiled, head.method, head.target, headers, head.content_length,
                     head.has_body, head.version)
+    access, access_list = AccessOutcome.NO_LIST, None
+    if not isinstance(verdict, Refusal):
+        listed = compiled.route_access.get(
+            COLLECTOR if isinstance(verdict, CspReport) else verdict.route.name)
+        access = judge(listed, client)
+        if listed is not None:
+            access_list = listed.name
+        if access.refused:  # before anything else: a refused client spends no quota
+            # the list's name and ranges are the operator's: explain says them, not the answer
+            verdict = Refusal(403, "this route is not served to your address",
+                              route=verdict.route, path=verdict.path)
+    identity = NOT_NEEDED
+    if not isinstance(verdict, Refusal) and compiled.verifier is not None and (
+            COLLECTOR if isinstance(verdict, CspReport) else verdict.route.name
+    ) in compiled.identified:
+        identity = compiled.verifier.identify(headers.get("Authorization"))
+        # a browser's CORS preflight never carries credentials (Fetch standard): not refused
+        if isinstance(verdict, Admission) and verdict.route.require_jwt \
+                and not verdict.preflight and identity.outcome is not TokenOutcome.VALID:
+            # RFC 6750 3.1: no error code when the request carried no token
+            challenge = "Bearer" if identity.outcome is TokenOutcome.MISSING else \
+                'Bearer error="invalid_token"'
+            verdict = Refusal(401, "a valid bearer token is required",
+                              route=verdict.route, path=verdict.path,
+                              headers=(("WWW-Authenticate", challenge),))
     route = verdict.route
+    if isinstance(verdict, Admission) and route is not None and route.rewrite is not None:
+        verdict = replace(verdict, upstream_path=rewrite_path(route.rewrite, verdict.path))
     if route is not None:
         cors_policy = compiled.route_cors.get(route.name)
         headers_policy = compiled.route_headers.get(route.name)
@@ -195,7 +230,7 @@ def plan(compiled: CompiledPolicy, head: Head, *, trusted_peer: bool, request_id
     return Plan(head, action, verdict, trusted_peer, https, client, source, cors_policy,
                 headers_policy, cors, cors_headers, cors_reason, limits, limits_name,
                 UpstreamHost.CLIENT if preserve_host else UpstreamHost.TARGET, close,
-                request_id)
+                request_id, access, access_list, identity)
 
 
 def _cors(policy: CorsPolicy | None, headers: CIMultiDictProxy[str], preflight: bool

@@ -60,6 +60,7 @@ class GatewayProcess:
         reloader = PolicyReloader(self.config_path, self.loaded, self._apply)
         server_cfg = policy.server
         limits = server_cfg.limits
+        loop = asyncio.get_running_loop()
         server = GatewayServer(
             self.handler,
             header_timeout=server_cfg.timeouts.header,
@@ -69,36 +70,32 @@ class GatewayProcess:
             max_connections=lambda: self.handler.runtime.policy.server.limits.max_connections,
             count_overload=lambda reason: OVERLOAD_REFUSALS.labels(reason).inc(),
             requests_full=self.handler.requests_full,
-            keepalive_timeout=server_cfg.timeouts.idle,
+            idle_timeout=server_cfg.timeouts.idle,
             max_line_size=limits.max_header_size,
             max_field_size=limits.max_header_size,
             max_headers=limits.max_headers,
-            auto_decompress=False,
-            handler_cancellation=True,
-            access_log=None,
+            loop=loop,
         )
-        public = web.ServerRunner(server, shutdown_timeout=server_cfg.timeouts.shutdown,
-                                  handle_signals=False)
         admin = web.AppRunner(admin_app(lambda: self.handler, lambda: reloader.last),
                               access_log=None,
                               handle_signals=False, shutdown_timeout=1.0)
-        await public.setup()
         await admin.setup()
         listen, admin_listen = server_cfg.listen, server_cfg.admin_listen
+        public = None
         try:
-            await web.TCPSite(public, listen.host, listen.port, reuse_port=self.reuse_port,
-                              backlog=1024).start()
+            public = await loop.create_server(server, listen.host, listen.port,
+                                              reuse_port=self.reuse_port, backlog=1024)
             await web.TCPSite(admin, admin_listen.host, admin_listen.port,
                               reuse_port=self.reuse_port).start()
         except OSError as exc:
             # one clear line from the caller; nothing left open behind it
-            await public.cleanup()
+            if public is not None:
+                public.close()
             await admin.cleanup()
             await self.handler.runtime.pool.close()
             await self.handler.runtime.limiter.close()
             raise ListenError(f"{exc.strerror or exc} (public {listen}, admin "
                               f"{admin_listen})") from None
-        loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
         loop.add_signal_handler(signal.SIGINT, self._stopping.set)
         loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
@@ -121,8 +118,9 @@ class GatewayProcess:
         lag.cancel()
         log.info("draining: readiness now fails, finishing in-flight requests")
         self.handler.draining = True
+        public.close()  # no new connections; those open finish what they are answering
         await self.handler.websockets.close_all(message=b"gateway shutting down")
-        await public.cleanup()
+        await server.shutdown(server_cfg.timeouts.shutdown)
         await self.handler.runtime.pool.close()
         await self.handler.runtime.limiter.close()
         await admin.cleanup()

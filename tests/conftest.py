@@ -90,7 +90,9 @@ def gateway(gateway_factory, upstream: Upstream) -> Gateway:
 # A readers-writer lock over the xdist workers of this run (flock on two files): every other
 # test holds it shared; an exclusive test takes the turnstile first, so that no new test
 # starts, then waits for the running ones to end. The exclusive tests share one xdist group
-# (one worker, one after the other).
+# (one worker, one after the other), and that worker keeps the lock from the first of them to
+# the last: taken and given back per test, each one would wait again for every other worker's
+# running test to end (a minute and more, lost, over the ~50 of them).
 
 
 @pytest.fixture(scope="session")
@@ -112,6 +114,13 @@ def _flock(path: Path, mode: int) -> Iterator[None]:
             fcntl.flock(file, fcntl.LOCK_UN)
 
 
+_block: list[contextlib.ExitStack] = []  # this worker's exclusive hold, while it runs a block
+
+
+def _exclusive(item: pytest.Item | None) -> bool:
+    return item is not None and item.get_closest_marker("exclusive") is not None
+
+
 @pytest.fixture(autouse=True)
 def _exclusive_tests_run_alone(request: pytest.FixtureRequest,
                                _lock_files: tuple[Path, Path] | None) -> Iterator[None]:
@@ -119,14 +128,27 @@ def _exclusive_tests_run_alone(request: pytest.FixtureRequest,
         yield
         return
     turnstile, lock = _lock_files
-    if request.node.get_closest_marker("exclusive") is not None:
-        with _flock(turnstile, fcntl.LOCK_EX), _flock(lock, fcntl.LOCK_EX):
-            yield
+    if _exclusive(request.node):
+        if not _block:  # the first of a block: wait for the running tests of the others
+            held = contextlib.ExitStack()
+            held.enter_context(_flock(turnstile, fcntl.LOCK_EX))
+            held.enter_context(_flock(lock, fcntl.LOCK_EX))
+            _block.append(held)
+        yield
     else:
         with contextlib.ExitStack() as held:
             with _flock(turnstile, fcntl.LOCK_EX):
                 held.enter_context(_flock(lock, fcntl.LOCK_SH))
             yield
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    try:
+        return (yield)
+    finally:
+        if _block and not _exclusive(nextitem):  # the block ends: the others go on
+            _block.pop().close()
 
 
 # --- PostgreSQL for the demo application (upstream/) ----------------------------------------

@@ -23,11 +23,16 @@ LAYERS = ("tokens", "settings", "config", "decisions", "io")
 TOKENS = {"gateway", "gateway.tokens", "gateway.units", "gateway.loop_turns",
           "gateway.http.normalize", "gateway.redis.endpoint"}
 # pure functions of the compiled policy and a request: no socket, no event loop
-DECISIONS = {"gateway.routing", "gateway.cors", "gateway.security_headers",
+DECISIONS = {"gateway.routing", "gateway.access", "gateway.identity", "gateway.cors",
+             "gateway.security_headers",
              "gateway.csp_reports", "gateway.admission", "gateway.explain", "gateway.policytest",
              "gateway.compiled", "gateway.plan", "gateway.http.path_matching",
-             "gateway.http.client_ip", "gateway.http.forwarding", "gateway.ratelimit.algorithms",
-             "gateway.ratelimit.keys", "gateway.ratelimit.headers"}
+             "gateway.http.client_ip", "gateway.http.forwarding", "gateway.http.rewrite",
+             "gateway.ratelimit.algorithms",
+             "gateway.ratelimit.keys", "gateway.ratelimit.headers",
+             # the data plane's pure parts: head checks, response bytes, frame headers
+             "gateway.http.framing", "gateway.http.response", "gateway.http.problem",
+             "gateway.http.ws_frames"}
 
 
 def modules() -> list[str]:

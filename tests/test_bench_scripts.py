@@ -88,3 +88,14 @@ def test_side_by_side_quick_runs(tmp_path) -> None:
     except ImportError:
         return
     assert (tmp_path / "side_by_side.png").stat().st_size > 0
+
+
+def test_bench_upstream_client_quick_runs() -> None:
+    # nginx (or the test upstream) and a short pass of each client
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "loadtests" / "bench_upstream_client.py"), "--quick"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert any(line.startswith("ratio gateway/aiohttp CPU per request:")
+               for line in result.stdout.splitlines()), result.stdout

@@ -1,7 +1,8 @@
 """deploy/ and the compose stack, checked without Docker or a running Prometheus: promtool
 validates the Prometheus config and rules and runs the alerts' unit tests; the Grafana dashboard
 parses and uses only DESIGN.md's metric names; docker-compose.yml, the Grafana provisioning and
-the Dockerfile agree with each other and with files in the repository."""
+the Dockerfile agree with each other and with files in the repository (the compose file's
+own shape and its run: test_deploy_compose.py; the image: test_deploy_image.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.support import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -262,75 +265,57 @@ def test_dashboard_has_the_operator_panels():
         assert title in titles
 
 
-# --- docker-compose, Grafana provisioning, Dockerfile ---------------------------------------
+# --- docker-compose and Grafana provisioning (the rest: test_deploy_compose.py) -------------
 
 
-def compose() -> dict:
-    return load_yaml(ROOT / "docker-compose.yml")
-
-
-def mounts(service: dict) -> dict[str, Path]:
-    """Container path -> repository path of a service's bind mounts."""
-    found = {}
-    for volume in service.get("volumes", []):
-        host, container, *_ = volume.split(":")
-        assert host.startswith("./"), volume
-        found[container] = ROOT / host
-    return found
+def compose_services() -> dict:
+    return compose.load(compose.filled_env())["services"]
 
 
 def in_container(service: dict, path: str) -> Path:
     """The repository path that a service sees at `path` through its bind mounts."""
-    for container, host in mounts(service).items():
-        if path == container or path.startswith(container.rstrip("/") + "/"):
-            return host / os.path.relpath(path, container)
+    for mount in compose.mounts(service):
+        if mount.is_bind and (path == mount.target
+                              or path.startswith(mount.target.rstrip("/") + "/")):
+            return ROOT / mount.source / os.path.relpath(path, mount.target)
     raise AssertionError(f"{path} is not mounted")
 
 
-def compose_env(service: dict) -> dict[str, str]:
-    """A service's environment with compose's ${VAR:-default} taken at its default."""
-    return {key: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
-            for key, value in service["environment"].items()}
-
-
-def test_compose_file_has_the_stack_and_its_files_exist():
-    services = compose()["services"]
-    assert set(services) == {"gateway", "upstream", "redis", "prometheus", "grafana"}
-    for name in ("gateway", "upstream"):
-        assert (ROOT / services[name]["build"] / "Dockerfile").is_file()
-    assert services["redis"]["image"] == "redis:7"
-    for service in services.values():
-        for host in mounts(service).values():
-            assert host.exists(), host
+def test_compose_bind_mounts_exist():
+    for service in compose_services().values():
+        for mount in compose.mounts(service):
+            if mount.is_bind:
+                assert (ROOT / mount.source).exists(), mount
 
 
 @pytest.mark.integration
 def test_compose_runs_the_gateway_on_the_production_policy_with_its_required_env():
-    gateway = compose()["services"]["gateway"]
-    assert gateway["command"] == ["gateway", "run", "--config", "policies/production.yaml"]
-    env = compose_env(gateway)
-    assert {"UPSTREAM_URL", "FRONTEND_URL", "PRODUCTION_URL", "REDIS_URL"} <= set(env)
+    gateway = compose_services()["gateway"]
+    env = compose.environment(gateway)
+    assert gateway["command"] == ["gateway", "run"]
+    assert env["GATEWAY_CONFIG"] == "policies/production.yaml"
     assert env["UPSTREAM_URL"] == "http://upstream:8000"
     assert env["REDIS_URL"].startswith("redis://redis:")
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", "check", "--config", "policies/production.yaml"],
+        [sys.executable, "-m", "gateway", "check"],
         cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, **env})
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_compose_upstream_serves_the_demo_api_from_the_gateway_image():
-    services = compose()["services"]
+    services = compose_services()
     assert services["upstream"]["command"] == [
         "python", "-m", "upstream", "serve", "--host", "0.0.0.0", "--port", "8000"]
     assert services["upstream"]["image"] == services["gateway"]["image"]
 
 
 def test_prometheus_scrapes_the_gateway_admin_port_and_the_upstream_of_the_compose_stack():
-    services = compose()["services"]
+    services = compose_services()
     config = load_yaml(DEPLOY / "prometheus.yml")
     targets = {job["job_name"]: [t for static in job["static_configs"] for t in static["targets"]]
                for job in config["scrape_configs"]}
-    admin_port = compose_env(services["gateway"])["GATEWAY_ADMIN_LISTEN"].rsplit(":", 1)[1]
+    env = compose.environment(services["gateway"])
+    admin_port = env["GATEWAY_ADMIN_LISTEN"].rsplit(":", 1)[1]
     assert targets["gateway"] == [f"gateway:{admin_port}"]
     upstream_command = services["upstream"]["command"]
     upstream_port = upstream_command[upstream_command.index("--port") + 1]
@@ -342,23 +327,14 @@ def test_prometheus_scrapes_the_gateway_admin_port_and_the_upstream_of_the_compo
 
 
 def test_grafana_provisioning_parses_and_points_at_the_stack():
-    services = compose()["services"]
+    services = compose_services()
     grafana = services["grafana"]
     assert in_container(grafana, "/etc/grafana/provisioning") == PROVISIONING
     datasources = load_yaml(PROVISIONING / "datasources" / "prometheus.yml")["datasources"]
     assert [source["url"] for source in datasources] == ["http://prometheus:9090"]
-    assert any(port.endswith(":9090") for port in services["prometheus"]["ports"])
+    listen = next(a for a in services["prometheus"]["command"]
+                  if a.startswith("--web.listen-address="))
+    assert listen.endswith(":9090")
     providers = load_yaml(PROVISIONING / "dashboards" / "gateway.yml")["providers"]
     folders = [in_container(grafana, provider["options"]["path"]) for provider in providers]
     assert [folder / "gateway.json" for folder in folders] == [DASHBOARD]
-
-
-def test_dockerfile_builds_from_python_slim_copies_existing_files_and_runs_production():
-    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
-    assert "FROM python:3.11-slim" in lines
-    assert "RUN pip install ." in lines
-    for line in lines:
-        if line.startswith("COPY "):
-            for source in line.split()[1:-1]:
-                assert (ROOT / source).exists(), line
-    assert 'CMD ["gateway", "run", "--config", "policies/production.yaml"]' in lines

@@ -90,3 +90,15 @@ def test_request_id_from_untrusted_peer_is_replaced() -> None:
 
 def test_malformed_request_id_is_replaced_even_from_trusted_peer() -> None:
     assert choose_request_id(h(("X-Request-ID", "a b\x7f")), peer_trusted=True) != "a b\x7f"
+
+
+def test_new_request_ids_are_distinct_version_4_uuids() -> None:
+    import uuid
+
+    from gateway.http.forwarding import new_request_id
+
+    ids = [new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for rid in ids:
+        parsed = uuid.UUID(rid)
+        assert str(parsed) == rid and parsed.version == 4 and parsed.variant == uuid.RFC_4122

@@ -11,10 +11,10 @@ import time
 
 import pytest
 import uvloop
-from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.http.protocol import GatewayServer
+from gateway.http.protocol import Exchange, GatewayServer
+from gateway.http.response import Answer
 
 pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
 
@@ -22,8 +22,8 @@ HEADER_TIMEOUT = 0.1
 BUSY = 0.4  # one loop turn four deadlines long
 
 
-async def ok(request: web.BaseRequest) -> web.Response:
-    return web.Response(text="ok")
+async def ok(exchange: Exchange) -> None:
+    exchange.send(Answer(200, body=b"ok"))
 
 
 def client(port: int, send_after: float | None, answers: list[bytes]) -> None:
@@ -48,7 +48,7 @@ class BusyReader(asyncio.Protocol):
 async def serve_one(send_after: float | None, block_after_accept: bool) -> bytes:
     loop = asyncio.get_running_loop()
     server = GatewayServer(ok, header_timeout=HEADER_TIMEOUT, error_headers=CIMultiDict,
-                           count_error=lambda status: None, access_log=None)
+                           count_error=lambda status: None)
     ours, theirs = socket.socketpair()
     await loop.connect_accepted_socket(BusyReader, ours)
 

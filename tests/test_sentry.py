@@ -148,11 +148,11 @@ def test_gateway_exceptions_are_reported_with_request_id_and_route(sentry_server
 
     import aiohttp
     import sentry_sdk
-    from aiohttp.test_utils import RawTestServer
 
     from gateway import handler as handler_module
     from gateway.config import load_policy
     from gateway.handler import Handler
+    from gateway.http.protocol import GatewayServer
     from gateway.observability.sentry import SentrySettings, reporter
     from gateway.runtime import Runtime
     from tests.support.processes import ROOT
@@ -166,10 +166,15 @@ def test_gateway_exceptions_are_reported_with_request_id_and_route(sentry_server
     async def scenario() -> str:
         handler = Handler(Runtime.build(loaded),
                           reporter(SentrySettings(sentry_server.dsn, 0.0, 0.0), "test", []))
-        async with RawTestServer(handler) as server:
-            async with aiohttp.ClientSession() as session:
-                async with session.get(server.make_url("/api/x")) as resp:
-                    assert resp.status == 500
+        server = GatewayServer(handler, header_timeout=5.0, error_headers=handler.error_headers,
+                               count_error=handler.protocol_error)
+        listener = await asyncio.get_running_loop().create_server(server, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/api/x") as resp:
+                assert resp.status == 500
+        listener.close()
+        await server.shutdown(1.0)
         await handler.runtime.pool.close()
         return ""
 

@@ -5,7 +5,16 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from gateway.proxy.errors import classify
+from gateway.proxy.errors import (
+    CLOSED,
+    CONNECT_FAILED,
+    CONNECT_TIMEOUT,
+    MALFORMED,
+    READ_TIMEOUT,
+    UpstreamBroken,
+    UpstreamFailure,
+    classify,
+)
 
 
 def connector_error() -> aiohttp.ClientConnectorError:
@@ -28,3 +37,16 @@ def connector_error() -> aiohttp.ClientConnectorError:
 def test_classification(exc, status: int, kind: str, retryable: bool) -> None:
     failure = classify(exc)
     assert (failure.status, failure.kind, failure.retryable) == (status, kind, retryable)
+
+
+@pytest.mark.parametrize(("failure", "status", "kind", "retryable"), [
+    (CONNECT_FAILED, 502, "connect", True),
+    (CONNECT_TIMEOUT, 504, "timeout", True),
+    (READ_TIMEOUT, 504, "timeout", False),
+    (CLOSED, 502, "reset", False),
+    (MALFORMED, 502, "protocol", False),
+])
+def test_the_upstream_clients_failures_map_as_aiohttps_did(
+        failure: UpstreamFailure, status: int, kind: str, retryable: bool) -> None:
+    mapped = classify(UpstreamBroken(failure))
+    assert (mapped.status, mapped.kind, mapped.retryable) == (status, kind, retryable)

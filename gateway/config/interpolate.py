@@ -35,7 +35,7 @@ def interpolate(node: yaml.Node, environ: Mapping[str, str], reader: Reader) -> 
         value = substitute(node, environ, reader)
         if value is not None and value != node.value:
             node.value = value
-            if node.style is None:  # plain scalar: type it as YAML would have
+            if not node.style:  # plain (None from PyYAML, "" from libyaml): typed as YAML would
                 node.tag = _RESOLVER.resolve(yaml.ScalarNode, value, (True, False))
 
 

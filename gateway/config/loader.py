@@ -16,7 +16,9 @@ import yaml
 
 from gateway.config.errors import PolicyError, Problem
 from gateway.config.reader import Reader
+from gateway.config.sections import access_lists as access_lists_section
 from gateway.config.sections import cors_and_headers, csp_reports, rate_limits
+from gateway.config.sections import jwt as jwt_section
 from gateway.config.sections import observability as observability_section
 from gateway.config.sections import routes as routes_section
 from gateway.config.sections import server as server_section
@@ -35,7 +37,7 @@ from gateway.settings.ratelimit import RedisSettings
 # suite checks that docs/policy.md documents each one.
 KEYS: dict[str, tuple[str, ...]] = {
     "": ("version", "extends", "environment", "server", "upstream", "redis", "rate_limits",
-         "cors", "headers", "csp_reports", "observability", "routes"),
+         "cors", "headers", "access_lists", "jwt", "csp_reports", "observability", "routes"),
     **server_section.KEYS,
     **upstream_section.KEYS,
     **routes_section.KEYS,
@@ -43,6 +45,8 @@ KEYS: dict[str, tuple[str, ...]] = {
     **observability_section.KEYS,
     **cors_and_headers.KEYS,
     **csp_reports.KEYS,
+    **access_lists_section.KEYS,
+    **jwt_section.KEYS,
 }
 
 
@@ -105,6 +109,11 @@ def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy 
         else _Named({})
     headers = _Named(cors_and_headers.read_headers(r, doc["headers"]), doc["headers"]) \
         if "headers" in doc else _Named({})
+    access = _Named(access_lists_section.read_access_lists(r, doc["access_lists"]),
+                    doc["access_lists"]) if "access_lists" in doc else _Named({})
+    jwt_settings = jwt_section.read_jwt(r, doc["jwt"]) if "jwt" in doc else None
+    if "jwt" not in doc:
+        _jwt_needed(r, doc, limits)
     collector = csp_reports.read_csp_reports(r, doc["csp_reports"], limits) \
         if "csp_reports" in doc else None
     observability = observability_section.read_observability(r, doc["observability"]) \
@@ -113,19 +122,21 @@ def _build_policy(r: Reader, root: yaml.Node, files: tuple[str, ...]) -> Policy 
     if "routes" not in doc:
         r.error(root, "missing required key 'routes'")
     else:
-        routes = routes_section.read_routes(r, doc["routes"], limits, cors, headers)
+        routes = routes_section.read_routes(r, doc["routes"], limits, cors, headers,
+                                             access, jwt_configured="jwt" in doc)
     if "routes" in doc:
         _warn_unused(r, doc, routes, collector)
     if server is not None and redis is not None and server.workers > 1 and not redis.url \
             and counts_requests(routes, collector):
         r.error(_key_node(doc["server"], "workers"), workers_without_redis(server.workers))
     if version is None or server is None or upstream is None or redis is None \
-            or environment is None:
+            or environment is None or ("jwt" in doc and jwt_settings is None):
         return None
     return Policy(version=version, environment=environment, server=server, upstream=upstream,
                   routes=routes, source_files=files, redis=redis,
                   rate_limits=MappingProxyType(limits), cors=MappingProxyType(cors),
-                  headers=MappingProxyType(headers), csp_reports=collector,
+                  headers=MappingProxyType(headers), access_lists=MappingProxyType(access),
+                  csp_reports=collector, jwt=jwt_settings,
                   observability=observability or Observability())
 
 
@@ -141,6 +152,16 @@ class _Named(dict):
         ) if isinstance(node, yaml.MappingNode) else ()
 
 
+def _jwt_needed(r: Reader, doc: dict[str, yaml.Node], limits: Mapping[str, object]) -> None:
+    """A limit keyed on a JWT claim with no `jwt` section to verify tokens with."""
+    for name, policy in limits.items():
+        if any(part.kind == "jwt" for part in getattr(policy, "key", ())):
+            node = _key_node(doc["rate_limits"], name)
+            key = _key_node(node, "key") if isinstance(node, yaml.MappingNode) else node
+            r.error(key, f"rate_limits.{name}.key: a jwt:<claim> key needs the 'jwt' section "
+                    "(a secret or a JWKS to verify tokens with)")
+
+
 def _warn_unused(r: Reader, doc: dict[str, yaml.Node], routes: tuple[Route, ...],
                  collector: CspReports | None) -> None:
     """A defined policy that no route uses is usually a route lost in an edit (an extending
@@ -151,8 +172,10 @@ def _warn_unused(r: Reader, doc: dict[str, yaml.Node], routes: tuple[Route, ...]
         # `default` decorates answers made before a route is known: always in use
         "cors": {route.cors for route in routes} | {"default"},
         "headers": {route.headers for route in routes} | {"default"},
+        "access_lists": {route.access for route in routes},
     }
-    what = {"rate_limits": "rate limit", "cors": "CORS policy", "headers": "header policy"}
+    what = {"rate_limits": "rate limit", "cors": "CORS policy", "headers": "header policy",
+            "access_lists": "access list"}
     for section, names in used.items():
         node = doc.get(section)
         if not isinstance(node, yaml.MappingNode):

@@ -182,3 +182,18 @@ def checked_names(r: Reader, items: list[tuple[yaml.Node, str]] | None, what: st
     for item, text in bad:
         r.error(item, f"{what}: {text!r} is not {kind}")
     return None if bad else tuple(text for _, text in items)
+
+
+def named_entries(r: Reader, node: yaml.Node, section: str) -> dict[str, yaml.Node]:
+    """A section of named policies (`cors`, `headers`, `access_lists`): name -> its node;
+    `none` is reserved (a route says `none` to switch the `default` one off)."""
+    if not isinstance(node, yaml.MappingNode):
+        r.error(node, f"{section} must be a mapping of names to policies")
+        return {}
+    names = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
+    out = r.mapping(node, names, section) or {}
+    for name, value in list(out.items()):
+        if name == "none":
+            r.error(value, f"{section} policy name 'none' is reserved (it switches a default off)")
+            del out[name]
+    return out

@@ -9,6 +9,7 @@ to its right) is used, so a forged garbage entry cannot become a rate-limit key.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -17,6 +18,7 @@ from gateway.settings.policy import IPNetwork
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+@functools.lru_cache(maxsize=4096)  # the same peers and hops come again and again
 def parse_ip(text: str) -> IPAddress | None:
     """An IP from a peer address or an X-Forwarded-For hop (`[v6]:port` and `v4:port` too)."""
     text = text.strip()

@@ -14,9 +14,10 @@ Two rules keep the upstream seeing the request the gateway judged:
 
 from __future__ import annotations
 
+import os
+import random
 import re
-import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -87,7 +88,32 @@ def choose_request_id(headers: CIMultiDictProxy[str], peer_trusted: bool) -> str
         incoming = headers.get("X-Request-ID")
         if incoming is not None and _REQUEST_ID.fullmatch(incoming):
             return incoming
-    return str(uuid.uuid4())
+    return new_request_id()
+
+
+_random_bits = random.SystemRandom().getrandbits  # seeds only; see new_request_id
+_ids = random.Random(_random_bits(256))
+
+
+def new_request_id() -> str:
+    """A random UUID (version 4 form). Drawn from a generator seeded once from the OS, not
+    from os.urandom per request (uuid.uuid4 reads it each time, a syscall per request): a
+    request ID names a request, it guards nothing. Reseeded in a forked child."""
+    bits = _ids.getrandbits(128) & _CLEAR | _VERSION_4
+    h = f"{bits:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# the version (4) and variant (RFC 9562) bits of a UUID, as uuid.UUID(version=4) sets them
+_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_VERSION_4 = (0x4000 << 64) | (0x8000 << 48)
+
+
+def _reseed() -> None:
+    _ids.seed(_random_bits(256))
+
+
+os.register_at_fork(after_in_child=_reseed)
 
 
 def via(version: tuple[int, int]) -> str:
@@ -143,10 +169,29 @@ def upstream_request_headers(
 
 
 def downstream_response_headers(
-    upstream: CIMultiDictProxy[str], *, version: tuple[int, int], request_id: str
+    upstream: CIMultiDictProxy[str] | CIMultiDict[str] | Sequence[tuple[str, str]], *,
+    version: tuple[int, int], request_id: str,
 ) -> CIMultiDict[str]:
-    """Headers to return to the client from an upstream response."""
-    out = _end_to_end(upstream)
-    out["Via"] = _via(upstream, version)
+    """Headers to return to the client from an upstream response: its fields (name, value)
+    in the order sent, or a multidict of them."""
+    fields: Sequence[tuple[str, str]] = (
+        list(upstream.items()) if isinstance(upstream, CIMultiDict | CIMultiDictProxy)
+        else upstream)
+    # lower-cased once, however many rules look at the names
+    named = [(name.lower(), name, value) for name, value in fields]
+    drop = DEFAULT_RULES.remove
+    vias: list[str] = []
+    listed: set[str] = set()
+    for lowered, _, value in named:
+        if lowered == "connection":
+            listed.update(token.strip().lower() for token in value.split(","))
+        elif lowered == "via":
+            vias.append(value)
+    if listed:
+        listed.discard("")
+        drop = drop | (listed - DEFAULT_RULES.keep)
+    out = CIMultiDict([(name, value) for lowered, name, value in named if lowered not in drop])
+    mine = via(version)
+    out["Via"] = f"{', '.join(vias)}, {mine}" if vias else mine
     out["X-Request-ID"] = request_id
     return out

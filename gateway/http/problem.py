@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import uuid
 from http import HTTPStatus
 from typing import Any
 
 from multidict import CIMultiDict
 
-from gateway.http.response import GatewayResponse
+from gateway.http.response import Answer, connection_line, encode_head
 
 CONTENT_TYPE = "application/problem+json"
 
@@ -28,24 +27,20 @@ def problem_response(
     headers: CIMultiDict[str] | None = None,
     close: bool = False,
     **extra: Any,
-) -> GatewayResponse:
-    """A problem+json response; `close` also ends the connection (for unreadable requests)."""
+) -> Answer:
+    """A problem+json answer; `close` also ends the connection (for unreadable requests)."""
     out = CIMultiDict(headers or ())
     if request_id is not None:
         out["X-Request-ID"] = request_id
-    resp = GatewayResponse(status=status, body=problem_body(status, detail, **extra), headers=out,
-                        content_type=CONTENT_TYPE)
-    if close:
-        resp.force_close()
-    return resp
+    out["Content-Type"] = CONTENT_TYPE
+    return Answer(status, out.items(), problem_body(status, detail, **extra), close)
 
 
-def problem_bytes(status: int, detail: str, headers: CIMultiDict[str]) -> bytes:
-    """A whole HTTP/1.1 problem+json answer as bytes, for where no request was read (a
-    connection refused for overload); it ends the connection."""
+def problem_bytes(status: int, detail: str, headers: CIMultiDict[str], request_id: str) -> bytes:
+    """A whole HTTP/1.1 problem+json answer as bytes, for where no request was read or could
+    be (a connection refused for overload, a head the parser refused); it ends the
+    connection."""
     body = problem_body(status, detail)
-    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
-            f"Content-Type: {CONTENT_TYPE}", f"Content-Length: {len(body)}",
-            "Connection: close", f"X-Request-ID: {uuid.uuid4()}"]
-    head += [f"{name}: {value}" for name, value in headers.items()]
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+    fields = [("Content-Type", CONTENT_TYPE), ("X-Request-ID", request_id), *headers.items()]
+    extra = connection_line(False, (1, 1)) + f"Content-Length: {len(body)}\r\n"
+    return encode_head(status, None, fields, extra) + body

@@ -1,338 +1,852 @@
-"""The connection layer: aiohttp's request handler, hardened for a gateway.
+"""The connection layer: HTTP/1.1 served by an asyncio protocol over llhttp (httptools).
 
-aiohttp gives no header-read timeout (a client can trickle a request head for about an hour)
-and answers parse errors with text bodies that echo the input. This subclass adds:
+One `Connection` per client connection parses request heads with llhttp in C and hands the
+handler one `Exchange` per request: the head, a body reader with flow control, and a writer
+that sends a whole answer in one write (or a head, then streamed chunks, with drain). No web
+framework object is made per request. On top of what llhttp refuses, it adds:
 
 - a deadline for each request head (`timeouts.header`), armed when the connection opens and
   when the first byte of each following request arrives, pipelined behind a request still
-  being answered or not; keep-alive idleness between requests is aiohttp's keepalive timeout
-  (`timeouts.idle`);
-- nothing carries from one message into the next: aiohttp's C parser keeps a chunked body's
-  last trailer field pending and adds it to the *next* request's headers (a trailer
-  `Cookie: ...` became a header of the following request). A request with a chunked body
-  therefore ends its connection: requests pipelined behind it are dropped unparsed and its
-  answer says `Connection: close` (the handler's side);
+  being answered or not; confirmed after one more poll of the loop (gateway/loop_turns.py), so
+  a busy loop is not taken for a silent client. Keep-alive idleness between requests has its
+  own timeout (`timeouts.idle`);
+- bounds on the head: a request line over `limits.max_header_size` is 414, a field line over
+  it or more than `limits.max_headers` fields is 431 (llhttp has no such bounds), and the
+  checks of http/framing.py (duplicate or missing Host, an upgrade with a body);
+- nothing carries from one message into the next: a request with a chunked body ends its
+  connection (its trailers are never read as fields, and nothing pipelined behind it is
+  parsed) and its answer says `Connection: close`. So does a request that says
+  `Connection: close`;
 - request bodies bounded in the bytes they take on the wire, not only in their decoded size:
   chunk extensions and chunk framing count too (a 1-byte body wrapped in 256 KiB of chunk
   extensions is a 413), at most twice `limits.max_body_size` plus 64 KiB;
 - a response that ends the connection while the request body is unread (413, 408, ...)
   half-closes it (RFC 9112 9.6): the client sees the end at once, while the rest of its body is
-  still read and dropped for a while, so that its unread bytes cannot reset the answer away;
-- WebSocket frames from the client must be masked (RFC 6455 5.1): an unmasked frame closes the
-  connection with 1002 before it reaches the relay;
-- the gateway's own problem+json for requests the parser refuses: 414 for an over-long request
-  line, 431 for an over-long header line or too many headers, 400 otherwise, each with an
-  `X-Request-ID` and the default security headers, naming no software.
-
-It also sends the interim `100 Continue` the handler decides on (`send_100_continue`): the
-handler writes no bytes to the connection itself.
-
-It relies on aiohttp 3.14's RequestHandler internals (the queue of parsed requests,
-`handle_error`, ...), reached only through http/aiohttp_internals.py, which lists them and says
-why pyproject pins aiohttp to that minor version.
+  still read and dropped for a while (LINGER), so that its unread bytes cannot reset the answer
+  away. A keep-alive answer with the body unread drops the rest of that body and goes on;
+- overload refusal at accept: beyond `limits.max_connections` open connections, or when the
+  handler is at its limit of requests in progress, a connection gets 503 before anything is
+  read, then half-closes and lingers (REFUSED_LINGER);
+- the gateway's own problem+json for requests it cannot read: 414, 431, 505, 400 otherwise,
+  each with an `X-Request-ID` and the default security headers, naming no software and never
+  echoing the input;
+- pipelined requests are answered in order (at most PIPELINE_DEPTH parsed ahead);
+- on `Exchange.switch_protocols` (a WebSocket the upstream accepted) the connection becomes a
+  byte tunnel: what arrives goes to the relay (proxy/websocket.py), which checks the frames.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import uuid
-from collections.abc import Callable
-from typing import Any, cast
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
-from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
-from multidict import CIMultiDict
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.http.aiohttp_internals import (
-    HandlerInternals,
-    ServerInternals,
-    parse_error_kind,
-    response_started,
-    unread_chunks,
-    write_interim,
+from gateway.http.forwarding import new_request_id
+from gateway.http.framing import (
+    LINE_TOO_LONG,
+    HeadRefusal,
+    field_refusal,
+    head_refusal,
+    parse_failure,
+    unfinished_head_refusal,
 )
 from gateway.http.problem import problem_bytes, problem_response
-from gateway.http.ws_frames import MaskCheck
+from gateway.http.response import BODYLESS_STATUSES, Answer, connection_line, encode_head
 from gateway.loop_turns import after_turns
 
 log = logging.getLogger("gateway.http")
+
+REFUSED_LINGER = 1.0  # seconds a connection refused at connect is drained before it closes
+LINGER = 2.0  # seconds an answered connection's unread request body is drained
+PIPELINE_DEPTH = 8  # requests parsed ahead of the one being answered before reading pauses
+BODY_HIGH = 256 * 1024  # buffered body bytes above which reading pauses
+BODY_LOW = 64 * 1024  # ... and below which it resumes
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+_NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)  # how a streamed response body is framed
 
 
 class RequestBodyFlood(Exception):
     """The body took more bytes on the wire than its size limit allows (chunk extensions)."""
 
 
-_CLOSE_PROTOCOL_ERROR = b"\x88\x02\x03\xea"  # a close frame, code 1002, unmasked (server)
-REFUSED_LINGER = 1.0  # seconds a connection refused at connect is drained before it closes
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+class MalformedBody(Exception):
+    """llhttp refused the request's body framing (chunk sizes, terminators) mid-body."""
 
 
-async def send_100_continue(request: web.BaseRequest) -> None:
-    """Tell a client waiting on `Expect: 100-continue` to send its body (RFC 9110 10.1.1).
-    The final answer still counts as not started: it can be any answer, an error included."""
-    await write_interim(request, _CONTINUE)
+class _Stop(Exception):
+    """Raised from a parser callback to stop llhttp parsing what follows."""
 
 
-class GatewayRequestHandler(HandlerInternals):
-    def __init__(self, manager: web.Server, *, header_timeout: float,
-                 error_headers: Callable[[], CIMultiDict[str]],
-                 count_error: Callable[[int], None],
-                 max_body: Callable[[], int] = lambda: 10 * 1024 * 1024,
-                 max_connections: Callable[[], int] = lambda: 10_000,
-                 count_overload: Callable[[str], None] = lambda reason: None,
-                 requests_full: Callable[[], bool] = lambda: False,
-                 **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self._header_timeout = header_timeout
-        self._error_headers = error_headers
-        self._count_error = count_error
-        self._max_body = max_body
-        self._max_connections = max_connections
-        self._count_overload = count_overload
-        self._body_wire_bytes = 0  # bytes received while the last request's body was open
-        self._answered: Any = None  # the payload of the last request answered
-        self._ws_frames: MaskCheck | None = None  # set once a WebSocket is accepted
+class Body:
+    """A request body as it arrives: chunks read with `readany` (b"" at its end)."""
+
+    __slots__ = ("_chunks", "_conn", "_eof", "_exc", "_size", "_waiter", "discarding")
+
+    def __init__(self, conn: Connection | None) -> None:
+        self._conn = conn
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._eof = conn is None
+        self._exc: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self.discarding = False  # answered already: what still arrives is dropped
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not read yet."""
+        return self._size
+
+    def is_eof(self) -> bool:
+        """Whether the whole body has arrived (it may not all be read yet)."""
+        return self._eof
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def feed(self, data: bytes) -> None:
+        if self.discarding or self._exc is not None:
+            return
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > BODY_HIGH and self._conn is not None:
+            self._conn.sync_reading()
+        self._wake()
+
+    def feed_eof(self) -> None:
+        self._eof = True
+        self._wake()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._exc = exc
+        self._wake()
+
+    def discard(self) -> None:
+        """Nobody reads the rest: drop what is buffered and what still arrives."""
+        self.discarding = True
+        self._chunks.clear()
+        self._size = 0
+
+    async def readany(self) -> bytes:
+        """The next piece of the body, b"" at its end; raises what broke it."""
+        while not self._chunks:
+            if self._exc is not None:
+                raise self._exc
+            if self._eof:
+                return b""
+            assert self._conn is not None
+            self._waiter = self._conn.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self._exc is not None:
+            raise self._exc
+        chunk = self._chunks.popleft()
+        self._size -= len(chunk)
+        conn = self._conn
+        if conn is not None and conn.reading_paused and self._size < BODY_LOW:
+            conn.sync_reading()
+        return chunk
+
+    async def read(self) -> bytes:
+        """The whole body (the caller bounds it: Content-Length was checked)."""
+        parts = []
+        while chunk := await self.readany():
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+_EMPTY = Body(None)
+
+
+class TunnelSink(Protocol):
+    """What a connection turned into a tunnel reports to (proxy/websocket.py)."""
+
+    def data(self, data: bytes) -> None: ...
+    def lost(self, exc: BaseException | None) -> None: ...
+    def pause_writing(self) -> None: ...
+    def resume_writing(self) -> None: ...
+
+
+class Exchange:
+    """One request on a connection, and the writer of its answer."""
+
+    __slots__ = ("_conn", "_head", "_mode", "body", "bytes_out", "chunked", "content_length",
+                 "continued", "finished", "has_body", "headers", "keep_alive", "method", "peer",
+                 "secure", "started", "status", "switched", "target", "upgrade", "version")
+
+    def __init__(self, conn: Connection, method: str, target: str,
+                 headers: CIMultiDictProxy[str], version: tuple[int, int],
+                 content_length: int | None, chunked: bool, keep_alive: bool, upgrade: bool,
+                 body: Body) -> None:
+        self._conn = conn
+        self.method = method
+        self.target = target  # the raw request target
+        self.headers = headers
+        self.version = version
+        self.content_length = content_length
+        self.chunked = chunked
+        self.has_body = body is not _EMPTY
+        self.keep_alive = keep_alive  # per the request (version, Connection)
+        self.upgrade = upgrade  # llhttp saw an upgrade (or CONNECT): bytes after it are held
+        self.body = body
+        self.peer = conn.peer
+        self.secure = conn.secure
+        self.started = False  # some byte of the final answer is out (or queued)
+        self.finished = False  # the answer is complete (or aborted)
+        self.switched = False  # the connection became a tunnel
+        self.continued = False  # `100 Continue` was sent
+        self.status = 0
+        self.bytes_out = 0  # body bytes of the answer
+        self._head: bytes | None = None  # a streamed answer's head, sent with its first bytes
+        self._mode = _NONE
+
+    def _keep(self, close: bool) -> bool:
+        keep = self.keep_alive and not close and not self._conn.closing
+        if keep and not self.continued and not self.body.is_eof() and "Expect" in self.headers:
+            # the client waits for `100 Continue` before its body and may never send it: what
+            # follows on the connection could be that body or the next request, so it ends
+            keep = False
+        self.keep_alive = keep
+        return keep
+
+    def send(self, answer: Answer) -> None:
+        """Send a whole answer: head and body in one write."""
+        self.started = self.finished = True
+        self.status = answer.status
+        keep = self._keep(answer.close)
+        head_only = self.method == "HEAD"
+        self.bytes_out = 0 if head_only else len(answer.body)
+        self._conn.write(answer.encode(keep, self.version, head_only))
+
+    def send_continue(self) -> None:
+        """Tell a client waiting on `Expect: 100-continue` to send its body (RFC 9110
+        10.1.1). The final answer still counts as not started: it can be any answer."""
+        self.continued = True
+        self._conn.write(_CONTINUE)
+
+    def start(self, status: int, reason: str | None, headers: CIMultiDict[str],
+              close: bool = False) -> None:
+        """Begin a streamed answer. Its body is framed by the Content-Length in `headers`,
+        else chunked (HTTP/1.1) or by the end of the connection (HTTP/1.0); none for HEAD,
+        204 and 304. The head goes out with the first body bytes."""
+        self.started = True
+        self.status = status
+        keep = self._keep(close)
+        extra = ""
+        if self.method == "HEAD" or status in BODYLESS_STATUSES or status < 200:
+            self._mode = _NONE
+        elif "Content-Length" in headers:
+            self._mode = _LENGTH
+        elif self.version >= (1, 1):
+            self._mode = _CHUNKED
+            extra = "Transfer-Encoding: chunked\r\n"
+        else:
+            self._mode = _UNTIL_CLOSE
+            keep = self.keep_alive = False
+        self._head = encode_head(status, reason, headers.items(),
+                                 connection_line(keep, self.version) + extra,
+                                 date="Date" not in headers)
+
+    async def write(self, chunk: bytes) -> None:
+        """Send a piece of a streamed answer's body; waits while the client is slow."""
+        if not chunk or self._mode == _NONE:
+            return
+        self.bytes_out += len(chunk)
+        data = b"%x\r\n%b\r\n" % (len(chunk), chunk) if self._mode == _CHUNKED else chunk
+        if self._head is not None:
+            data = self._head + data
+            self._head = None
+        conn = self._conn
+        conn.write(data)
+        if conn.writing_paused:
+            await conn.drain()
+
+    async def end(self) -> None:
+        """Complete a streamed answer."""
+        data = b"0\r\n\r\n" if self._mode == _CHUNKED else b""
+        if self._head is not None:
+            data = self._head + data
+            self._head = None
+        self.finished = True
+        if data:
+            self._conn.write(data)
+        if self._mode == _UNTIL_CLOSE:
+            self.keep_alive = False
+
+    def abort(self) -> None:
+        """End the connection without a clean end of message: what was sent stays an
+        incomplete message (a truncated upstream body must not look complete)."""
+        self.finished = True
+        self.keep_alive = False
+        self._conn.abort()
+
+    def switch_protocols(self, head: bytes, sink: TunnelSink) -> asyncio.Transport:
+        """Send the `101` head and turn the connection into a tunnel to `sink`; returns the
+        client's transport. Bytes the client sent after the handshake go to `sink` first."""
+        self.started = self.finished = self.switched = True
+        self.status = 101
+        return self._conn.tunnel(head, sink)
+
+
+Handler = Callable[[Exchange], Awaitable[None]]
+
+
+class Connection(asyncio.Protocol):
+    """One client connection (see the module's docstring)."""
+
+    def __init__(self, server: GatewayServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.secure = False
+        self.closing = False  # answers say Connection: close; the connection ends after them
+        self.reading_paused = False
+        self.writing_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        # the head being parsed
+        self._in_head = False
+        self._awaiting_head = False  # a head is due: the connection is new, or one began
+        self._began_now = False
+        self._url: list[bytes] = []
+        self._url_len = 0
+        self._fields: list[tuple[str, str]] = []
+        self._hosts = 0
+        self._head_bytes = 0
+        self._refusal: HeadRefusal | None = None  # found by a callback
+        # requests
+        self._parsing: Exchange | None = None  # whose body is being parsed
+        self._last: Exchange | None = None  # the last head parsed
+        self._wire = 0  # bytes received while `_parsing`'s body is open
+        self._queue: deque[Exchange] = deque()  # parsed, not yet handled
+        self._active: Exchange | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stop = False  # nothing more is parsed (chunked request, close, refusal)
+        self._pending: HeadRefusal | None = None  # answered after the requests before it
+        self._held: bytearray | None = None  # bytes after an upgrade, until it is decided
+        self._tunnel: TunnelSink | None = None
+        self._refused = False  # answered 503 at connect
+        self._lingering = False  # answered and half-closed: what arrives is dropped
+        # timers
         self._head_timer: asyncio.TimerHandle | None = None
-        self._last_payload: Any = None
-        self._line_bytes = 0  # bytes of the current request line seen so far
-        self._line_done = False
-        self._ends_after: Any = None  # the chunked request's payload; nothing parsed after it
-        self._requests_full = requests_full
-        self._refused: asyncio.BaseTransport | None = None  # answered 503 at connect
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_since: float | None = None
+
+    # ---- connection events ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # a refused connection is never added to the server's open connections
-        if self.server_connection_count() >= self._max_connections():
-            self._refuse(transport, "connections",
+        tcp: Any = transport
+        self.transport = tcp
+        server = self.server
+        if len(server.connections) >= server.max_connections():
+            self._refuse(tcp, "connections",
                          "the gateway is at its connection limit; retry shortly")
             return
-        if self._requests_full():
+        if server.requests_full():
             # its request would be refused by the handler anyway: answered here, before any
             # parsing, which is what keeps an overloaded worker serving what it admitted
-            self._refuse(transport, "requests",
+            self._refuse(tcp, "requests",
                          "the gateway is at its limit of requests in progress; retry shortly")
             return
-        super().connection_made(transport)
+        server.connections.add(self)
+        peer = tcp.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else ""
+        self.secure = tcp.get_extra_info("sslcontext") is not None
+        self._awaiting_head = True
         self._arm_head_timer()
 
-    def _refuse(self, transport: asyncio.BaseTransport, reason: str, detail: str) -> None:
+    def _refuse(self, transport: asyncio.Transport, reason: str, detail: str) -> None:
         """Answer 503 at once without reading anything, then half-close: a request the client
         already sent is read and dropped until it closes (or REFUSED_LINGER passes), so that
         its unread bytes cannot reset the answer away."""
-        self._count_overload(reason)
-        self._count_error(503)
-        self._refused = transport
-        out = self._error_headers()
+        server = self.server
+        server.count_overload(reason)
+        server.count_error(503)
+        self._refused = True
+        out = server.error_headers()
         out["Retry-After"] = "1"
-        tcp = cast(asyncio.Transport, transport)
-        tcp.write(problem_bytes(503, detail, out))
-        if tcp.can_write_eof():
-            tcp.write_eof()
-        self.event_loop.call_later(REFUSED_LINGER, tcp.close)
+        transport.write(problem_bytes(503, detail, out, new_request_id()))
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(REFUSED_LINGER, transport.close)
 
     def eof_received(self) -> bool | None:
-        if self._refused is not None:
-            return None  # the client is done: the transport closes
-        return super().eof_received()
+        if self._tunnel is not None:
+            return True  # the relay closes it once the other side is done
+        # the client is done: the transport closes, and a request still being answered is
+        # cancelled with its upstream exchange (a client that went away waits for nothing)
+        return None
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self._refused is not None:
-            self._refused = None  # never served: nothing of aiohttp's to release
+        self.server.connections.discard(self)
+        self._cancel_timers()
+        self.transport = None
+        if self._refused:
             return
-        self._disarm_head_timer()
-        super().connection_lost(exc)
+        self.server.connection_gone()
+        if self._tunnel is not None:
+            self._tunnel.lost(exc)
+            return
+        lost = ConnectionResetError("the client closed the connection")
+        for ex in (self._parsing, self._active, *self._queue):
+            if ex is not None and not ex.body.is_eof():
+                ex.body.set_exception(lost)
+        self._queue.clear()
+        if self._task is not None:
+            self._task.cancel()  # the client is gone: so is the upstream request
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(lost)
 
-    def _arm_head_timer(self) -> None:
-        self._line_bytes = 0
-        self._line_done = False
-        self._head_timer = self.event_loop.call_later(self._header_timeout, self._head_timer_fired)
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        if self._tunnel is not None:
+            self._tunnel.pause_writing()
 
-    def _disarm_head_timer(self) -> None:
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self._tunnel is not None:
+            self._tunnel.resume_writing()
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def drain(self) -> None:
+        if not self.writing_paused:
+            return
+        if self.transport is None:
+            raise ConnectionResetError("the client closed the connection")
+        self._drain_waiter = self.loop.create_future()
+        try:
+            await self._drain_waiter
+        finally:
+            self._drain_waiter = None
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def abort(self) -> None:
+        self.closing = True
+        self._stop = True
+        if self.transport is not None:
+            self.transport.close()  # what was written is flushed, then the FIN
+
+    # ---- bytes in ---------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.data(data)
+            return
+        if self._held is not None:
+            self._held += data
+            return
+        if self._stop or self._refused or self._lingering:
+            return  # dropped: see the module's docstring
+        parsing = self._parsing
+        if parsing is not None:
+            self._wire += len(data)
+            if self._wire > 2 * self.server.max_body() + 65536 and not parsing.body.is_eof() \
+                    and not parsing.finished:
+                parsing.body.set_exception(RequestBodyFlood(
+                    "request body framing exceeds the size limit"))
+        self._began_now = False
+        queued = len(self._queue)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._hold_after_upgrade(data, exc.args[0])
+        except httptools.HttpParserError as exc:
+            refusal = self._refusal or (None if self._stop else parse_failure(str(exc)))
+            if refusal is not None:
+                if self._parsing is None:
+                    # bytes holding a malformed head are refused whole: requests parsed from
+                    # the same read are dropped unhandled (none of them has begun)
+                    while len(self._queue) > queued:
+                        self._queue.pop()
+                self._refuse_head(refusal)
+        else:
+            if self._in_head:
+                self._head_in_progress(data)
+        if self._active is None and self._queue and self.transport is not None:
+            self._next()
+
+    def _head_in_progress(self, data: bytes) -> None:
+        """A head is still incomplete after `data`: bound it, and put its deadline on."""
+        server = self.server
+        if not self._began_now:  # (a head begun in these bytes is counted from the next)
+            self._head_bytes += len(data)
+        refusal = unfinished_head_refusal(self._head_bytes, server.max_line_size,
+                                          server.max_field_size, server.max_headers)
+        if refusal is not None:
+            self._stop = True
+            self._refuse_head(refusal)
+            return
+        if self._head_timer is None:
+            self._arm_head_timer()
+
+    # ---- llhttp callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._stop:
+            raise _Stop
+        self._in_head = self._awaiting_head = self._began_now = True
+        self._idle_since = None
+        self._url = []
+        self._url_len = 0
+        self._fields = []
+        self._hosts = 0
+        self._head_bytes = 0
+
+    def on_url(self, piece: bytes) -> None:
+        self._url.append(piece)
+        self._url_len += len(piece)
+        if self._url_len > self.server.max_line_size:
+            self._refusal = LINE_TOO_LONG
+            raise _Stop
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer field: never read (the connection ends after a chunked body)
+        server = self.server
+        fields = self._fields
+        refusal = field_refusal(name, value, len(fields) + 1, server.max_field_size,
+                                server.max_headers)
+        if refusal is not None:
+            self._refusal = refusal
+            raise _Stop
+        if len(name) == 4 and name.lower() == b"host":
+            self._hosts += 1
+        # a field value has no surrounding whitespace (RFC 9110 5.5); llhttp keeps the trailing
+        fields.append((name.decode("ascii", "surrogateescape"),
+                       value.rstrip(b" \t").decode("utf-8", "surrogateescape")))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = self._awaiting_head = False
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        parser = self._parser
+        raw_version = parser.get_http_version()
+        version = (int(raw_version[0]), int(raw_version[2])) if len(raw_version) == 3 \
+            else (0, 9)
+        headers = CIMultiDictProxy(CIMultiDict(self._fields))
+        chunked = "Transfer-Encoding" in headers
+        length_field = headers.get("Content-Length")
+        length = int(length_field) if length_field is not None else None
+        upgrade = parser.should_upgrade()
+        has_body = chunked or bool(length)
+        refusal = head_refusal(version, self._hosts, upgrade and has_body,
+                               headers.get("Transfer-Encoding"))
+        if refusal is not None:
+            self._refusal = refusal
+            raise _Stop
+        body = Body(self) if has_body else _EMPTY
+        ex = Exchange(self, parser.get_method().decode("ascii"),
+                      b"".join(self._url).decode("utf-8", "surrogateescape"), headers, version,
+                      length, chunked, parser.should_keep_alive() and not chunked, upgrade,
+                      body)
+        self._last = ex
+        if has_body:
+            self._parsing = ex
+            self._wire = 0
+        self._queue.append(ex)  # handled once these bytes are parsed (data_received)
+        if len(self._queue) >= PIPELINE_DEPTH:
+            self.sync_reading()
+
+    def on_body(self, data: bytes) -> None:
+        parsing = self._parsing
+        if parsing is not None:
+            parsing.body.feed(data)
+
+    def on_message_complete(self) -> None:
+        ex = self._last
+        if ex is None:
+            return
+        parsing = self._parsing
+        if parsing is not None:
+            parsing.body.feed_eof()
+            self._parsing = None
+            if self.reading_paused:
+                self.sync_reading()
+        if ex.chunked or not ex.keep_alive:
+            # trailers must never reach the next request; nor is anything after a `close`
+            self.closing = ex.chunked or self.closing
+            ex.keep_alive = False
+            self._stop = True
+
+    def _hold_after_upgrade(self, data: bytes, offset: int) -> None:
+        """llhttp stopped after a request that asks for an upgrade (or CONNECT): the bytes
+        after it are held until its answer says what they are (frames, or the next request)."""
+        self._held = bytearray(data[offset:])
+        self.sync_reading()
+
+    # ---- requests and answers ---------------------------------------------------------------
+
+    def _next(self) -> None:
+        ex = self._queue.popleft()
+        self._active = ex
+        self._task = self.loop.create_task(self._run(ex))
+
+    async def _run(self, ex: Exchange) -> None:
+        try:
+            await self.server.handler(ex)
+        except asyncio.CancelledError:
+            return  # the client went away
+        except ConnectionError:
+            if ex.started and not ex.finished:
+                ex.abort()
+        except Exception:
+            log.exception("unhandled error in request handler")
+            if not ex.started:
+                self.server.count_error(500)
+                ex.send(problem_response(500, "internal gateway error",
+                                         request_id=new_request_id(),
+                                         headers=self.server.error_headers(), close=True))
+            elif not ex.finished:
+                ex.abort()
+        finally:
+            if self._active is ex:
+                self._done(ex)
+
+    def _done(self, ex: Exchange) -> None:
+        self._active = None
+        self._task = None
+        if self.transport is None or ex.switched:
+            return
+        if not ex.finished:  # the handler wrote nothing final: end it as it stands
+            ex.abort()
+        if not ex.keep_alive or (self.closing and not self._queue):
+            self._end(ex)
+            return
+        if not ex.body.is_eof():
+            ex.body.discard()  # read and dropped as it arrives: reading goes on
+            self.sync_reading()
+        if self._held is not None:  # an upgrade that was not taken: the next request
+            held, self._held = bytes(self._held), None
+            self.sync_reading()
+            if held:
+                self.data_received(held)
+                if self.transport is None or self._active is not None:
+                    return
+        if self._queue:
+            self._next()
+            if self.reading_paused:
+                self.sync_reading()
+        elif self._pending is not None:
+            self._send_refusal(self._pending)
+        elif not self._awaiting_head:
+            self._idle_since = self.loop.time()
+            if self._idle_timer is None:
+                self._idle_timer = self.loop.call_later(self.server.idle_timeout,
+                                                        self._idle_fired)
+
+    def _end(self, ex: Exchange | None) -> None:
+        """The connection ends after what was written. With a request body unread, it is
+        half-closed and lingers, reading and dropping (RFC 9112 9.6)."""
+        transport = self.transport
+        if transport is None:
+            return
+        self._stop = True
+        self._cancel_timers()
+        unread = (ex is not None and not ex.body.is_eof()) or self._parsing is not None \
+            or self._held is not None
+        if unread and transport.can_write_eof():
+            self._lingering = True
+            self._held = None
+            if ex is not None:
+                ex.body.discard()
+            transport.write_eof()
+            self.sync_reading()
+            self.loop.call_later(LINGER, transport.close)
+        else:
+            transport.close()
+
+    def _refuse_head(self, refusal: HeadRefusal) -> None:
+        """A head the gateway cannot read: answered in its turn, then the connection ends."""
+        self._stop = True
+        self._in_head = self._awaiting_head = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        parsing = self._parsing
+        if parsing is not None:
+            # the body of a request being handled broke: that request's answer says so (400),
+            # and the connection ends after it
+            self._parsing = None
+            if parsing.finished:  # answered already, its body being dropped: just end
+                self._end(None)
+                return
+            parsing.body.set_exception(MalformedBody("malformed request body"))
+            parsing.keep_alive = False
+            return
+        if self._active is not None or self._queue:
+            self._pending = refusal  # answered in its turn, after the requests before it
+            return
+        self._send_refusal(refusal)
+
+    def _send_refusal(self, refusal: HeadRefusal) -> None:
+        server = self.server
+        server.count_error(refusal.status)
+        self.write(problem_bytes(refusal.status, refusal.detail, server.error_headers(),
+                                 new_request_id()))
+        self._end(None)
+
+    def tunnel(self, head: bytes, sink: TunnelSink) -> asyncio.Transport:
+        transport = self.transport
+        if transport is None:
+            raise ConnectionResetError("the client closed the connection")
+        self._cancel_timers()
+        self._tunnel = sink
+        transport.write(head)
+        held, self._held = self._held, None
+        self._stop = True
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+        if held:
+            self.loop.call_soon(sink.data, bytes(held))
+        return transport
+
+    def sync_reading(self) -> None:
+        """Pause reading while a body's buffer is full, too many requests wait, or the bytes
+        after an upgrade are held; resume when none is so."""
+        transport = self.transport
+        if transport is None or self._tunnel is not None:
+            return
+        parsing = self._parsing
+        want = ((self._held is not None and not self._lingering)
+                or len(self._queue) >= PIPELINE_DEPTH
+                or (parsing is not None and parsing.body.buffered > BODY_HIGH
+                    and not parsing.body.discarding))
+        if want != self.reading_paused:
+            self.reading_paused = want
+            if want:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    def shutdown(self) -> None:
+        """The server is stopping: an idle connection ends now, a busy one after its answer."""
+        self.closing = True
+        if self._tunnel is not None:
+            return
+        if self._active is None and not self._queue and self.transport is not None:
+            self._stop = True
+            self._end(None)
+
+    # ---- timers -----------------------------------------------------------------------------
+
+    def _arm_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self.server.header_timeout,
+                                                self._head_timer_fired)
 
     def _head_timer_fired(self) -> None:
         # bytes that arrived while the loop was busy are read in its next poll: confirm the
         # silence after it (gateway/loop_turns.py), unless the head completes meanwhile
         fired = self._head_timer
-        after_turns(self.event_loop, 2,
+        after_turns(self.loop, 2,
                     lambda: self._head_timer is fired and self._head_timed_out())
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
+        if not self._awaiting_head or self.transport is None:
+            return
         log.info("closing connection: request head not received within %ss",
-                 self._header_timeout)
-        if self.answering:
+                 self.server.header_timeout)
+        self._stop = True
+        self._awaiting_head = self._in_head = False
+        if self._active is not None or self._queue:
             # the head was pipelined behind a request still being answered: that answer
             # completes, then the connection closes with the partial head unread
-            self.close()
+            self.closing = True
             return
-        self.force_close()
-        if self.transport is not None:
-            self.transport.close()
+        self._end(None)
 
-    def data_received(self, data: bytes) -> None:
-        if self._refused is not None:
-            return  # answered at connect (_refuse): dropped
-        # aiohttp calls data_received(b"") itself when it resumes reading a body; bytes that
-        # arrive once the last request's body is complete begin the next head, whether or
-        # not that request is still being answered.
-        if (
-            data
-            and self._head_timer is None
-            and not self.is_upgraded
-            and self._ends_after is None
-            and (self._last_payload is None or self._last_payload.is_eof())
-        ):
-            self._arm_head_timer()
-        if self._head_timer is not None and not self._line_done:
-            newline = data.find(b"\n")
-            if newline < 0:
-                self._line_bytes += len(data)
-            else:
-                self._line_bytes += newline
-                self._line_done = True
-        if self._ws_frames is not None:
-            if data and not self._ws_frames.feed(data):
-                log.info("closing WebSocket: unmasked frame from the client (RFC 6455 5.1)")
-                if self.transport is not None:
-                    self.transport.write(_CLOSE_PROTOCOL_ERROR)
-                    self.transport.close()
-                return
-            super().data_received(data)
+    def _idle_fired(self) -> None:
+        self._idle_timer = None
+        since = self._idle_since
+        if since is None or self._active is not None or self._awaiting_head \
+                or self.transport is None:
             return
-        body_open = self._last_payload is not None and not self._last_payload.is_eof()
-        messages = self.parsed_messages
-        queued = len(messages)
-        super().data_received(data)
-        if body_open:
-            self._body_wire_bytes += len(data)
-            payload = self._last_payload
-            # not once it is answered: a body drained after the answer (lingering) ends by
-            # time, and an exception there would be logged as unhandled
-            if self._body_wire_bytes > 2 * self._max_body() + 65536 and not payload.is_eof() \
-                    and payload is not self._answered:
-                payload.set_exception(RequestBodyFlood("request body framing exceeds the "
-                                                       "size limit"))
-        if len(messages) > queued:
-            self._body_wire_bytes = 0
-            self._disarm_head_timer()
-            if self._ends_after is None:
-                self._stop_after_chunked(queued)
-            else:  # parsed behind a chunked request: dropped, never handled
-                while len(messages) > queued:
-                    messages.pop()
-            self._last_payload = messages[-1][1] if messages else None
-            if self._ends_after is None and _head_follows(data, self._last_payload):
-                self._arm_head_timer()  # a pipelined head began in the same bytes
-        if self._ends_after is not None and self._ends_after.is_eof():
-            self.close()  # its answer completes; nothing after it is read
+        left = since + self.server.idle_timeout - self.loop.time()
+        if left > 0:
+            self._idle_timer = self.loop.call_later(left, self._idle_fired)
+            return
+        self._end(None)
 
-    def set_parser(self, parser: Any, *args: Any, **kwargs: Any) -> None:
-        # aiohttp installs the WebSocket reader here (the 101 is being sent) and feeds it what
-        # arrived since the handshake; from now on every frame's mask bit is checked
-        self._ws_frames = MaskCheck()
-        if self.upgrade_tail and not self._ws_frames.feed(self.upgrade_tail):
-            self.upgrade_tail = b""
-            if self.transport is not None:
-                self.transport.write(_CLOSE_PROTOCOL_ERROR)
-                self.transport.close()
-        super().set_parser(parser, *args, **kwargs)
-
-    async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
-                              start_time: float | None) -> tuple[web.StreamResponse, bool]:
-        result = await super().finish_response(request, resp, start_time)
-        self._answered = request.content
-        transport = self.transport
-        if not resp.keep_alive and not request.content.is_eof() and transport is not None \
-                and not self.is_upgraded and transport.can_write_eof():
-            transport.write_eof()  # the answer is whole; its unread body is drained after
-        return result
-
-    def _stop_after_chunked(self, first_new: int) -> None:
-        messages = self.parsed_messages
-        for index in range(first_new, len(messages)):
-            message, payload = messages[index]
-            if getattr(message, "chunked", False):
-                self._ends_after = payload
-                while len(messages) > index + 1:
-                    messages.pop()
-                return
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if response_started(request):
-            # Part of a response is out: only an incomplete message can tell the truth.
-            raise ConnectionError("response already started; closing the connection")
-        kind = parse_error_kind(exc)
-        if kind == "line_too_long":
-            if not self._line_done or self._line_bytes > self.max_line_size:
-                status, detail = 414, "request line too long"
-            else:
-                status, detail = 431, "a request header line is too long"
-        elif kind == "too_many_headers":
-            status, detail = 431, "too many request headers"
-        elif kind == "bad_version":
-            status, detail = 505, "only HTTP/1.0 and HTTP/1.1 are supported"
-        elif status == 400:
-            detail = "malformed HTTP request"
-        else:
-            log.error("unhandled error in request handler", exc_info=exc)
-            status, detail = 500, "internal gateway error"
-        self._count_error(status)
-        response = problem_response(status, detail, request_id=str(uuid.uuid4()),
-                                    headers=self._error_headers(), close=True)
-        response.own_version = True  # the request's version was never learned
-        return response
+    def _cancel_timers(self) -> None:
+        for timer in (self._head_timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._idle_timer = None
 
 
-def _head_follows(data: bytes, payload: Any) -> bool:
-    """Whether `data`, which completed a request, goes on past it: the start of a pipelined
-    head. The request's last bytes are its head's blank line, or the last piece of its body
-    (still buffered: the handler has not run yet)."""
-    if payload is None or not payload.is_eof():
-        return False
-    buffered = unread_chunks(payload)
-    return not data.endswith(buffered[-1] if buffered else b"\r\n\r\n")
+class GatewayServer:
+    """Makes a `Connection` for each client connection (the protocol factory of
+    loop.create_server) and knows the open ones, for the connection bound and for shutdown.
 
-
-class GatewayServer(ServerInternals):
-    """aiohttp's low-level server, making GatewayRequestHandler connections.
-
-    `error_headers` gives the headers for answers to unparsable requests (the default
-    security headers of the running policy).
+    `error_headers` gives the headers for answers to unreadable requests (the default
+    security headers); `count_error` counts such an answer by status. `max_body`,
+    `max_connections` and `requests_full` are read when needed: they follow a reload.
     """
 
-    def __init__(self, handler: Any, *, header_timeout: float,
+    def __init__(self, handler: Handler, *, header_timeout: float,
                  error_headers: Callable[[], CIMultiDict[str]],
                  count_error: Callable[[int], None],
+                 idle_timeout: float = 75.0,
+                 max_line_size: int = 8190,
+                 max_field_size: int = 8190,
+                 max_headers: int = 128,
                  max_body: Callable[[], int] = lambda: 10 * 1024 * 1024,
                  max_connections: Callable[[], int] = lambda: 10_000,
                  count_overload: Callable[[str], None] = lambda reason: None,
                  requests_full: Callable[[], bool] = lambda: False,
-                 **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self._requests_full = requests_full
-        self._header_timeout = header_timeout
-        self._error_headers = error_headers
-        self._count_error = count_error
-        self._max_body = max_body
-        self._max_connections = max_connections
-        self._count_overload = count_overload
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.handler = handler
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        self.max_line_size = max_line_size
+        self.max_field_size = max_field_size
+        self.max_headers = max_headers
+        self.error_headers = error_headers
+        self.count_error = count_error
+        self.max_body = max_body
+        self.max_connections = max_connections
+        self.count_overload = count_overload
+        self.requests_full = requests_full
+        self.loop = loop or asyncio.get_running_loop()
+        self.connections: set[Connection] = set()
+        self._gone: asyncio.Event | None = None
 
-    def __call__(self) -> RequestHandler:
-        return GatewayRequestHandler(self, loop=self.event_loop,
-                                     header_timeout=self._header_timeout,
-                                     error_headers=self._error_headers,
-                                     count_error=self._count_error, max_body=self._max_body,
-                                     max_connections=self._max_connections,
-                                     count_overload=self._count_overload,
-                                     requests_full=self._requests_full,
-                                     **self.handler_kwargs)
+    def __call__(self) -> Connection:
+        return Connection(self)
+
+    def connection_gone(self) -> None:
+        if self._gone is not None and not self.connections:
+            self._gone.set()
+
+    async def shutdown(self, timeout: float) -> None:
+        """Let every connection finish what it is answering (up to `timeout`), then close
+        what is left."""
+        self._gone = asyncio.Event()
+        for conn in list(self.connections):
+            conn.shutdown()
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._gone.wait()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()

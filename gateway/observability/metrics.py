@@ -73,6 +73,9 @@ REDIS_DURATION = Histogram(
 CSP_REPORTS = Counter(
     "gateway_csp_reports_total", "CSP violation reports received, by result "
     "(accepted | rejected | limited)", ["result"], registry=REGISTRY)
+ACCESS_REFUSALS = Counter(
+    "gateway_access_refusals_total", "Requests refused by a route's access list (403), by "
+    "route and list", ["route", "list"], registry=REGISTRY)
 BUILD_INFO = Gauge(
     "gateway_build_info", "Gateway version and Python version", ["version", "python"],
     registry=REGISTRY, multiprocess_mode="max")

@@ -1,5 +1,10 @@
 """The streaming forwarder: one request to the upstream, its response back to the client.
 
+The request goes out on a keep-alive connection of the gateway's own client
+(upstream_client.py), the head encoded once per attempt; on a reused connection the upstream
+had closed while idle, an idempotent request is sent once more on a fresh one, apart from the
+`retries` across targets.
+
 A request body up to `upstream.request_buffer` is received whole before an upstream
 connection is taken (capacity.py says why); a larger one streams, chunk by chunk (with a
 per-read timeout and a running size cap) while the upstream consumes it, under the streaming
@@ -19,19 +24,16 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
-import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from gateway.http.forwarding import downstream_response_headers
-from gateway.http.protocol import RequestBodyFlood
-from gateway.http.response import RelayedResponse
+from gateway.http.protocol import Body, Exchange, MalformedBody, RequestBodyFlood
 from gateway.observability.access_log import RequestRecord
 from gateway.observability.metrics import upstream_duration, upstream_error
 from gateway.proxy.capacity import Slots
-from gateway.proxy.errors import UpstreamFailure, classify
+from gateway.proxy.errors import UpstreamBroken, UpstreamFailure
 from gateway.proxy.pool import UpstreamPool
+from gateway.proxy.upstream_client import UpstreamResponse, encode_head
 
 HeaderHook = Callable[[CIMultiDict[str]], None]
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -61,7 +63,7 @@ class RequestBody:
 
     __slots__ = ("_content", "_head", "_limit", "_received", "_timeout", "error", "started")
 
-    def __init__(self, content: aiohttp.StreamReader, limit: int, timeout: float) -> None:
+    def __init__(self, content: Body, limit: int, timeout: float) -> None:
         self._content = content
         self._limit = limit
         self._timeout = timeout
@@ -79,6 +81,9 @@ class RequestBody:
             raise self.error from None
         except RequestBodyFlood as exc:  # chunk framing far beyond the body it carries
             self.error = ClientBodyError(413, str(exc))
+            raise self.error from None
+        except MalformedBody as exc:
+            self.error = ClientBodyError(400, str(exc))
             raise self.error from None
         self._received += len(chunk)
         if self._received > self._limit:
@@ -109,7 +114,7 @@ class RequestBody:
 
 
 async def forward(
-    request: web.BaseRequest,
+    exchange: Exchange,
     pool: UpstreamPool,
     *,
     method: str,
@@ -123,9 +128,10 @@ async def forward(
     finish_headers: HeaderHook | None = None,
     close: bool = False,
     record: RequestRecord | None = None,
-) -> web.StreamResponse:
-    """Send the request upstream and stream the answer; raise UpstreamError before headers,
-    Full when the capacity bounds refuse it, ClientBodyError for a broken body."""
+) -> int:
+    """Send the request upstream and stream the answer to the client (its status is
+    returned); raise UpstreamError before headers, Full when the capacity bounds refuse it,
+    ClientBodyError for a broken body."""
     settings = pool.settings
     data: bytes | RequestBody | None = body
     streaming: Slots | None = None
@@ -139,7 +145,7 @@ async def forward(
     try:
         await pool.connections.take(settings.pool_timeout)
         try:
-            return await _exchange(request, pool, method, path_qs, headers, data,
+            return await _exchange(exchange, pool, method, path_qs, headers, data,
                                    request_id, preserve_host, finish_headers, close, record)
         finally:
             pool.connections.give_back()
@@ -149,7 +155,7 @@ async def forward(
 
 
 async def _exchange(
-    request: web.BaseRequest,
+    exchange: Exchange,
     pool: UpstreamPool,
     method: str,
     path_qs: str,
@@ -160,27 +166,44 @@ async def _exchange(
     finish_headers: HeaderHook | None,
     close: bool,
     record: RequestRecord | None,
-) -> web.StreamResponse:
-    attempts = pool.settings.retries + 1 if method in IDEMPOTENT else 1
+) -> int:
+    idempotent = method in IDEMPOTENT
+    attempts = pool.settings.retries + 1 if idempotent else 1
     body = data if isinstance(data, RequestBody) else None
-    targets = pool.targets_from_next()
-    target = targets[0]
+    # The body's framing, said once for every attempt: a received body by its length, a
+    # streamed one as the client framed it (its Content-Length, else chunked).
+    chunked = False
+    if body is not None:
+        if "Content-Length" not in headers:
+            chunked = True
+            headers["Transfer-Encoding"] = "chunked"
+    elif data is not None and "Content-Length" not in headers:
+        headers["Content-Length"] = str(len(data))
+    head_only = method == "HEAD"
+    targets = pool.pools_from_next()
     for attempt in range(attempts):
         target = targets[attempt % len(targets)]
-        if not preserve_host:
+        if not preserve_host or "Host" not in headers:  # (an HTTP/1.0 client may send none)
             headers["Host"] = target.authority
-        url = URL(target.base_url + path_qs, encoded=True)
+        head = encode_head(method, path_qs, headers)
         started = time.perf_counter()
         try:
-            upstream = await pool.session.request(
-                method, url, headers=headers,
-                data=body.__aiter__() if body is not None else data,
-                allow_redirects=False, expect100=False, compress=None,
-            )
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            conn = target.take_idle()
+            if conn is None:
+                conn = await target.connect()
+            try:
+                upstream = await conn.send(head, data, chunked=chunked, head_only=head_only)
+            except UpstreamBroken as exc:
+                # A reused connection the upstream had closed while it was idle: the request
+                # reached no application, so an idempotent one goes once more, on a fresh one.
+                if not (exc.stale and idempotent and (body is None or not body.started)):
+                    raise
+                conn = await target.connect()
+                upstream = await conn.send(head, data, chunked=chunked, head_only=head_only)
+        except UpstreamBroken as exc:
             if body is not None and body.error is not None:
                 raise body.error from exc
-            failure = classify(exc)
+            failure = exc.failure
             if failure.retryable and (body is None or not body.started) \
                     and attempt + 1 < attempts:
                 upstream_error(target.base_url, failure.kind)  # the last one: the handler
@@ -196,37 +219,33 @@ async def _exchange(
                 502, "protocol", f"the upstream answered with status {upstream.status}, "
                 "which is not relayed"), target.base_url)
         try:
-            out = downstream_response_headers(upstream.headers, version=request.version,
+            out = downstream_response_headers(upstream.headers, version=exchange.version,
                                               request_id=request_id)
             if finish_headers is not None:
                 finish_headers(out)
-            return await _relay(request, upstream, out, close, record)
+            return await _relay(exchange, upstream, out, close, record)
         finally:
             upstream.release()
     raise AssertionError("the last attempt returns or raises")
 
 
 async def _relay(
-    request: web.BaseRequest,
-    upstream: aiohttp.ClientResponse,
+    exchange: Exchange,
+    upstream: UpstreamResponse,
     response_headers: CIMultiDict[str],
     close: bool,
     record: RequestRecord | None,
-) -> web.StreamResponse:
-    response = RelayedResponse(status=upstream.status, reason=upstream.reason,
-                               headers=response_headers)
-    if close:
-        response.force_close()
-    await response.prepare(request)
+) -> int:
+    # the head goes out with the first body bytes: one write for a small answer
+    exchange.start(upstream.status, upstream.reason, response_headers, close)
     try:
-        sent = 0
-        async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
-            sent += len(chunk)
+        async for chunk in upstream:
+            await exchange.write(chunk)
         if record is not None:
-            record.body_bytes_out = sent
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            record.body_bytes_out = exchange.bytes_out
+    except (UpstreamBroken, OSError) as exc:
         # Headers are out: end the connection without a clean end of message.
+        exchange.abort()
         raise ConnectionResetError("upstream body broke off") from exc
-    await response.write_eof()
-    return response
+    await exchange.end()
+    return upstream.status

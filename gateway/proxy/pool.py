@@ -1,20 +1,24 @@
-"""The upstream connection pool: one shared aiohttp ClientSession per policy's upstream.
+"""The upstream of a policy: its targets in round-robin order, their keep-alive connections,
+and the capacity bounds on using them.
 
-The session is configured as a proxy needs it, not as an API client wants it: no
-decompression, no auto-added headers, no cookie jar, no environment proxies, timeouts and
-pool size from the policy. WebSockets get a session of their own, so that however many are
-open, the pool for ordinary requests is untouched; the capacity bounds (capacity.py) decide
-who may take a connection at all.
+Ordinary requests go through the gateway's own client (upstream_client.py): a keep-alive pool
+per target, bounded together by `max_connections`. WebSockets still use an aiohttp
+ClientSession of their own, configured as a proxy needs it (no decompression, no auto-added
+headers, no cookie jar, no environment proxies, timeouts from the policy), so that however
+many are open, the connections for ordinary requests are untouched; the capacity bounds
+(capacity.py) decide who may take a connection at all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Sequence
 
 import aiohttp
 
 from gateway.proxy.capacity import Slots
+from gateway.proxy.upstream_client import KeepAlivePool, keepalive_pools
 from gateway.settings.policy import UpstreamSettings, UpstreamTarget
 
 # Headers aiohttp would otherwise invent for the upstream request.
@@ -26,12 +30,12 @@ class UpstreamPool:
         self.settings = settings
         self._targets = settings.targets
         self._cycle = itertools.cycle(range(len(settings.targets)))
+        self.keepalive = keepalive_pools(settings)  # in the order of the targets
         self.connections = Slots("upstream connections", settings.max_connections)
         self.websockets = Slots("WebSockets", settings.max_websockets,
                                 settings.max_websockets_per_client)
         self.streaming = Slots("streaming request bodies", settings.max_streaming_bodies,
                                settings.max_streaming_bodies_per_client)
-        self.session = self._session(settings, settings.max_connections)
         self.ws_session = self._session(settings, max(1, settings.max_websockets))
 
     @staticmethod
@@ -63,6 +67,15 @@ class UpstreamPool:
         start = next(self._cycle)
         return [*self._targets[start:], *self._targets[:start]]
 
+    def pools_from_next(self) -> Sequence[KeepAlivePool]:
+        """The targets' keep-alive pools, starting with the next one in round-robin order
+        (the rest are retries)."""
+        pools = self.keepalive
+        if len(pools) == 1:
+            return pools
+        start = next(self._cycle)
+        return [*pools[start:], *pools[:start]]
+
     async def reachable(self) -> str | None:
         """None when some target accepts a TCP connection, else why none does."""
         last = "no upstream targets"
@@ -80,5 +93,6 @@ class UpstreamPool:
         return last
 
     async def close(self) -> None:
-        await self.session.close()
+        for pool in self.keepalive:
+            pool.close()
         await self.ws_session.close()

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from multidict import CIMultiDictProxy
 
+from gateway.identity import NOT_NEEDED, Identity, TokenOutcome, claim_text
 from gateway.ratelimit.algorithms import CODES
 from gateway.settings.ratelimit import RateLimitPolicy
 
@@ -40,9 +41,7 @@ _PLAIN = re.compile(r"[A-Za-z0-9.:/_\-]{1,64}")
 
 
 def _safe(value: str) -> str:
-    if _PLAIN.fullmatch(value):
-        return value
-    return "#" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+    return value if _PLAIN.fullmatch(value) else _digest(value)
 
 
 def client_network(client_ip: str, ipv6_prefix: int) -> str:
@@ -58,10 +57,21 @@ def client_network(client_ip: str, ipv6_prefix: int) -> str:
     return net.with_prefixlen
 
 
+# a header whose value is a credential (an API key, a session) is always keyed by its digest:
+# the secret itself never lands in Redis, in `gateway explain` or in a log
+_CREDENTIAL = re.compile(r"authorization|cookie|.*(key|token|secret|session|auth).*")
+
+
+def _digest(value: str) -> str:
+    return "#" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+
+
 def limit_tag(
-    policy: RateLimitPolicy, client_ip: str, headers: CIMultiDictProxy[str]
+    policy: RateLimitPolicy, client_ip: str, headers: CIMultiDictProxy[str],
+    identity: Identity = NOT_NEEDED,
 ) -> tuple[str, str | None]:
-    """(hash-tag text, note when a header was missing and the client IP stood in)."""
+    """(hash-tag text, note when a header or a valid token was missing and the client IP
+    stood in)."""
     parts: list[str] = []
     note = None
     for part in policy.key:
@@ -69,10 +79,22 @@ def limit_tag(
             parts.append("global")
         elif part.kind == "client_ip":
             parts.append(f"ip={_safe(client_network(client_ip, policy.ipv6_prefix))}")
+        elif part.kind == "jwt":
+            claims = identity.claims or {}
+            value = claim_text(claims.get(part.claim or "sub"))
+            if identity.outcome is TokenOutcome.VALID and value:
+                parts.append(f"jwt.{part.claim}={_safe(value)}")
+            else:
+                why = identity.reason if identity.outcome is not TokenOutcome.VALID \
+                    else f"no claim {part.claim}"
+                note = f"bearer token: {why}: keyed by client IP"
+                parts.append(f"ip={_safe(client_network(client_ip, policy.ipv6_prefix))}")
         else:
             value = headers.get(part.header or "")
             if value:
-                parts.append(f"h.{part.header}={_safe(value)}")
+                text = _digest(value) if _CREDENTIAL.fullmatch(part.header or "") \
+                    else _safe(value)
+                parts.append(f"h.{part.header}={text}")
             else:
                 note = f"header {part.header} missing: keyed by client IP"
                 parts.append(f"ip={_safe(client_network(client_ip, policy.ipv6_prefix))}")

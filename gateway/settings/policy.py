@@ -7,9 +7,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from gateway.settings.access import AccessList
 from gateway.settings.cors import CorsPolicy
 from gateway.settings.csp import CspReports
 from gateway.settings.headers import HeadersPolicy
+from gateway.settings.jwt import JwtSettings
 from gateway.settings.path_matching import DEFAULT as DEFAULT_PATH_MATCHING
 from gateway.settings.path_matching import PathMatching
 from gateway.settings.ratelimit import RateLimitPolicy, RedisSettings
@@ -90,6 +92,17 @@ class UpstreamTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """TLS to https:// targets: whom to trust, and the gateway's own certificate for mutual
+    TLS. Paths as the policy resolved them (relative to its file)."""
+
+    ca: str | None = None  # a PEM bundle of the CAs to trust; None: the system's
+    cert: str | None = None  # the gateway's client certificate (PEM), with `key`
+    key: str | None = None
+    digest: str = ""  # sha256 over the files' contents: rotated files make a reload a change
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamSettings:
     targets: tuple[UpstreamTarget, ...]
     connect_timeout: float = 2.0
@@ -103,6 +116,7 @@ class UpstreamSettings:
     max_streaming_bodies: int = 64  # requests forwarded while their body still arrives
     max_streaming_bodies_per_client: int = 4
     request_buffer: int = 64 * 1024  # bodies up to this are received whole before forwarding
+    tls: UpstreamTls | None = None  # for https:// targets; None: the system's CAs
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +128,17 @@ class RouteMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class PathRewrite:
+    """How a route changes the path it forwards (the query is kept): `replace` it, or strip
+    `strip_prefix` (whole segments) and then put `add_prefix` in front. Every value is a
+    normalized path; the route's match guarantees the strip lands on a segment boundary."""
+
+    strip_prefix: str | None = None
+    add_prefix: str | None = None
+    replace: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     match: RouteMatch
@@ -121,6 +146,9 @@ class Route:
     rate_limits: tuple[str, ...] = ()  # names from Policy.rate_limits, checked in this order
     cors: str | None = None  # name in Policy.cors (the `default` one unless set), None: no CORS
     headers: str | None = None  # name in Policy.headers, likewise
+    access: str | None = None  # name in Policy.access_lists, likewise
+    rewrite: PathRewrite | None = None  # the path sent upstream, when not the client's
+    require_jwt: bool = False  # a valid bearer JWT or 401 (the `jwt` section verifies it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +178,10 @@ class Policy:
         default_factory=lambda: MappingProxyType({}))
     cors: Mapping[str, CorsPolicy] = field(default_factory=lambda: MappingProxyType({}))
     headers: Mapping[str, HeadersPolicy] = field(default_factory=lambda: MappingProxyType({}))
+    access_lists: Mapping[str, AccessList] = field(default_factory=lambda: MappingProxyType({}))
     csp_reports: CspReports | None = None
     observability: Observability = Observability()
+    jwt: JwtSettings | None = None
 
 
 def shadowed_routes(routes: Sequence[Route]) -> list[tuple[Route, Route]]:

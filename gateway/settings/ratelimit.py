@@ -13,8 +13,9 @@ FALLBACKS = ("divide", "full")  # redis.fallback: the in-process limit while Red
 
 @dataclass(frozen=True, slots=True)
 class KeyPart:
-    kind: str  # client_ip | header | global
+    kind: str  # client_ip | header | jwt | global
     header: str | None = None  # lower-case field name, for kind == "header"
+    claim: str | None = None  # the bearer JWT's claim, for kind == "jwt"
 
 
 @dataclass(frozen=True, slots=True)

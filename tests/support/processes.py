@@ -122,10 +122,11 @@ def start_ready(module: str, *args: str) -> subprocess.Popen:
     return proc
 
 
-def start_upstream() -> Upstream:
+def start_upstream(*tls: str) -> Upstream:
+    """The test upstream; `tls` adds its TLS options (--tls-cert FILE --tls-key FILE ...)."""
     port, raw_port = free_port(), free_port()
     proc = start_ready("tests.support.upstream", "--port", str(port),
-                       "--raw-port", str(raw_port))
+                       "--raw-port", str(raw_port), *tls)
     return Upstream(port, raw_port, proc)
 
 

@@ -16,6 +16,12 @@ Raw port (asyncio): the request path picks the failure:
   /truncate-chunked    chunked, sends one chunk, closes without the last chunk
   /garbage             answers with bytes that are not HTTP
   /bare                a minimal valid response: no Server, Content-Type or Date
+  /bad-header          a header line without a colon
+  /interim             100 Continue, then the 200
+  /until-close         neither Content-Length nor chunked: the body ends when it closes
+  /as-sent             status 299 "Quite Custom", Set-Cookie and X-Twice twice each
+  /stale               the first request on a connection: 200 "connection N" (the Nth one
+                       accepted), kept open; a later one on that connection: closed unanswered
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ import asyncio
 import gzip
 import hashlib
 import json
+import ssl
 
 from aiohttp import WSMsgType, web
 
 GZIP_PLAIN = b"hello gzip world\n" * 64
 GZIP_BODY = gzip.compress(GZIP_PLAIN, mtime=0)
 PATTERN = bytes(range(256)) * 256  # 64 KiB
+UNTIL_CLOSE_PIECES = [b"no length, ", b"no chunks: ", b"read until the upstream closes\n" * 200]
 
 
 async def echo(request: web.Request) -> web.Response:
@@ -108,16 +116,30 @@ async def ws(request: web.Request) -> web.WebSocketResponse:
 
 
 class RawUpstream(asyncio.Protocol):
+    connections = 0  # accepted so far, numbered from 1 (reported by /stale)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        RawUpstream.connections += 1
+        self.number = RawUpstream.connections
         self.transport = transport
         self.buffer = b""
+        self.answered = 0  # requests answered on this connection
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         if b"\r\n\r\n" not in self.buffer:
             return
         path = self.buffer.split(b" ", 2)[1]
+        self.buffer = b""  # one request per head; bodies are not read
         t = self.transport
+        if path == b"/stale":
+            if self.answered:  # an idle keep-alive connection, closed as the request came
+                t.close()
+                return
+            body = b"connection %d" % self.number
+            t.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            self.answered += 1
+            return
         if path == b"/truncate":
             t.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
         elif path == b"/truncate-chunked":
@@ -127,6 +149,19 @@ class RawUpstream(asyncio.Protocol):
             t.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
         elif path == b"/garbage":
             t.write(b"NOT HTTP AT ALL\r\n\r\n")
+        elif path == b"/bad-header":
+            t.write(b"HTTP/1.1 200 OK\r\nNo Colon Here\r\nContent-Length: 2\r\n\r\nok")
+        elif path == b"/interim":
+            t.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            t.write(b"HTTP/1.1 200 OK\r\nX-Final: yes\r\nContent-Length: 5\r\n\r\nfinal")
+        elif path == b"/until-close":
+            t.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+            for piece in UNTIL_CLOSE_PIECES:
+                t.write(piece)
+        elif path == b"/as-sent":
+            t.write(b"HTTP/1.1 299 Quite Custom\r\nSet-Cookie: a=1\r\nX-Twice: first\r\n"
+                    b"Set-Cookie: b=2; Path=/\r\nX-Twice: second\r\nContent-Length: 2\r\n"
+                    b"Connection: close\r\n\r\nok")
         t.close()
 
 
@@ -144,10 +179,10 @@ def app() -> web.Application:
     return application
 
 
-async def main(port: int, raw_port: int) -> None:
+async def main(port: int, raw_port: int, tls: ssl.SSLContext | None = None) -> None:
     runner = web.AppRunner(app(), access_log=None, auto_decompress=False)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=tls).start()
     loop = asyncio.get_running_loop()
     await loop.create_server(RawUpstream, "127.0.0.1", raw_port)
     print(json.dumps({"ready": True}), flush=True)
@@ -158,5 +193,15 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--raw-port", type=int, required=True)
+    parser.add_argument("--tls-cert", help="serve --port over TLS with this certificate (PEM)")
+    parser.add_argument("--tls-key")
+    parser.add_argument("--client-ca", help="and require a client certificate from this CA")
     args = parser.parse_args()
-    asyncio.run(main(args.port, args.raw_port))
+    context = None
+    if args.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.client_ca:
+            context.load_verify_locations(args.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    asyncio.run(main(args.port, args.raw_port, context))

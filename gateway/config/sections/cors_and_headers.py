@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from gateway.config.reader import Reader
+from gateway.config.reader import Reader, named_entries
 from gateway.settings.cors import CorsPolicy
 from gateway.settings.headers import HeadersPolicy, HeaderValueError, check_header
 from gateway.tokens import TOKEN
@@ -22,22 +22,9 @@ KEYS = {
 _LISTS = ("allow_origins", "allow_methods", "allow_headers", "expose_headers")
 
 
-def _named(r: Reader, node: yaml.Node, section: str) -> dict[str, yaml.Node]:
-    if not isinstance(node, yaml.MappingNode):
-        r.error(node, f"{section} must be a mapping of names to policies")
-        return {}
-    names = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
-    out = r.mapping(node, names, section) or {}
-    for name, value in list(out.items()):
-        if name == "none":
-            r.error(value, f"{section} policy name 'none' is reserved (it switches a default off)")
-            del out[name]
-    return out
-
-
 def read_cors(r: Reader, node: yaml.Node) -> dict[str, CorsPolicy]:
     policies = {}
-    for name, value in _named(r, node, "cors").items():
+    for name, value in named_entries(r, node, "cors").items():
         where = f"cors.{name}"
         m = r.mapping(value, KEYS["cors.*"], where)
         if m is None:
@@ -95,7 +82,7 @@ def _header_map(r: Reader, node: yaml.Node, what: str
 
 def read_headers(r: Reader, node: yaml.Node) -> dict[str, HeadersPolicy]:
     policies = {}
-    for name, value in _named(r, node, "headers").items():
+    for name, value in named_entries(r, node, "headers").items():
         where = f"headers.{name}"
         m = r.mapping(value, KEYS["headers.*"], where)
         if m is None:

@@ -38,6 +38,9 @@ KEYS = {
 }
 
 
+_CLAIM = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
 def parse_key(text: str) -> tuple[KeyPart, ...] | str:
     """Key parts from `client_ip+header:X-Tenant`, or an error message."""
     parts: list[KeyPart] = []
@@ -45,13 +48,19 @@ def parse_key(text: str) -> tuple[KeyPart, ...] | str:
         item = raw.strip()
         if item in ("client_ip", "global"):
             parts.append(KeyPart(item))
+        elif item == "jwt" or item.startswith("jwt:"):
+            claim = item[len("jwt:"):].strip() if item != "jwt" else "sub"
+            if not _CLAIM.fullmatch(claim):
+                return f"{claim!r} is not a JWT claim name"
+            parts.append(KeyPart("jwt", claim=claim))
         elif item.startswith("header:"):
             name = item[len("header:"):].strip()
             if not TOKEN.fullmatch(name):
                 return f"{name!r} is not a valid header name"
             parts.append(KeyPart("header", name.lower()))
         else:
-            return f"unknown key part {item!r} (use client_ip, header:<Name> or global)"
+            return (f"unknown key part {item!r} (use client_ip, header:<Name>, jwt:<claim> "
+                    "or global)")
     if len(set(parts)) != len(parts):
         return "a key part is repeated"
     if KeyPart("global") in parts and len(parts) > 1:

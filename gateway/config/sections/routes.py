@@ -11,6 +11,7 @@ import yaml
 from gateway.config.reader import Reader
 from gateway.http.normalize import PathRejected, normalize_path
 from gateway.settings.policy import (
+    PathRewrite,
     Route,
     RouteMatch,
     shadowed_routes,
@@ -21,8 +22,10 @@ _METHOD = re.compile(r"[A-Z][A-Z0-9\-_]*")
 _HOSTNAME = re.compile(r"(\*\.)?([a-z0-9]([a-z0-9\-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9\-]*[a-z0-9])?")
 
 KEYS = {
-    "routes[]": ("name", "match", "websocket", "rate_limits", "cors", "headers"),
+    "routes[]": ("name", "match", "websocket", "rate_limits", "cors", "headers", "access",
+                 "rewrite", "require_jwt"),
     "routes[].match": ("path", "path_prefix", "methods", "host"),
+    "routes[].rewrite": ("strip_prefix", "add_prefix", "replace"),
 }
 
 
@@ -75,6 +78,43 @@ def _match(r: Reader, node: yaml.Node, where: str) -> RouteMatch | None:
     return RouteMatch(path=path, path_prefix=prefix, methods=methods, host=host)
 
 
+def _rewrite(r: Reader, node: yaml.Node, where: str, match: RouteMatch | None
+             ) -> PathRewrite | None:
+    """A route's `rewrite`; None (reported) when it is wrong. The strip must land on a segment
+    boundary of every path the route matches, so the route's match must lie under it."""
+    m = r.mapping(node, KEYS["routes[].rewrite"], f"{where}.rewrite")
+    if m is None:
+        return None
+    if not m:
+        r.error(node, f"{where}.rewrite needs strip_prefix, add_prefix or replace")
+        return None
+    if "replace" in m and len(m) > 1:
+        r.error(node, f"{where}.rewrite: replace excludes strip_prefix and add_prefix")
+        return None
+    values: dict[str, str] = {}
+    for key, value in m.items():
+        text = _route_path(r, value, f"{where}.rewrite.{key}")
+        if text is None:
+            return None
+        if key != "replace" and (text == "/" or text.endswith("/")):
+            r.error(value, f"{where}.rewrite.{key} {text!r} must name segments without a "
+                    "trailing '/' (e.g. /orders)")
+            return None
+        values[key] = text
+    strip = values.get("strip_prefix")
+    if strip is not None and match is not None:
+        pattern = match.path_prefix if match.path_prefix is not None else match.path
+        under = pattern is not None and (
+            pattern.lower().startswith(strip.lower() + "/")
+            or (match.path is not None and pattern.lower() == strip.lower()))
+        if not under:
+            r.error(m["strip_prefix"], f"{where}.rewrite.strip_prefix {strip!r} must cover "
+                    "every path the route matches: match path_prefix "
+                    f"'{strip}/' (or a path under it)")
+            return None
+    return PathRewrite(**values)
+
+
 def _route_limits(r: Reader, node: yaml.Node, where: str,
                   limits: Mapping[str, object]) -> tuple[str, ...] | None:
     names: list[str] = []
@@ -109,13 +149,16 @@ def _named_policy(r: Reader, m: dict[str, yaml.Node], key: str, where: str,
         if name not in getattr(defined, "declared", ()):  # a broken one is reported there
             known = ", ".join(getattr(defined, "declared", None) or defined) \
                 or "none are defined"
-            r.error(m[key], f"{where}.{key}: unknown {key} policy {name!r} (defined: {known})")
+            kind = "access list" if key == "access" else f"{key} policy"
+            r.error(m[key], f"{where}.{key}: unknown {kind} {name!r} (defined: {known})")
         return False, None
     return True, name
 
 
 def read_routes(r: Reader, node: yaml.Node, limits: Mapping[str, object],
-            cors: Mapping[str, object], headers: Mapping[str, object]) -> tuple[Route, ...]:
+                cors: Mapping[str, object], headers: Mapping[str, object],
+                access: Mapping[str, object], jwt_configured: bool = False
+                ) -> tuple[Route, ...]:
     items = r.sequence(node, "routes")
     if items is None:
         return ()
@@ -147,12 +190,22 @@ def read_routes(r: Reader, node: yaml.Node, limits: Mapping[str, object],
             if "rate_limits" in m else ()
         cors_ok, cors_name = _named_policy(r, m, "cors", where, cors)
         headers_ok, headers_name = _named_policy(r, m, "headers", where, headers)
+        access_ok, access_name = _named_policy(r, m, "access", where, access)
+        rewrite = _rewrite(r, m["rewrite"], where, match) if "rewrite" in m else None
+        require_jwt = r.boolean(m["require_jwt"], f"{where}.require_jwt") \
+            if "require_jwt" in m else False
+        if require_jwt and not jwt_configured:
+            r.error(m["require_jwt"], f"{where}.require_jwt needs the 'jwt' section (a secret "
+                    "or a JWKS to verify tokens with)")
+            require_jwt = None
         if name is None or match is None or websocket is None or route_limits is None \
-                or not cors_ok or not headers_ok:
+                or not cors_ok or not headers_ok or not access_ok \
+                or ("rewrite" in m and rewrite is None) or require_jwt is None:
             continue
         name_nodes[name] = m["name"]
         routes.append(Route(name=name, match=match, websocket=websocket,
-                            rate_limits=route_limits, cors=cors_name, headers=headers_name))
+                            rate_limits=route_limits, cors=cors_name, headers=headers_name,
+                            access=access_name, rewrite=rewrite, require_jwt=require_jwt))
         route_nodes.append(item)
     node_of = dict(zip((rt.name for rt in routes), route_nodes, strict=True))
     for later, earlier in shadowed_routes(routes):

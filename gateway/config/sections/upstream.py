@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+import ssl
+from pathlib import Path
 
 import yaml
 from yarl import URL
@@ -11,6 +14,7 @@ from gateway.config.reader import Reader
 from gateway.settings.policy import (
     UpstreamSettings,
     UpstreamTarget,
+    UpstreamTls,
 )
 
 _PORT = re.compile(r"[0-9]{1,5}")
@@ -19,8 +23,10 @@ _URL_HOST = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-
 KEYS = {
     "upstream": ("url", "targets", "timeouts", "max_connections", "retries", "preserve_host",
                  "pool_timeout", "max_websockets", "max_websockets_per_client",
-                 "max_streaming_bodies", "max_streaming_bodies_per_client", "request_buffer"),
+                 "max_streaming_bodies", "max_streaming_bodies_per_client", "request_buffer",
+                 "tls"),
     "upstream.timeouts": ("connect", "read"),
+    "upstream.tls": ("ca", "cert", "key"),
 }
 
 
@@ -58,6 +64,44 @@ def _target(r: Reader, node: yaml.Node, what: str) -> UpstreamTarget | None:
     # raw_host: the ASCII (punycode) form; url.host would decode it for the Host header
     port = url.port or (443 if url.scheme == "https" else 80)
     return UpstreamTarget(url.scheme, url.raw_host, port)
+
+
+def _tls(r: Reader, node: yaml.Node) -> UpstreamTls | None:
+    """`upstream.tls`, each file read and the context built now: a bad CA bundle or a
+    certificate that does not match its key is a policy error, not a 502 at the first request."""
+    m = r.mapping(node, KEYS["upstream.tls"], "upstream.tls")
+    if m is None:
+        return None
+    if ("cert" in m) != ("key" in m):
+        r.error(node, "upstream.tls: 'cert' and 'key' go together (mutual TLS)")
+        return None
+    paths: dict[str, str] = {}
+    digest = hashlib.sha256()
+    for key, value in m.items():
+        name = r.string(value, f"upstream.tls.{key}")
+        if name is None:
+            return None
+        path = Path(value.start_mark.name).parent / name
+        try:
+            digest.update(path.read_bytes())
+        except OSError as exc:
+            r.error(value, f"upstream.tls.{key}: cannot read {path}: {exc.strerror}")
+            return None
+        paths[key] = str(path)
+    try:
+        context = ssl.create_default_context(cafile=paths.get("ca"))
+    except ssl.SSLError as exc:
+        r.error(m["ca"], f"upstream.tls.ca: {paths['ca']} is not a PEM CA bundle ({exc})")
+        return None
+    if "cert" in paths:
+        try:
+            context.load_cert_chain(paths["cert"], paths["key"])
+        except ssl.SSLError as exc:
+            r.error(m["cert"], f"upstream.tls.cert: cannot use {paths['cert']} with "
+                    f"{paths['key']} ({exc.reason or exc})")
+            return None
+    return UpstreamTls(ca=paths.get("ca"), cert=paths.get("cert"), key=paths.get("key"),
+                       digest=digest.hexdigest())
 
 
 def read_upstream(r: Reader, node: yaml.Node) -> UpstreamSettings | None:
@@ -102,7 +146,11 @@ def read_upstream(r: Reader, node: yaml.Node) -> UpstreamSettings | None:
             r.error(m["request_buffer"], "upstream.request_buffer is held in memory per "
                     "request: at most 64MiB")
             values["request_buffer"] = None
-    if not targets:
+    if "tls" in m:
+        values["tls"] = _tls(r, m["tls"])
+        if values["tls"] is not None and not any(t.scheme == "https" for t in targets):
+            r.error(m["tls"], "upstream.tls applies to https:// targets; none is listed")
+    if not targets or ("tls" in m and values["tls"] is None):
         return None
     fields = {k: v for k, v in values.items() if v is not None}
     return UpstreamSettings(targets=tuple(targets), **{**_defaults(d), **fields})
