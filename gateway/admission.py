@@ -108,7 +108,11 @@ def admit(
                            f"{collector.max_size} bytes", close=True, path=path)
         return CspReport(path=path)
     if method in REFUSED_METHODS:
-        return Refusal(405, f"{method} is not allowed through this gateway", path=path)
+        # After a CONNECT head, llhttp reads what follows as tunnel data, not as the body its
+        # Content-Length announces: kept open, the connection would take a "body" for the
+        # next request (a smuggled request). So a refused CONNECT ends the connection.
+        return Refusal(405, f"{method} is not allowed through this gateway",
+                       close=method == "CONNECT", path=path)
     host_header = headers.get("Host")
     if host_header is not None and not _HOST.fullmatch(host_header):
         return Refusal(400, "the Host header is not a host name or address with an optional "

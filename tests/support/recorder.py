@@ -8,6 +8,8 @@ Every request appends one line to FILE (flushed at once):
   {"conn": n, "seq": k, "method", "target", "http_version", "headers": [[name, value], ...],
    "body_length", "body_head" (first 200 bytes, latin-1), "trailers": [[name, value], ...],
    "t_head", "t_end" (wall-clock times the head and the end of the message arrived)}
+With `--wire`, each entry also has "wire": the bytes of that request exactly as received
+(latin-1), from the end of the previous request on the connection to the end of this one.
 A framing error is logged as {"conn": n, "error": "...", "raw": first 500 bytes (latin-1)},
 a connection closed in the middle of a request as {"conn", "error": "incomplete", ...}.
 
@@ -71,8 +73,9 @@ def _text(data: bytes) -> str:
 
 
 class RecorderServer:
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, wire: bool = False) -> None:
         self.log = log_path.open("a", encoding="utf-8")
+        self.wire = wire
         self.conn_numbers = itertools.count(1)
 
     def write(self, entry: dict) -> None:
@@ -97,6 +100,7 @@ class RecorderServer:
         current: dict | None = None
         body = bytearray()
         body_length = 0
+        pending = bytearray()  # bytes received and not yet logged as a request's "wire"
         while True:
             try:
                 event = conn.next_event()
@@ -117,6 +121,8 @@ class RecorderServer:
                              "raw": _text(raw[:500])}
                     self.write(entry)
                     return
+                if self.wire:
+                    pending += data
                 conn.receive_data(data)
                 continue
             if event is h11.PAUSED:
@@ -150,6 +156,10 @@ class RecorderServer:
                          "body_head": _text(bytes(body)),
                          "trailers": [[_text(k), _text(v)] for k, v in event.headers.raw_items()],
                          "t_end": time.time()}
+                if self.wire:
+                    used = len(pending) - len(conn.trailing_data[0])
+                    entry["wire"] = _text(bytes(pending[:used]))
+                    del pending[:used]
                 self.write(entry)
                 current = None
                 raw = b""
@@ -158,6 +168,7 @@ class RecorderServer:
                     return
                 if outcome == "raw":  # a complete raw answer: the connection goes on
                     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=1024 * 1024)
+                    pending.clear()
                     continue
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     return
@@ -206,8 +217,8 @@ class RecorderServer:
         return "ok"
 
 
-async def main(port: int, log_path: Path) -> None:
-    server = RecorderServer(log_path)
+async def main(port: int, log_path: Path, wire: bool = False) -> None:
+    server = RecorderServer(log_path, wire)
     srv = await asyncio.start_server(server.handle, "127.0.0.1", port)
     print(json.dumps({"ready": True}), flush=True)
     async with srv:
@@ -272,13 +283,14 @@ class Recorder:
         raise TimeoutError(f"sync marker {target} did not reach the recorder via the gateway")
 
 
-def start_recorder(tmp: Path, port: int | None = None) -> Recorder:
-    """A recorder on a free port, or on `port` (one restarted where it was)."""
+def start_recorder(tmp: Path, wire: bool = False, port: int | None = None) -> Recorder:
+    """A recorder process on a free port (or on `port`: one restarted where it was), logging
+    into `tmp` (with `wire`: each request's bytes as received too)."""
     port = port or free_port()
     log = tmp / f"recorder-{port}.jsonl"
     log.touch()
     return Recorder(port, log, start_ready("tests.support.recorder", "--port", str(port),
-                                           "--log", str(log)))
+                                           "--log", str(log), *(["--wire"] if wire else [])))
 
 
 @contextlib.contextmanager
@@ -300,5 +312,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--log", type=Path, required=True)
+    parser.add_argument("--wire", action="store_true")
     args = parser.parse_args()
-    asyncio.run(main(args.port, args.log))
+    asyncio.run(main(args.port, args.log, args.wire))
