@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -35,8 +36,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.integration)
             else:
                 item.add_marker(pytest.mark.unit)
-    # The long tests first: spread over the xdist workers at the start, not left at the end.
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    # The exclusive tests first (their worker starts its block while the pending list is full,
+    # so it is never left waiting for work), then the long ones, spread over the xdist workers
+    # at the start rather than left at the end.
+    items.sort(key=lambda item: (item.get_closest_marker("exclusive") is None,
+                                 item.get_closest_marker("slow") is None))
 
 
 def _refuse(what: str) -> Callable[..., None]:
@@ -114,7 +118,51 @@ def _flock(path: Path, mode: int) -> Iterator[None]:
             fcntl.flock(file, fcntl.LOCK_UN)
 
 
-_block: list[contextlib.ExitStack] = []  # this worker's exclusive hold, while it runs a block
+class _Block:
+    """This worker's exclusive hold while it runs consecutive exclusive tests.
+
+    Kept from one exclusive test to the next, it is given back when the next test is not
+    exclusive, or when no test starts within LEASE_S: xdist starts a worker's last queued test
+    only once more work arrives, and none may arrive while the others wait for this lock."""
+
+    LEASE_S = 2.0
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._held: contextlib.ExitStack | None = None
+        self._timer: threading.Timer | None = None
+
+    def take(self, turnstile: Path, lock: Path) -> None:
+        with self._guard:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._held is not None:
+                return  # still held from the previous exclusive test
+        held = contextlib.ExitStack()
+        held.enter_context(_flock(turnstile, fcntl.LOCK_EX))  # no new test starts elsewhere
+        held.enter_context(_flock(lock, fcntl.LOCK_EX))  # the running ones have ended
+        with self._guard:
+            self._held = held
+
+    def keep_for_a_while(self) -> None:
+        with self._guard:
+            if self._held is not None and self._timer is None:
+                self._timer = threading.Timer(self.LEASE_S, self.give_back)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def give_back(self) -> None:
+        with self._guard:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            held, self._held = self._held, None
+        if held is not None:
+            held.close()
+
+
+_block = _Block()
 
 
 def _exclusive(item: pytest.Item | None) -> bool:
@@ -129,11 +177,7 @@ def _exclusive_tests_run_alone(request: pytest.FixtureRequest,
         return
     turnstile, lock = _lock_files
     if _exclusive(request.node):
-        if not _block:  # the first of a block: wait for the running tests of the others
-            held = contextlib.ExitStack()
-            held.enter_context(_flock(turnstile, fcntl.LOCK_EX))
-            held.enter_context(_flock(lock, fcntl.LOCK_EX))
-            _block.append(held)
+        _block.take(turnstile, lock)
         yield
     else:
         with contextlib.ExitStack() as held:
@@ -147,8 +191,10 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     try:
         return (yield)
     finally:
-        if _block and not _exclusive(nextitem):  # the block ends: the others go on
-            _block.pop().close()
+        if _exclusive(nextitem):
+            _block.keep_for_a_while()  # the next one takes it over, if it starts soon
+        else:
+            _block.give_back()  # the block ends: the others go on
 
 
 # --- PostgreSQL for the demo application (upstream/) ----------------------------------------
