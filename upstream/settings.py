@@ -8,6 +8,7 @@ SECRET_KEY          signs the JWTs; required in production, generated in develop
 JWT_EXPIRATION_MINUTES  default 60
 BACKUP_DIR          default backups/ (in the working directory)
 RETENTION_DAYS      default 30
+ENABLE_METRICS      true (default) | false: /metrics answered, or 404
 BACKUP_KEEP_LAST    prune keeps at least this many recent backups (default 7)
 AWS_S3_BUCKET       optional: backups are uploaded there; AWS_S3_PREFIX (default backups/),
                     AWS_ENDPOINT_URL (any S3-compatible store), AWS_ACCESS_KEY_ID,
@@ -46,6 +47,7 @@ class Settings:
     s3_bucket: str | None
     s3_prefix: str
     s3_endpoint_url: str | None
+    enable_metrics: bool = True
 
     @property
     def is_production(self) -> bool:
@@ -92,4 +94,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         s3_bucket=env.get("AWS_S3_BUCKET", "").strip() or None,
         s3_prefix=env.get("AWS_S3_PREFIX", "backups/"),
         s3_endpoint_url=env.get("AWS_ENDPOINT_URL", "").strip() or None,
+        enable_metrics=_bool(env, "ENABLE_METRICS", True),
     )
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    text = env.get(name, "").strip().lower()
+    if not text:
+        return default
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {text!r}")

@@ -334,6 +334,15 @@ async def test_metrics_count_requests_by_route_and_status_and_show_the_pool(clie
     assert "upstream_backup_last_timestamp_seconds" not in text  # no backup yet
 
 
+async def test_enable_metrics_false_removes_the_metrics_endpoint(aiohttp_client, settings,
+                                                                 seeded):
+    import dataclasses
+    app = make_app(dataclasses.replace(settings, enable_metrics=False), seeded)
+    quiet = await aiohttp_client(app)
+    assert (await quiet.get("/metrics")).status == 404
+    assert (await quiet.get("/health")).status == 200
+
+
 async def test_metrics_read_the_latest_backup_from_the_backup_directory(client, settings):
     from upstream.backup.create import create_backup
     from upstream.backup.verify import verify_backup

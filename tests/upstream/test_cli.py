@@ -111,6 +111,10 @@ def test_settings_read_the_plan_names():
         load_settings({"ENVIRONMENT": "production", "SECRET_KEY": "short"})
     with pytest.raises(SettingsError, match="JWT_EXPIRATION_MINUTES"):
         load_settings({"JWT_EXPIRATION_MINUTES": "soon"})
+    assert load_settings({}).enable_metrics is True
+    assert load_settings({"ENABLE_METRICS": "false"}).enable_metrics is False
+    with pytest.raises(SettingsError, match="ENABLE_METRICS must be true or false"):
+        load_settings({"ENABLE_METRICS": "maybe"})
 
 
 @pytest.mark.integration

@@ -107,7 +107,8 @@ def make_app(settings: Settings, database_url: str) -> web.Application:
     r = app.router
     r.add_get("/health", health.health)
     r.add_get("/ready", health.ready)
-    r.add_get("/metrics", health.metrics)
+    if settings.enable_metrics:  # ENABLE_METRICS=false: no /metrics at all (404)
+        r.add_get("/metrics", health.metrics)
     r.add_post("/api/auth/login", auth_routes.login)
     r.add_get("/api/campaigns", campaigns.list_campaigns)
     r.add_post("/api/campaigns", campaigns.create_campaign)
