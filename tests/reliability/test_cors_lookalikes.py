@@ -14,13 +14,11 @@ The allowed origins get the opposite, as controls.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
 from tests.support.client import exchange
-from tests.support.processes import Gateway, start_gateway, stop
-from tests.support.recorder import Recorder, start_recorder
+from tests.support.recorder import Site, gateway_before_recorder
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("reliability-cors")]
 
@@ -62,20 +60,12 @@ LOOKALIKES = [
 ALLOWED = ["https://app.example.com", "https://api.example.com"]
 
 
-@dataclass
-class Site:
-    gw: Gateway
-    rec: Recorder
-
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Iterator[Site]:
-    tmp = tmp_path_factory.mktemp("cors")
-    rec = start_recorder(tmp)
-    gw = start_gateway(tmp, rec.url, top_extra=CORS)
-    yield Site(gw, rec)
-    stop(gw.proc)
-    stop(rec.proc)
+    with gateway_before_recorder(tmp_path_factory.mktemp("cors"),
+                                 top_extra=CORS) as started:
+        yield started
 
 
 def preflight(origin: str) -> bytes:

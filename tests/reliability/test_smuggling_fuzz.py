@@ -41,8 +41,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.support.load import report
-from tests.support.processes import Gateway, start_gateway, stop
-from tests.support.recorder import Recorder, start_recorder
+from tests.support.recorder import Site, gateway_before_recorder
 from tests.support.scale import scaled
 from tests.support.strict_http import Request, frame
 
@@ -57,21 +56,13 @@ SENTINEL = (f"GET {SENTINEL_TARGET} HTTP/1.1\r\nHost: gw.test\r\nConnection: clo
             .encode())
 
 
-@dataclass
-class Site:
-    gw: Gateway
-    rec: Recorder
-
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Iterator[Site]:
-    tmp = tmp_path_factory.mktemp("fuzz")
-    rec = start_recorder(tmp, wire=True)
-    gw = start_gateway(tmp, rec.url,
-                       server_extra="timeouts: {header: 500ms, body: 500ms, idle: 2s}")
-    yield Site(gw, rec)
-    stop(gw.proc)
-    stop(rec.proc)
+    timeouts = "timeouts: {header: 500ms, body: 500ms, idle: 2s}"
+    with gateway_before_recorder(tmp_path_factory.mktemp("fuzz"), wire=True,
+                                 server_extra=timeouts) as started:
+        yield started
 
 
 # --------------------------------------------------------------------------------------------

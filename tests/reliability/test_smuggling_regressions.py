@@ -16,33 +16,22 @@ the exact answer, the connection's end, and what the upstream received.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
 from tests.support.client import Conn
-from tests.support.processes import Gateway, start_gateway, stop
-from tests.support.recorder import Recorder, start_recorder
+from tests.support.recorder import Site, gateway_before_recorder
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("reliability-regressions")]
 
 SMUGGLED = b"GET /fz/smuggled HTTP/1.1\r\nHost: gw.test\r\n\r\n"
 
 
-@dataclass
-class Site:
-    gw: Gateway
-    rec: Recorder
-
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Iterator[Site]:
-    tmp = tmp_path_factory.mktemp("regressions")
-    rec = start_recorder(tmp)
-    gw = start_gateway(tmp, rec.url)
-    yield Site(gw, rec)
-    stop(gw.proc)
-    stop(rec.proc)
+    with gateway_before_recorder(tmp_path_factory.mktemp("regressions")) as started:
+        yield started
 
 
 @pytest.mark.parametrize("head", [

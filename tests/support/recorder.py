@@ -36,6 +36,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import h11
 
@@ -293,15 +294,23 @@ def start_recorder(tmp: Path, wire: bool = False, port: int | None = None) -> Re
                                            "--log", str(log), *(["--wire"] if wire else [])))
 
 
+class Site(NamedTuple):
+    """A gateway in front of a recorder."""
+
+    gw: Gateway
+    rec: Recorder
+
+
 @contextlib.contextmanager
-def gateway_before_recorder(tmp: Path, **gateway: object) -> Iterator[tuple[Gateway, Recorder]]:
-    """A recorder, and a gateway in front of it (start_gateway's keyword arguments), stopped
-    when done: for tests that check what exactly reached the upstream."""
-    rec = start_recorder(tmp)
+def gateway_before_recorder(tmp: Path, wire: bool = False, **gateway: object) -> Iterator[Site]:
+    """A recorder (`wire`: logging each request's bytes too), and a gateway in front of it
+    (start_gateway's keyword arguments), stopped when done: for tests that check what exactly
+    reached the upstream."""
+    rec = start_recorder(tmp, wire=wire)
     try:
         gw = start_gateway(tmp, rec.url, **gateway)  # type: ignore[arg-type]
         try:
-            yield gw, rec
+            yield Site(gw, rec)
         finally:
             stop(gw.proc)
     finally:
