@@ -426,15 +426,29 @@ class Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     async def drain(self) -> None:
+        """Wait until the client has read enough of the answer. A client that reads nothing
+        for `timeouts.idle` is cut (nginx's send_timeout): it would otherwise hold the
+        request's upstream connection for as long as it keeps its socket open."""
         if not self.writing_paused:
             return
         if self.transport is None:
             raise ConnectionResetError("the client closed the connection")
-        self._drain_waiter = self.loop.create_future()
+        waiter = self._drain_waiter = self.loop.create_future()
+        # confirmed after one more poll of the sockets: a busy loop is not a stalled reader
+        timer = self.loop.call_later(self.server.idle_timeout, after_turns, self.loop, 2,
+                                     lambda: self._send_stalled(waiter))
         try:
-            await self._drain_waiter
+            await waiter
         finally:
+            timer.cancel()
             self._drain_waiter = None
+
+    def _send_stalled(self, waiter: asyncio.Future[None]) -> None:
+        if waiter.done() or not self.writing_paused or self.transport is None:
+            return
+        log.info("client %s read nothing of its answer for %gs: connection closed", self.peer,
+                 self.server.idle_timeout)
+        self.transport.abort()  # connection_lost fails the waiter and ends the exchange
 
     def write(self, data: bytes) -> None:
         if self.transport is not None:
