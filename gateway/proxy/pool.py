@@ -1,12 +1,11 @@
-"""The upstream of a policy: its targets in round-robin order, their keep-alive connections,
-and the capacity bounds on using them.
+"""One upstream of a policy: its targets as the balancer orders them (health.py), their
+keep-alive connections, and the capacity bounds on using them.
 
-Ordinary requests go through the gateway's own client (upstream_client.py): a keep-alive pool
-per target, bounded together by `max_connections`. WebSockets still use an aiohttp
-ClientSession of their own, configured as a proxy needs it (no decompression, no auto-added
-headers, no cookie jar, no environment proxies, timeouts from the policy), so that however
-many are open, the connections for ordinary requests are untouched; the capacity bounds
-(capacity.py) decide who may take a connection at all.
+Requests go through the gateway's own client (upstream_client.py): a keep-alive pool per
+target, bounded together by `max_connections`. A WebSocket opens a connection of its own to the
+target the balancer chooses (websocket.py), so that however many are open, the connections for
+ordinary requests are untouched; the capacity bounds (capacity.py) decide who may take a
+connection at all.
 """
 
 from __future__ import annotations
@@ -16,15 +15,10 @@ import itertools
 import time
 from collections.abc import Sequence
 
-import aiohttp
-
 from gateway.proxy.capacity import Slots
 from gateway.proxy.health import run_checks
 from gateway.proxy.upstream_client import KeepAlivePool, keepalive_pools
-from gateway.settings.policy import UpstreamSettings, UpstreamTarget
-
-# Headers aiohttp would otherwise invent for the upstream request.
-_SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+from gateway.settings.policy import UpstreamSettings
 
 
 class UpstreamPool:
@@ -39,36 +33,6 @@ class UpstreamPool:
                                 settings.max_websockets_per_client)
         self.streaming = Slots("streaming request bodies", settings.max_streaming_bodies,
                                settings.max_streaming_bodies_per_client)
-        self.ws_session = self._session(settings, max(1, settings.max_websockets))
-
-    @staticmethod
-    def _session(settings: UpstreamSettings, size: int) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=size,
-            limit_per_host=0,
-            keepalive_timeout=30.0,
-            ttl_dns_cache=10,
-        )
-        return aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=False,
-            requote_redirect_url=False,
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                sock_connect=settings.connect_timeout,
-                sock_read=settings.read_timeout,
-            ),
-            max_line_size=16 * 1024,
-            max_field_size=16 * 1024,
-        )
-
-    def targets_from_next(self) -> list[UpstreamTarget]:
-        """All targets, starting with the next one in round-robin order (the rest are retries)."""
-        start = next(self._cycle)
-        return [*self._targets[start:], *self._targets[:start]]
 
     def pools_from_next(self) -> Sequence[KeepAlivePool]:
         """The targets' keep-alive pools the balancer chooses from, the chosen one first (the
@@ -121,4 +85,3 @@ class UpstreamPool:
         self._checks.clear()
         for pool in self.keepalive:
             pool.close()
-        await self.ws_session.close()

@@ -25,7 +25,6 @@ import base64
 import hashlib
 import logging
 import os
-import ssl
 
 import httptools
 from multidict import CIMultiDict
@@ -299,10 +298,11 @@ async def _open(pool: UpstreamPool, path_qs: str, headers: CIMultiDict[str], key
                 ) -> tuple[_UpstreamSide, CIMultiDict[str], bytes, str]:
     """Connect to the next target and make the handshake; its answer's headers, the bytes
     after it, and the target's base URL."""
-    target = pool.targets_from_next()[0]
+    chosen = pool.pools_from_next()[0]  # balanced and health-checked like any request
+    target = chosen.target
     settings = pool.settings
     loop = asyncio.get_running_loop()
-    context = ssl.create_default_context() if target.scheme == "https" else None
+    context = chosen.ssl_context  # upstream.tls: its CAs and client certificate
     try:
         async with asyncio.timeout(settings.connect_timeout):
             _, side = await loop.create_connection(
