@@ -9,53 +9,67 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import urllib.error
 import urllib.request
-
-import aiohttp
-import jwt
 
 from gateway.identity import Verifier
 
 log = logging.getLogger("gateway.jwks")
 RETRY_S = 30.0
 FETCH_TIMEOUT_S = 5.0
+MAX_JWKS_BYTES = 1024 * 1024  # a key set is a few KiB; anything this large is not one
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs) -> None:
+        return None  # a 3xx is answered as a failed fetch, never followed
+
+
+# No proxy from the environment and no redirects: the keys come from the URL the policy names.
+# (urllib, in a thread: a fetch every few minutes needs no HTTP client on the event loop.)
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+
+
+def _get(url: str) -> str:
+    """The body of a 200 answer to GET `url`; raises OSError or ValueError otherwise."""
+    try:
+        with _OPENER.open(url, timeout=FETCH_TIMEOUT_S) as response:
+            body = response.read(MAX_JWKS_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        raise ValueError(f"status {exc.code}") from None
+    if len(body) > MAX_JWKS_BYTES:
+        raise ValueError(f"larger than {MAX_JWKS_BYTES} bytes")
+    return body.decode()
 
 
 async def refresh_jwks(verifier: Verifier, refresh: float) -> None:
     """Keep `verifier`'s keys fresh until cancelled."""
     assert verifier.url is not None
-    timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)
-    async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session:
-        while True:
-            ok = await _fetch(session, verifier)
-            step = min(RETRY_S, refresh)
-            waited = 0.0
-            while waited < refresh:
-                await asyncio.sleep(step)
-                waited += step
-                if not ok or verifier.unknown_kid:
-                    break
+    while True:
+        ok = await _fetch(verifier)
+        step = min(RETRY_S, refresh)
+        waited = 0.0
+        while waited < refresh:
+            await asyncio.sleep(step)
+            waited += step
+            if not ok or verifier.unknown_kid:
+                break
 
 
-async def _fetch(session: aiohttp.ClientSession, verifier: Verifier) -> bool:
-    url = verifier.url
-    try:
-        async with session.get(url, allow_redirects=False) as response:
-            if response.status != 200:
-                raise ValueError(f"status {response.status}")
-            verifier.load_jwks(await response.text())
-    except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWTError) as exc:
-        log.warning("JWKS %s not fetched (%s); keeping the keys known so far", url, exc)
+async def _fetch(verifier: Verifier) -> bool:
+    problem = await asyncio.to_thread(fetch_once, verifier)
+    if problem is not None:
+        log.warning("%s; keeping the keys known so far", problem)
         return False
     return True
 
 
 def fetch_once(verifier: Verifier) -> str | None:
-    """For `gateway explain`: fetch the keys now (blocking); None, or why not."""
+    """Fetch the keys now (blocking; `gateway explain` calls it directly): None, or why not."""
     assert verifier.url is not None
     try:
-        with urllib.request.urlopen(verifier.url, timeout=FETCH_TIMEOUT_S) as response:
-            verifier.load_jwks(response.read().decode())
-    except (OSError, ValueError, jwt.PyJWTError) as exc:
+        verifier.load_jwks(_get(verifier.url))
+    except (OSError, ValueError) as exc:
         return f"JWKS {verifier.url} not fetched: {exc}"
     return None

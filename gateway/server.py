@@ -1,6 +1,6 @@
 """Lifecycle of a gateway process, in the order it happens.
 
-    start: check the C parser -> load policy -> bind public + admin listeners -> serve
+    start: load policy -> bind public + admin listeners -> serve
     SIGHUP, or a policy file changed on disk: load the policy again; swap it in whole if
             valid, keep the running one if not (reload.py)
     SIGTERM/SIGINT: readiness fails at once -> listeners close -> WebSockets get 1001 ->
@@ -20,13 +20,12 @@ import os
 import resource
 import signal
 
-from aiohttp import web
+from multidict import CIMultiDict
 
-from gateway.admin import admin_app
+from gateway.admin import Admin
 from gateway.config import Loaded, Policy
 from gateway.config.render import redact
 from gateway.handler import Handler
-from gateway.http.aiohttp_internals import require_c_parser
 from gateway.http.protocol import GatewayServer
 from gateway.http.redirect import RedirectToHttps
 from gateway.http.tls import ListenerTls
@@ -80,10 +79,11 @@ class GatewayProcess:
             max_headers=limits.max_headers,
             loop=loop,
         )
-        admin = web.AppRunner(admin_app(lambda: self.handler, lambda: reloader.last),
-                              access_log=None,
-                              handle_signals=False, shutdown_timeout=1.0)
-        await admin.setup()
+        admin = GatewayServer(
+            Admin(lambda: self.handler, lambda: reloader.last),
+            header_timeout=server_cfg.timeouts.header, idle_timeout=server_cfg.timeouts.idle,
+            error_headers=CIMultiDict, count_error=lambda status: None, max_body=lambda: 0,
+            loop=loop)
         listen, admin_listen = server_cfg.listen, server_cfg.admin_listen
         public = None
         self.tls = ListenerTls(server_cfg.tls) if server_cfg.tls is not None else None
@@ -98,15 +98,14 @@ class GatewayProcess:
                 redirect = await loop.create_server(
                     lambda: RedirectToHttps(listen.port, server_cfg.timeouts.header),
                     plain.host, plain.port, reuse_port=self.reuse_port)
-            await web.TCPSite(admin, admin_listen.host, admin_listen.port,
-                              reuse_port=self.reuse_port).start()
+            admin_listener = await loop.create_server(
+                admin, admin_listen.host, admin_listen.port, reuse_port=self.reuse_port)
         except OSError as exc:
             # one clear line from the caller; nothing left open behind it
             if public is not None:
                 public.close()
             if redirect is not None:
                 redirect.close()
-            await admin.cleanup()
             await self.handler.runtime.close_pools()
             await self.handler.runtime.limiter.close()
             raise ListenError(f"{exc.strerror or exc} (public {listen}, admin "
@@ -141,7 +140,8 @@ class GatewayProcess:
         self.handler.runtime.stop_background()
         await self.handler.runtime.close_pools()
         await self.handler.runtime.limiter.close()
-        await admin.cleanup()
+        admin_listener.close()
+        await admin.shutdown(1.0)
         log.info("stopped")
 
     def _apply(self, loaded: Loaded) -> None:
@@ -212,7 +212,6 @@ def _event_loop_runner():  # pragma: no cover - trivial
 
 
 def serve(config_path: str, loaded: Loaded, reuse_port: bool = False) -> int:
-    require_c_parser()
     raise_open_file_limit()
     _event_loop_runner()(GatewayProcess(config_path, loaded, reuse_port).run())
     return 0

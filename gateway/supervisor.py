@@ -1,6 +1,6 @@
 """The worker supervisor: `gateway run --workers N` with N > 1.
 
-    start: check the C parser -> a directory for the workers' metrics files -> N workers, each
+    start: a directory for the workers' metrics files -> N workers, each
            `gateway run --worker`: one serving process (server.py) on the shared port
            (SO_REUSEPORT)
     SIGHUP: forwarded to every worker, each reloads its policy (server.py, reload.py)
@@ -35,8 +35,6 @@ import time
 from collections.abc import Iterator
 
 from prometheus_client.multiprocess import mark_process_dead
-
-from gateway.http.aiohttp_internals import require_c_parser
 
 log = logging.getLogger("gateway.supervisor")
 
@@ -176,7 +174,6 @@ class Supervisor:
 
 def supervise(config_path: str, workers: int, shutdown_timeout: float) -> int:
     """Run `workers` worker processes on one port; forward signals; restart the ones that die."""
-    require_c_parser()
     # workers keep their metrics in files here, and any of them serves the sum on /metrics
     metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir

@@ -123,8 +123,17 @@ def test_every_layer_is_populated() -> None:
     assert {"gateway.handler", "gateway.server", "gateway.proxy.forwarder"} <= set(by_layer["io"])
 
 
+# ... and none loads aiohttp: the gateway runs on its own HTTP server and client (admin.py
+# says why), so no private aiohttp API can break it and no pure-Python parser can serve for it
+IMPORT_ALONE = """import sys
+import {module}
+if any(name == "aiohttp" or name.startswith("aiohttp.") for name in sys.modules):
+    sys.exit("imports aiohttp")
+"""
+
+
 def _import_alone(module: str) -> tuple[str, int, str]:
-    proc = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-c", IMPORT_ALONE.format(module=module)], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     last = proc.stderr.strip().splitlines()[-1:]
     return module, proc.returncode, last[0] if last else ""

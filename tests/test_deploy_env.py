@@ -23,8 +23,6 @@ NAME = re.compile(r"^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+$")
 EXCLUDED = {
     # Set by the gateway's own supervisor for its workers (gateway/supervisor.py), never by a user.
     "PROMETHEUS_MULTIPROC_DIR",
-    # Read only to refuse to start when set (the gateway needs aiohttp's C parser).
-    "AIOHTTP_NO_EXTENSIONS",
 }
 # The production plan's settings: each must be wired even where no code reads it yet.
 PLAN = {"ENVIRONMENT", "RELEASE_VERSION", "FRONTEND_URL", "PRODUCTION_URL", "DATABASE_URL",

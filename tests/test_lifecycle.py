@@ -19,10 +19,8 @@ from gateway import __version__
 from tests.support.client import request
 from tests.support.processes import (
     free_port,
-    gateway_cli,
     stop,
     wait_until,
-    write_gateway_policy,
 )
 
 
@@ -132,12 +130,27 @@ def _serves(port: int) -> bool:
         return False
 
 
-def test_refuses_to_start_without_the_c_parser(tmp_path, upstream) -> None:
-    config, _, _ = write_gateway_policy(tmp_path, upstream.url)
-    result = gateway_cli("run", "--config", str(config), env={"AIOHTTP_NO_EXTENSIONS": "1"},
-                         timeout=30)
-    assert result.returncode != 0
-    assert "C HTTP parser" in result.stderr or "C parser" in result.stderr
+def test_the_admin_listener_answers_its_endpoints_and_nothing_else(gateway) -> None:
+    """On the gateway's own HTTP server: GET and HEAD of its four endpoints; anything else a
+    problem+json 404 or 405 (with Allow); no Server header on any of them."""
+    health = request(gateway.admin_port, "GET", "/health?probe=1")
+    assert health.status == 200
+    assert health.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert health.json()["version"] == __version__
+    head = request(gateway.admin_port, "HEAD", "/ready")
+    assert (head.status, head.body) == (200, b"")
+    assert int(head.headers["Content-Length"]) == len(b'{"status": "ready"}')
+    missing = request(gateway.admin_port, "GET", "/admin")
+    assert missing.status == 404
+    assert missing.headers["Content-Type"] == "application/problem+json"
+    refused = request(gateway.admin_port, "POST", "/health", body=b"{}")
+    assert refused.status == 405
+    assert refused.headers["Allow"] == "GET, HEAD"
+    assert refused.json()["status"] == 405
+    for reply in (health, head, missing, refused):
+        assert "Server" not in reply.headers
+    # the connection layer's own refusals hold here too
+    assert request(gateway.admin_port, "GET", "/" + "a" * 9000).status == 414
 
 
 def test_stop_helper_leaves_no_process(gateway) -> None:

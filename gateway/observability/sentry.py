@@ -8,7 +8,7 @@ imported or initialised, and the request path pays one boolean check.
 - Upstream failures (502/504) are reported as events grouped per upstream and kind.
 - 429s are never reported as errors (they are the gateway working).
 - Transactions: one per public request, named after the route; none for the admin endpoints
-  (aiohttp's auto-instrumentation is off) and none for routes named `health`.
+  (the SDK's automatic integrations are off) and none for routes named `health`.
 - Trace headers (`sentry-trace`, `baggage`) go only to the configured upstream hosts.
 """
 
@@ -53,7 +53,6 @@ class SentryReporter(Reporter):
     def __init__(self, settings: SentrySettings, environment: str,
                  upstream_hosts: list[str]) -> None:
         import sentry_sdk
-        from sentry_sdk.integrations.aiohttp import AioHttpIntegration
 
         self._sdk = sentry_sdk
         traces = _rate(settings.traces_sample_rate, "SENTRY_TRACES_SAMPLE_RATE")
@@ -64,8 +63,9 @@ class SentryReporter(Reporter):
             release=f"gateway@{__version__}",
             traces_sample_rate=traces,
             profiles_sample_rate=profiles,
-            # aiohttp's integration would trace the admin app; public requests are traced here
-            disabled_integrations=[AioHttpIntegration()],
+            # public requests are traced here; the SDK's automatic integrations (aiohttp,
+            # redis-py, ...) would only import and patch libraries the gateway does not serve with
+            auto_enabling_integrations=False,
             trace_propagation_targets=upstream_hosts,
             before_send=_drop_rate_limited,
         )

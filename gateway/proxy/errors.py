@@ -1,15 +1,12 @@
 """Upstream failures mapped to the gateway's answers: never a 500 for upstream trouble.
 
 The upstream client (upstream_client.py) raises UpstreamBroken carrying one of the failures
-below; the WebSocket relay still uses aiohttp's client, whose exceptions `classify` maps to the
-same failures.
+below, which the handler answers as they say (502 or 504).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import aiohttp
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,16 +37,3 @@ class UpstreamBroken(Exception):
         self.failure = failure
         self.stale = stale
 
-
-def classify(exc: BaseException) -> UpstreamFailure:
-    if isinstance(exc, UpstreamBroken):
-        return exc.failure
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return CONNECT_TIMEOUT
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return CONNECT_FAILED
-    if isinstance(exc, TimeoutError):  # includes aiohttp.SocketTimeoutError
-        return READ_TIMEOUT
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | ConnectionError):
-        return CLOSED
-    return MALFORMED

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jwt as pyjwt
 import yaml
 
 from gateway.config.reader import Reader
@@ -77,6 +76,7 @@ def _read_jwks(r: Reader, node: yaml.Node) -> str | None:
     except (OSError, UnicodeDecodeError) as exc:
         r.error(node, f"jwt.jwks: cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
         return None
+    import jwt as pyjwt  # only for a policy that names a JWKS file (identity.py says why)
     try:
         keys = pyjwt.PyJWKSet.from_json(text).keys
     except (ValueError, pyjwt.PyJWTError) as exc:
