@@ -2,7 +2,7 @@
 
     admit (admission.py: target, route, upgrade, body size, Expect) -> client IP
     -> rate limits (ratelimit/: 429 or headers for every response) -> CORS preflight answer
-    -> 100 Continue -> forward (or relay a WebSocket)
+    -> 100 Continue -> receive the body (when small) -> forward (or relay a WebSocket)
 
 Every response, the gateway's own included, goes through `decorate`: CORS headers from the
 route's policy (the upstream's Access-Control-* removed), rate-limit headers, security headers.
@@ -74,12 +74,18 @@ class Handler:
         self.draining = False
         self.metrics = RequestMetrics()
         self.in_progress = 0  # requests being handled, WebSockets included (see _handle)
+        # of those, requests receiving a body of up to upstream.request_buffer (`_receive`)
+        self.receiving = 0
+
+    def counted(self) -> int:
+        """Requests in progress as server.limits.max_requests_in_progress counts them: open
+        WebSockets are bounded on their own, and a request receiving its (small) body holds a
+        connection, bounded by max_connections, not upstream work."""
+        return self.in_progress - len(self.websockets) - self.receiving
 
     def requests_full(self) -> bool:
-        """Whether one more request would pass server.limits.max_requests_in_progress (open
-        WebSockets are bounded on their own)."""
-        return self.in_progress - len(self.websockets) >= \
-            self.runtime.policy.server.limits.max_requests_in_progress
+        """Whether one more request would pass server.limits.max_requests_in_progress."""
+        return self.counted() >= self.runtime.policy.server.limits.max_requests_in_progress
 
     def protocol_error(self, status: int) -> None:
         """Count an answer to a request the parser refused (it never reaches the handler)."""
@@ -161,16 +167,22 @@ class Handler:
                                            close=close or closing, **fields))
             return status
 
-        # overload: beyond this many requests at once (open WebSockets are bounded on their
-        # own), new ones are answered at once rather than slowing every admitted one down
-        if self.in_progress - len(self.websockets) > \
-                rt.policy.server.limits.max_requests_in_progress:
+        def overloaded() -> bool:
+            return self.counted() > rt.policy.server.limits.max_requests_in_progress
+
+        def refuse_overload() -> int:
             OVERLOAD_REFUSALS.labels("requests").inc()
-            if cors_policy is not None:
-                cors_added = tuple(actual_cors(cors_policy, headers))
+            record.source = "gateway"
             return refuse(503, "the gateway is at its limit of requests in progress; retry "
                           "shortly", close=not exchange.body.is_eof(),
                           extra=(("Retry-After", "1"),))
+
+        # overload: beyond this many requests at once (`counted`), new ones are answered at
+        # once rather than slowing every admitted one down
+        if overloaded():
+            if cors_policy is not None:
+                cors_added = tuple(actual_cors(cors_policy, headers))
+            return refuse_overload()
 
         the_plan = plan(compiled, Head(
             exchange.method, exchange.target, headers, peer, exchange.secure,
@@ -250,6 +262,9 @@ class Handler:
             if exchange.has_body:
                 body = RequestBody(exchange.body, limits.max_body_size,
                                    rt.policy.server.timeouts.body)
+                await self._receive(body, pool.settings.request_buffer, exchange.content_length)
+                if overloaded():  # it counts again: the gateway may have filled up meanwhile
+                    return refuse_overload()
             return await forward(
                 exchange, pool, method=exchange.method, path_qs=path_qs, headers=fwd_headers,
                 body=body, request_id=request_id, preserve_host=preserve_host,
@@ -275,6 +290,22 @@ class Handler:
         except ClientBodyError as exc:
             record.source = "gateway"
             return refuse(exc.status, exc.detail, close=True)
+
+    async def _receive(self, body: RequestBody, request_buffer: int,
+                       length: int | None) -> None:
+        """Receive a body of up to `request_buffer` bytes before anything upstream is taken
+        (nginx's request buffering), outside the count of requests in progress: a client
+        trickling it holds one connection and at most that many bytes, so slow POSTs cannot
+        take every request slot. A larger body streams to the upstream while it arrives,
+        holding an upstream connection: it goes on counting (one announced larger returns at
+        once; a chunked one leaves the count for its first `request_buffer` bytes only), and
+        is bounded by upstream.max_streaming_bodies and ..._per_client. Refusals (408, 413,
+        400) are raised as ClientBodyError."""
+        self.receiving += 1
+        try:  # a client that breaks off or times out mid-body leaves no count behind
+            await body.buffer(request_buffer, length)
+        finally:
+            self.receiving -= 1
 
     async def _collect_csp_report(self, exchange: Exchange, rt: Runtime, client: str,
                                   refuse: Callable[..., int],

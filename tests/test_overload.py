@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 
-from tests.support.client import request
+from tests.support.client import Conn, request
 from tests.support.metrics import value
 from tests.support.processes import wait_until
 
@@ -73,6 +73,56 @@ def test_requests_beyond_the_limit_in_progress_get_503_while_admitted_ones_compl
     assert results == [200, 200, 200]
     assert request(gw.port, "GET", "/x").status == 200  # served normally once the load is gone
     assert value(gw, "gateway_overload_refusals_total", reason="requests") == 1
+
+
+def test_a_body_that_arrives_while_the_gateway_is_full_gets_503_and_the_connection_stays_open(
+        gateway_factory, upstream) -> None:
+    """A request receiving a body of up to upstream.request_buffer is not counted in progress
+    (it holds a connection, not upstream work); once its body is in it counts again, and
+    beyond the limit it is refused like any other. Its body was read: the connection lives."""
+    gw = gateway_factory(upstream.url, server_extra="limits: {max_requests_in_progress: 1}")
+    results: list[int] = []
+    with Conn(gw.port) as poster:
+        poster.send(b"POST /x HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\nab")
+        wait_until(lambda: value(gw, "gateway_http_requests_in_flight") == 1)
+        slow = threading.Thread(target=lambda: results.append(
+            request(gw.port, "GET", "/slow/3", timeout=10).status))
+        slow.start()
+        # admitted beside the body being received, and held at the upstream
+        wait_until(lambda: value(gw, "gateway_http_requests_in_flight") == 2)
+        poster.send(b"cde")
+        refused = poster.read_response()
+        assert refused.is_problem(503) and refused.header("Retry-After") == "1"
+        assert refused.json()["detail"].startswith("the gateway is at its limit of requests")
+        assert (refused.header("Connection") or "").lower() != "close"
+        slow.join()
+        poster.send(b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n")
+        assert poster.read_response().status == 200  # on the same connection
+    assert results == [200]
+    assert value(gw, "gateway_overload_refusals_total", reason="requests") == 1
+
+
+def test_requests_that_break_off_or_time_out_mid_body_leave_no_count_behind(
+        gateway_factory, upstream) -> None:
+    gw = gateway_factory(upstream.url, server_extra="timeouts: {body: 1s}\n"
+                                                    "limits: {max_requests_in_progress: 1}")
+    with contextlib.ExitStack() as stack:
+        posters = [stack.enter_context(Conn(gw.port)) for _ in range(3)]
+        for poster in posters:  # 100 bytes announced, 1 sent
+            poster.send(b"POST /x HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\nx")
+        wait_until(lambda: value(gw, "gateway_http_requests_in_flight") == 3)
+        assert request(gw.port, "GET", "/x").status == 200  # beside three bodies arriving
+        posters[0].sock.close()  # two clients break off mid-body
+        posters[1].sock.close()
+        assert posters[2].read_response().is_problem(408)  # the third goes silent
+    wait_until(lambda: value(gw, "gateway_http_requests_in_flight") == 0)
+    # the count is back at zero: exactly one request in progress is admitted again
+    slow = threading.Thread(target=lambda: request(gw.port, "GET", "/slow/1.5", timeout=10))
+    slow.start()
+    wait_until(lambda: value(gw, "gateway_http_requests_in_flight") == 1)
+    assert request(gw.port, "GET", "/x").status == 503
+    slow.join()
+    assert request(gw.port, "GET", "/x").status == 200
 
 
 def test_the_event_loop_lag_is_exported(gateway_factory, upstream) -> None:

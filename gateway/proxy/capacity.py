@@ -12,7 +12,9 @@ connection, and ordinary requests wait forever. So:
 - WebSockets and streaming bodies have budgets of their own (`max_websockets`,
   `max_streaming_bodies`), and per client IP (`..._per_client`), refused at once when full;
 - bodies up to `upstream.request_buffer` are received whole before a pooled slot is taken,
-  so a slow client of an ordinary request holds nothing upstream (nginx's request buffering).
+  so a slow client of an ordinary request holds nothing upstream (nginx's request buffering);
+  while it receives one, the request is not counted against
+  `server.limits.max_requests_in_progress` either (handler.py `_receive`).
 """
 
 from __future__ import annotations

@@ -66,7 +66,8 @@ class RequestBody:
     """The client's body: received whole when small (`buffer`), else an async iterator;
     size-capped and read with a timeout per chunk."""
 
-    __slots__ = ("_content", "_head", "_limit", "_received", "_timeout", "error", "started")
+    __slots__ = ("_buffered", "_content", "_head", "_limit", "_received", "_timeout", "_whole",
+                 "error", "started")
 
     def __init__(self, content: Body, limit: int, timeout: float) -> None:
         self._content = content
@@ -74,6 +75,8 @@ class RequestBody:
         self._timeout = timeout
         self._head: list[bytes] = []  # read by `buffer`, not yet sent
         self._received = 0
+        self._buffered = False  # `buffer` has answered: `_whole` is its answer
+        self._whole: bytes | None = None
         self.started = False
         self.error: ClientBodyError | None = None
 
@@ -98,7 +101,15 @@ class RequestBody:
 
     async def buffer(self, size: int, length: int | None) -> bytes | None:
         """The whole body when it is at most `size` bytes (read now), else None: what was
-        read is kept and sent first when the body streams."""
+        read is kept and sent first when the body streams. Called again, the same answer,
+        nothing read: the handler receives the body first (outside the count of requests in
+        progress), then `forward` asks again."""
+        if not self._buffered:
+            self._whole = await self._receive(size, length)
+            self._buffered = True
+        return self._whole
+
+    async def _receive(self, size: int, length: int | None) -> bytes | None:
         if length is not None and length > size:
             return None
         while True:

@@ -45,7 +45,9 @@ class ServerLimits:
     max_websocket_message: int = 1024 * 1024  # a relayed frame or message; beyond: close 1009
     # overload protection, per worker: beyond these the gateway answers 503 at once
     max_connections: int = 10_000  # open client connections
-    max_requests_in_progress: int = 1024  # requests being handled (WebSockets not counted)
+    # requests being handled; open WebSockets and requests still receiving a body of up to
+    # upstream.request_buffer are not counted (handler.py)
+    max_requests_in_progress: int = 1024
 
 
 # Headers through which some proxy or CDN tells an application who the client is. A client
