@@ -11,7 +11,8 @@ import pytest
 
 from tests.support.processes import ROOT
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]  # quick benchmark runs
+# quick benchmark runs, at full speed
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.heavy]
 
 
 def test_bench_routing_quick_runs() -> None:

@@ -102,6 +102,7 @@ def warm_up(gw: Gateway) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # 200 MiB through the gateway as fast as it goes
 def test_100mib_each_way_with_bounded_peak_rss(gateway: Gateway) -> None:
     pid = gateway.proc.pid  # workers == 1: this is the serving process itself
     warm_up(gateway)
