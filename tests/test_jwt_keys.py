@@ -7,10 +7,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.server
 import itertools
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from gateway.compiled import CompiledPolicy
 from gateway.config import load_policy
 from gateway.explain import DescribedRequest, explain
 from gateway.identity import TokenOutcome, Verifier
+from gateway.jwks import MAX_JWKS_BYTES, fetch_once
 from gateway.plan import Action, Head, plan
 from gateway.ratelimit.keys import limit_tag
 from gateway.settings.jwt import JwtSettings
@@ -324,3 +327,47 @@ rate_limits:
             stop(gw.proc)
         stop(rec.proc)
         stop(idp)
+
+
+@pytest.mark.integration  # a real HTTP server on loopback
+def test_a_jwks_fetch_follows_no_redirect_and_refuses_a_document_too_large(
+        tmp_path: Path) -> None:
+    """The keys come from the URL the policy names: a redirect is a failed fetch (never
+    followed, so an open redirect at the provider cannot hand the gateway other keys), as is
+    an error status or a body over MAX_JWKS_BYTES; the keys known so far are kept."""
+    document, _, _ = jwks_file(tmp_path)
+    keys = document.read_bytes()
+
+    class Provider(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/moved":
+                self.send_response(302)
+                self.send_header("Location", "/keys.json")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = {"/keys.json": keys, "/huge": b" " * (MAX_JWKS_BYTES + 1) + keys}.get(
+                self.path)
+            self.send_response(404 if body is None else 200)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Provider)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        verifier = Verifier(JwtSettings(jwks_url=base + "/keys.json"))
+        assert fetch_once(verifier) is None and verifier.has_keys
+        for path, why in (("/moved", "status 302"), ("/huge", f"larger than {MAX_JWKS_BYTES}"),
+                          ("/missing", "status 404")):
+            verifier.url = base + path
+            problem = fetch_once(verifier)
+            assert problem is not None and why in problem, (path, problem)
+            assert verifier.has_keys, path  # the keys fetched before are kept
+    finally:
+        server.shutdown()
+        server.server_close()
