@@ -58,6 +58,8 @@ async def refresh_jwks(verifier: Verifier, refresh: float) -> None:
 
 
 async def _fetch(verifier: Verifier) -> bool:
+    # (a fetch under way when the gateway stops delays its exit by at most FETCH_TIMEOUT_S:
+    # the thread is not interrupted)
     problem = await asyncio.to_thread(fetch_once, verifier)
     if problem is not None:
         log.warning("%s; keeping the keys known so far", problem)
