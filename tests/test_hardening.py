@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tests.support.client import Conn, Response, exchange
+from tests.support.metrics import value
 
 TIMEOUT = 3.0  # longest wait for any single socket operation
 
@@ -177,6 +178,7 @@ def test_trickled_request_head_is_cut_off_at_the_header_timeout(gateway_factory,
     assert answer is not None, "the gateway kept reading the trickled head for 4 s"
     assert not answer.startswith(b"HTTP/1.1 200")
     assert elapsed < 3.0
+    assert value(gw, "gateway_client_timeouts_total", phase="header") == 1
 
 
 def test_idle_keep_alive_connection_is_closed(gateway_factory, upstream) -> None:

@@ -59,7 +59,7 @@ from gateway.http.framing import (
 from gateway.http.problem import problem_bytes, problem_response
 from gateway.http.response import BODYLESS_STATUSES, Answer, connection_line, encode_head
 from gateway.loop_turns import after_turns
-from gateway.observability.metrics import TLS_HANDSHAKES
+from gateway.observability.metrics import CLIENT_TIMEOUTS, TLS_HANDSHAKES
 
 log = logging.getLogger("gateway.http")
 
@@ -446,8 +446,11 @@ class Connection(asyncio.Protocol):
     def _send_stalled(self, waiter: asyncio.Future[None]) -> None:
         if waiter.done() or not self.writing_paused or self.transport is None:
             return
-        log.info("client %s read nothing of its answer for %gs: connection closed", self.peer,
-                 self.server.idle_timeout)
+        # counted, not logged at info: a flood of slow clients would flood the log (nginx logs
+        # these at info, below its default error_log level)
+        CLIENT_TIMEOUTS.labels("send").inc()
+        log.debug("client %s read nothing of its answer for %gs: connection closed", self.peer,
+                  self.server.idle_timeout)
         self.transport.abort()  # connection_lost fails the waiter and ends the exchange
 
     def write(self, data: bytes) -> None:
@@ -780,8 +783,9 @@ class Connection(asyncio.Protocol):
         self._head_timer = None
         if not self._awaiting_head or self.transport is None:
             return
-        log.info("closing connection: request head not received within %ss",
-                 self.server.header_timeout)
+        CLIENT_TIMEOUTS.labels("header").inc()  # (not logged at info: see _send_stalled)
+        log.debug("closing connection: request head not received within %ss",
+                  self.server.header_timeout)
         self._stop = True
         self._awaiting_head = self._in_head = False
         if self._active is not None or self._queue:

@@ -47,6 +47,12 @@ OVERLOAD_REFUSALS = Counter(
     "gateway_overload_refusals_total",
     "Requests and connections refused to protect the gateway, by reason "
     "(connections | requests)", ["reason"], registry=REGISTRY)
+CLIENT_TIMEOUTS = Counter(
+    "gateway_client_timeouts_total",
+    "Client connections closed for being too slow, by phase (header: no whole request head "
+    "within timeouts.header; send: nothing of an answer read for timeouts.idle); a body too "
+    "slow is answered 408 and counted with the requests",
+    ["phase"], registry=REGISTRY)
 LOOP_LAG = Gauge(
     "gateway_event_loop_lag_seconds",
     "How late the event loop ran a timer, last measured (the worst worker with --workers)",

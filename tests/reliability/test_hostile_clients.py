@@ -36,6 +36,7 @@ from tests.support.load import (
     slowloris,
     sockets_to,
 )
+from tests.support.metrics import value
 from tests.support.processes import (
     Gateway,
     Upstream,
@@ -301,9 +302,11 @@ def test_a_client_that_never_reads_releases_its_upstream_connection(tmp_path,
             for sock in socks:
                 sock.close()
         assert eventually(lambda: _status(gw) == 200), "not even released by the close"
+        cut = value(gw, "gateway_client_timeouts_total", phase="send")
     finally:
         stop(gw.proc)
     assert released, "the upstream connection is still held after every timeout passed"
+    assert cut == 1, "the stalled client was not cut by the send timeout"
 
 
 def _rss_settled(pid: int) -> bool:
