@@ -137,6 +137,7 @@ class GatewayProcess:
             redirect.close()
         await self.handler.websockets.close_all(message=b"gateway shutting down")
         await server.shutdown(server_cfg.timeouts.shutdown)
+        access_log.flush()  # the lines of the last requests (buffered: access_log.py)
         self.handler.runtime.stop_background()
         await self.handler.runtime.close_pools()
         await self.handler.runtime.limiter.close()
