@@ -102,8 +102,8 @@ def gateway(gateway_factory, upstream: Upstream) -> Gateway:
 # other tests, none of them `heavy` (one that loads the machine at full speed: wrk, a
 # benchmark, a whole stack). The exclusive tests mostly wait (on a Redis coming back, a paced
 # load): alone, they used half a core for ~90 s while the other workers idled. Measured on
-# 2 cores: beside ordinary integration tests on every other worker, their worst latency stays
-# within 140 ms, as alone, where the bound is 1 s.
+# 2 cores beside two workers of ordinary integration tests: their worst latency stayed within
+# 140 ms, as alone, where the bound is 1 s.
 #
 # A readers-writer lock over the xdist workers of this run (flock on files): every other test
 # holds it shared, or, while an exclusive block holds it, one of the COMPANIONS slot files. An
