@@ -8,6 +8,7 @@ import os
 import signal
 
 import psutil
+import pytest
 
 from tests.support.client import request
 from tests.support.metrics import samples, scrape
@@ -163,3 +164,24 @@ def test_websocket_sessions_are_counted_but_not_timed(gateway) -> None:
     assert requests_total(gateway)[("ws", "GET", "101", "upstream")] == 1
     counts = samples(gateway, "gateway_http_request_duration_seconds_count")
     assert (("method", "GET"), ("route", "ws")) not in counts
+
+
+def test_a_scrape_skips_a_metrics_file_a_starting_worker_has_not_sized_yet(tmp_path) -> None:
+    """With --workers N, a worker that is starting has created its file and not yet sized it:
+    prometheus-client's own collector fails on it (a scrape answered 500), the gateway's skips
+    it. A real worker file beside it is still read."""
+    import struct
+
+    from prometheus_client.mmap_dict import MmapedDict
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from gateway.observability.metrics import _WorkerFiles
+
+    written = MmapedDict(str(tmp_path / "counter_1.db"))
+    written.write_value(json.dumps(["c", "c_total", {}, "help"]), 3.0, 0.0)
+    written.close()
+    (tmp_path / "counter_2.db").touch()  # created, not sized yet
+    with pytest.raises(struct.error):
+        list(MultiProcessCollector(None, path=str(tmp_path)).collect())
+    (family,) = _WorkerFiles(str(tmp_path)).collect()
+    assert [(s.name, s.value) for s in family.samples] == [("c_total", 3.0)]

@@ -11,8 +11,10 @@ place, so a replacement never makes a counter go down within a scrape series.
 
 from __future__ import annotations
 
+import glob
 import os
 import platform
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,6 +24,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
@@ -106,13 +109,32 @@ def method_label(method: str) -> str:
     return method if method in STANDARD_METHODS else "OTHER"
 
 
+class _WorkerFiles:
+    """The sum over the workers' metric files (`--workers N`), as prometheus-client's
+    MultiProcessCollector reads them, less the files a starting worker has created but not
+    sized yet: reading one raised struct.error, and the scrape answered 500."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+        files = []
+        for name in glob.glob(os.path.join(self.path, "*.db")):
+            try:
+                if os.path.getsize(name) > 0:
+                    files.append(name)
+            except OSError:
+                pass  # removed meanwhile (the live gauges of a worker that died)
+        return MultiProcessCollector.merge(files, accumulate=True)
+
+
 def exposition(accept: str) -> tuple[bytes, str]:
     """(body, content type) for a scrape: OpenMetrics when asked for, else Prometheus text."""
     registry = REGISTRY
     if MULTIPROCESS:
-        from prometheus_client import multiprocess
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        registry.register(_WorkerFiles(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
     if "application/openmetrics-text" in accept:
         return openmetrics_latest(registry), OPENMETRICS_TYPE
     return generate_latest(registry), CONTENT_TYPE_LATEST
