@@ -184,14 +184,20 @@ def checked_names(r: Reader, items: list[tuple[yaml.Node, str]] | None, what: st
     return None if bad else tuple(text for _, text in items)
 
 
+def named_mapping(r: Reader, node: yaml.Node, section: str, of: str) -> dict[str, yaml.Node]:
+    """A section whose keys are names the policy chooses (`rate_limits`, `upstreams`, the
+    named policies): name -> its node; `of` says what the names name, for the error."""
+    if not isinstance(node, yaml.MappingNode):
+        r.error(node, f"{section} must be a mapping of names to {of}")
+        return {}
+    names = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
+    return r.mapping(node, names, section) or {}
+
+
 def named_entries(r: Reader, node: yaml.Node, section: str) -> dict[str, yaml.Node]:
     """A section of named policies (`cors`, `headers`, `access_lists`): name -> its node;
     `none` is reserved (a route says `none` to switch the `default` one off)."""
-    if not isinstance(node, yaml.MappingNode):
-        r.error(node, f"{section} must be a mapping of names to policies")
-        return {}
-    names = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
-    out = r.mapping(node, names, section) or {}
+    out = named_mapping(r, node, section, "policies")
     for name, value in list(out.items()):
         if name == "none":
             r.error(value, f"{section} policy name 'none' is reserved (it switches a default off)")

@@ -16,7 +16,7 @@ import re
 
 import yaml
 
-from gateway.config.reader import Reader
+from gateway.config.reader import Reader, named_mapping
 from gateway.redis import endpoint as redis_endpoint
 from gateway.settings.ratelimit import (
     ALGORITHMS,
@@ -70,12 +70,7 @@ def parse_key(text: str) -> tuple[KeyPart, ...] | str:
 
 def read_rate_limits(r: Reader, node: yaml.Node) -> dict[str, RateLimitPolicy]:
     out: dict[str, RateLimitPolicy] = {}
-    if not isinstance(node, yaml.MappingNode):
-        r.error(node, "rate_limits must be a mapping of names to limits")
-        return out
-    names = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
-    entries = r.mapping(node, names, "rate_limits") or {}
-    for name, value in entries.items():
+    for name, value in named_mapping(r, node, "rate_limits", "limits").items():
         if not _NAME.fullmatch(name):
             r.error(value, f"rate limit name {name!r} must be letters, digits, '-', '_' or '.'")
             continue

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from yarl import URL
 
-from gateway.config.reader import Reader
+from gateway.config.reader import Reader, named_mapping
 from gateway.settings.policy import (
     HealthCheck,
     UpstreamSettings,
@@ -157,11 +157,7 @@ def _passive(r: Reader, node: yaml.Node, where: str, section: str) -> dict[str, 
 def read_upstreams(r: Reader, node: yaml.Node) -> dict[str, UpstreamSettings]:
     """`upstreams`: named upstreams that routes choose with `upstream: NAME`."""
     out: dict[str, UpstreamSettings] = {}
-    if not isinstance(node, yaml.MappingNode):
-        r.error(node, "upstreams must be a mapping of names to upstreams")
-        return out
-    names = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
-    for name, value in (r.mapping(node, names, "upstreams") or {}).items():
+    for name, value in named_mapping(r, node, "upstreams", "upstreams").items():
         if not _NAME.fullmatch(name):
             r.error(value, f"upstream name {name!r} must be lower-case letters, digits, '-' "
                     "or '_'")
