@@ -32,8 +32,9 @@ from gateway.config import Loaded, PolicyError, Problem, load_policy
 from gateway.config.loader import KEYS
 from gateway.settings.policy import Policy
 from tests.support.policy import write_policy
+from tests.support.scale import scaled
 
-# thousands of generated policies: about a minute of CPU (`-m "unit and not slow"` skips them)
+# thousands of generated policies: half a minute of CPU (`-m "unit and not slow"` skips them)
 pytestmark = pytest.mark.slow
 
 # Function-scoped fixtures (tmp_path) do not mix with @given: one directory for the module.
@@ -41,8 +42,10 @@ _DIR = Path(tempfile.mkdtemp(prefix="policy-properties-"))
 atexit.register(shutil.rmtree, _DIR, ignore_errors=True)
 POLICY = _DIR / "policy.yaml"
 
-EXAMPLES = 200  # random documents, random text, invalid mutations
-PER_KIND = 30  # each parametrized kind of value or mutation (about forty of each)
+# Each example costs ~10 ms (a document dumped, loaded by the gateway and read back): the
+# default suite runs ~3,000 of them, a full run (scripts/test.sh --full) five times as many.
+EXAMPLES = scaled(150, 750)  # random documents, random text, invalid mutations
+PER_KIND = scaled(20, 100)  # each parametrized kind of value or mutation (about forty of each)
 # No "explain" phase: tracing every failing example would take minutes, not seconds.
 PHASES = tuple(phase for phase in Phase if phase is not Phase.explain)
 
