@@ -23,7 +23,8 @@ from tests.support.processes import eventually, run_shipped, stop
 from tests.support.redis_server import start_redis
 from tests.support.scale import FULL
 
-pytestmark = [pytest.mark.integration, pytest.mark.heavy]  # a steady load, Redis, 15 s or more
+# a steady load, Redis, 15 s or more: started among the first of the heavy tests
+pytestmark = [pytest.mark.integration, pytest.mark.heavy, pytest.mark.slow]
 
 RATE = 100  # requests per second
 CLIENTS = 400  # addresses: 100/s spread over them stays under api (100/min) and global (1000/h)
