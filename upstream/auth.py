@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import cache
 
 import jwt
 from argon2 import PasswordHasher
@@ -15,7 +16,14 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 ALGORITHM = "HS256"
 _hasher = PasswordHasher()
-_DUMMY_HASH = _hasher.hash("not a password anyone has")
+
+
+@cache
+def dummy_hash() -> str:
+    """The hash an unknown user's password is checked against. Made once, on first use, not at
+    import: it costs one argon2 hash (~0.1 s), which every command and test importing this
+    module would pay. The API makes it at start-up (make_app), so no login pays for it."""
+    return _hasher.hash("not a password anyone has")
 
 
 def hash_password(password: str) -> str:
@@ -25,7 +33,7 @@ def hash_password(password: str) -> str:
 def verify_password(password_hash: str | None, password: str) -> bool:
     """True when `password` matches; with no hash (unknown user) a dummy is checked for time."""
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and bool(password_hash)
+        return _hasher.verify(password_hash or dummy_hash(), password) and bool(password_hash)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 

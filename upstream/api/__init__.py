@@ -10,7 +10,7 @@ from aiohttp import web
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from upstream import db
+from upstream import auth, db
 from upstream.api import auth_routes, calls, campaigns, health
 from upstream.api.keys import DATABASE_URL, ENGINE, HEAD, HUB, METRICS, SESSIONS, SETTINGS
 from upstream.events import EventHub
@@ -86,6 +86,7 @@ def _unavailable() -> web.Response:
 def make_app(settings: Settings, database_url: str) -> web.Application:
     app = web.Application(middlewares=[observe, problems, auth_routes.require_token],
                           client_max_size=1024 * 1024)
+    auth.dummy_hash()  # now, not in the first login with an unknown name (upstream/auth.py)
     app[SETTINGS] = settings
     app[DATABASE_URL] = database_url
     app[HEAD] = head_revision()
