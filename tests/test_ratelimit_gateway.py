@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -28,6 +28,11 @@ from tests.support.redis_cluster import RedisCluster, start_redis_cluster
 from tests.support.redis_server import RedisServer, start_redis
 
 ALGOS = ["sliding_window", "fixed_window", "token_bucket"]
+LIMITS = [5, 100, 1000]
+
+# The tests share the module's Redis servers and gateways (a 3-node cluster and a pair of
+# replicas take a while to start): one worker runs them all, about a minute, started early.
+pytestmark = [pytest.mark.xdist_group("ratelimit-gateway"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -75,24 +80,47 @@ def limited_gateway(tmp_path: Path, upstream_url: str, limit_yaml: str, redis_ur
                   f"rate_limits:\n{limit_yaml}", **kwargs)
 
 
-@pytest.mark.parametrize("algorithm", ALGOS)
-@pytest.mark.parametrize("limit", [5, 100, 1000])
-def test_two_replicas_admit_exactly_the_limit(tmp_path, upstream, redis_server, algorithm: str,
-                                              limit: int) -> None:
-    # a day-long window: no refill or window edge can fall inside the burst
-    limit_yaml = (f"  shared: {{limit: {limit}, per: 24h, key: global, algorithm: {algorithm},"
-                  f" }}\n")
-    redis_server.command("FLUSHALL")
-    gateways = [limited_gateway(tmp_path, upstream.url, limit_yaml, redis_server.url)
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory, upstream) -> Iterator[Callable[[RedisServer | RedisCluster, str],
+                                                             list[Gateway]]]:
+    """Two gateway replicas sharing a Redis, per Redis and algorithm, with a route and a limit
+    of its own for each of LIMITS (/l5/, /l100/, ...): started once for the limits' cases."""
+    pairs: dict[tuple[str, str], list[Gateway]] = {}
+
+    def pair(redis: RedisServer | RedisCluster, algorithm: str) -> list[Gateway]:
+        if (redis.url, algorithm) not in pairs:
+            # a day-long window: no refill or window edge can fall inside a burst
+            limits = "".join(f"  l{n}: {{limit: {n}, per: 24h, key: global, "
+                             f"algorithm: {algorithm}}}\n" for n in LIMITS)
+            routes = "".join(f"  - name: l{n}\n    match: {{path_prefix: /l{n}/}}\n"
+                             f"    rate_limits: [l{n}]\n" for n in LIMITS)
+            tmp = tmp_path_factory.mktemp("replicas")
+            pairs[redis.url, algorithm] = [
+                # keys of their own: their replica heartbeats go on while other tests of the
+                # module count the keys on the same Redis
+                start_gateway(tmp, upstream.url, routes=routes,
+                              top_extra=f"redis: {{url: \"{redis.url}\", timeout: 500ms, "
+                                        f"key_prefix: \"pairs:\"}}\n"
+                                        f"rate_limits:\n{limits}")
                 for _ in range(2)]
-    try:
-        urls = [f"{gw.url}/x" for gw in gateways]
-        statuses = asyncio.run(burst(urls, limit * 3))
-        assert statuses.count(200) == limit
-        assert statuses.count(429) == limit * 2
-    finally:
+        return pairs[redis.url, algorithm]
+
+    yield pair
+    for gateways in pairs.values():
         for gw in gateways:
             stop(gw.proc)
+
+
+@pytest.mark.parametrize("algorithm", ALGOS)
+@pytest.mark.parametrize("limit", LIMITS)
+def test_two_replicas_admit_exactly_the_limit(replicas, redis_server, algorithm: str,
+                                              limit: int) -> None:
+    gateways = replicas(redis_server, algorithm)
+    redis_server.command("FLUSHALL")
+    urls = [f"{gw.url}/l{limit}/x" for gw in gateways]
+    statuses = asyncio.run(burst(urls, limit * 3))
+    assert statuses.count(200) == limit
+    assert statuses.count(429) == limit * 2
 
 
 def test_cluster_holds_the_counters_sharded_by_client_key(tmp_path, upstream,
