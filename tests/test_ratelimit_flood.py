@@ -36,13 +36,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
 IO_TIMEOUT = 20.0  # any one connect/write/read on a client socket
 TOTAL_TIMEOUT = 60.0  # the whole flood
 
-ROUTES = """\
-  - name: login
-    match: {path: /api/auth/login, methods: [POST]}
-    rate_limits: [flood]
-"""
-
-
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = start_redis(Path(tmp_path_factory.mktemp("redis")))
@@ -50,25 +43,61 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
-def flood_gateway(tmp_path: Path, upstream_url: str, redis_url: str, limit: int,
-                  per: str, algorithm: str = "sliding_window") -> Gateway:
-    return start_gateway(
-        tmp_path, upstream_url, routes=ROUTES, args=("--workers", "1"),
-        # the admitted part of a flood reaches the test upstream at once: a bounded pool that
-        # waits (never 503/504 from the upstream side), so that only the limit decides
-        upstream_extra="max_connections: 64\npool_timeout: 30s\ntimeouts: {connect: 10s}",
-        top_extra=f"redis: {{url: \"{redis_url}\", timeout: 100ms, failure_mode: open}}\n"
-                  f"rate_limits:\n"
-                  f"  flood: {{limit: {limit}, per: {per}, key: client_ip,"
-                  f" algorithm: {algorithm}}}\n")
+FLOODS = [(500, 5, "15m", "sliding_window"), (900, 300, "1m", "sliding_window")] + [
+    # issue 13: 1,000 simultaneous connections, each algorithm, limits 5, 300 and 1,000 (a day
+    # long, so that no refill or window edge falls inside the flood)
+    (1000, limit, "24h", algorithm) for algorithm in ("sliding_window", "fixed_window",
+                                                      "token_bucket")
+    for limit in (5, 300, 1000)]
 
 
-REQUEST = (b"POST /api/auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-           b"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+def login_path(limit: int, per: str) -> str:
+    """The login route whose limit is `limit` per `per`."""
+    return f"/api/auth/login/{limit}-per-{per}"
 
 
-async def flood(ports: list[int], total: int) -> list[int | str]:
-    """Open `total` connections (spread evenly over `ports`) first, then send one login on
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory: pytest.TempPathFactory, upstream, redis_server: RedisServer
+          ) -> Iterator[Callable[[str], list[Gateway]]]:
+    """Two gateways sharing the Redis, per algorithm, with a login route and a limit for each
+    of its FLOODS: started once for its floods."""
+    started: dict[str, list[Gateway]] = {}
+
+    def pair(algorithm: str) -> list[Gateway]:
+        if algorithm not in started:
+            limits = sorted({(limit, per) for _, limit, per, a in FLOODS if a == algorithm})
+            routes = "".join(
+                f"  - name: login-{limit}-per-{per}\n"
+                f"    match: {{path: {login_path(limit, per)}, methods: [POST]}}\n"
+                f"    rate_limits: [flood-{limit}-per-{per}]\n" for limit, per in limits)
+            rate_limits = "".join(
+                f"  flood-{limit}-per-{per}: {{limit: {limit}, per: {per}, key: client_ip,"
+                f" algorithm: {algorithm}}}\n" for limit, per in limits)
+            tmp = tmp_path_factory.mktemp("flood")
+            started[algorithm] = [start_gateway(
+                tmp, upstream.url, routes=routes, args=("--workers", "1"),
+                # the admitted part of a flood reaches the test upstream at once: a bounded pool
+                # that waits (never 503/504 from the upstream side), so that only the limit
+                # decides
+                upstream_extra="max_connections: 64\npool_timeout: 30s\ntimeouts: {connect: 10s}",
+                top_extra=f"redis: {{url: \"{redis_server.url}\", timeout: 100ms, "
+                          f"failure_mode: open}}\nrate_limits:\n{rate_limits}")
+                for _ in range(2)]
+        return started[algorithm]
+
+    yield pair
+    for gateways in started.values():
+        for gw in gateways:
+            stop(gw.proc)
+
+
+def login(path: str) -> bytes:
+    return (b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 2\r\nConnection: close\r\n\r\n{}" % path.encode())
+
+
+async def flood(ports: list[int], total: int, request: bytes) -> list[int | str]:
+    """Open `total` connections (spread evenly over `ports`) first, then send `request` on
     each at once; every connection's status (or what went wrong)."""
 
     async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -83,7 +112,7 @@ async def flood(ports: list[int], total: int) -> list[int | str]:
         # at once, without waiting for the gateways to accept: each then accepts and reads
         # hundreds of connections in a row, a loop turn much longer than redis.timeout
         for _, writer in conns:
-            writer.write(REQUEST)
+            writer.write(request)
 
         async def status(reader: asyncio.StreamReader) -> int | str:
             try:
@@ -100,30 +129,21 @@ async def flood(ports: list[int], total: int) -> list[int | str]:
             writer.close()
 
 
-FLOODS = [(500, 5, "15m", "sliding_window"), (900, 300, "1m", "sliding_window")] + [
-    # issue 13: 1,000 simultaneous connections, each algorithm, limits 5, 300 and 1,000 (a day
-    # long, so that no refill or window edge falls inside the flood)
-    (1000, limit, "24h", algorithm) for algorithm in ("sliding_window", "fixed_window",
-                                                      "token_bucket")
-    for limit in (5, 300, 1000)]
-
-
 @pytest.mark.parametrize(("total", "limit", "per", "algorithm"), FLOODS,
                          ids=[f"{t}-requests-limit-{lim}-{a}" for t, lim, _, a in FLOODS])
 def test_a_flood_over_two_gateways_admits_exactly_the_shared_limit(
-        tmp_path: Path, upstream, redis_server: RedisServer, total: int, limit: int,
-        per: str, algorithm: str) -> None:
+        pairs, redis_server: RedisServer, total: int, limit: int, per: str,
+        algorithm: str) -> None:
+    gateways = pairs(algorithm)
     redis_server.command("FLUSHALL")
-    gateways = [flood_gateway(tmp_path, upstream.url, redis_server.url, limit, per, algorithm)
-                for _ in range(2)]
-    try:
-        statuses = asyncio.run(asyncio.wait_for(
-            flood([gw.port for gw in gateways], total), TOTAL_TIMEOUT))
-        errors = [metrics.total(gw, "gateway_redis_errors_total") for gw in gateways]
-        logs = [gw.log_text() for gw in gateways]
-    finally:
-        for gw in gateways:
-            stop(gw.proc)
+    errors_before = [metrics.total(gw, "gateway_redis_errors_total") for gw in gateways]
+    logged_before = [len(gw.log_text()) for gw in gateways]
+    statuses = asyncio.run(asyncio.wait_for(
+        flood([gw.port for gw in gateways], total, login(login_path(limit, per))),
+        TOTAL_TIMEOUT))
+    errors = [metrics.total(gw, "gateway_redis_errors_total") - before
+              for gw, before in zip(gateways, errors_before, strict=True)]
+    logs = [gw.log_text()[start:] for gw, start in zip(gateways, logged_before, strict=True)]
     summary = {s: statuses.count(s) for s in set(statuses)}
     print(f"\n{total} requests, limit {limit}: statuses {summary}, redis errors {errors}")
     assert statuses.count(200) == limit, (summary, errors)
