@@ -96,6 +96,17 @@ def gateway(gateway_factory, upstream: Upstream) -> Gateway:
     return gateway_factory(upstream.url)
 
 
+@pytest.fixture(scope="module")
+def module_gateway(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream
+                   ) -> Iterator[Gateway]:
+    """One default gateway for the tests of a module that only send it requests and read the
+    answers (none counts its connections, metrics or log lines): started once for them, not
+    once per test. Such a module is one xdist group, so one worker starts it."""
+    gw = start_gateway(tmp_path_factory.mktemp("gateway"), upstream.url)
+    yield gw
+    stop(gw.proc)
+
+
 # --- tests that must run alone, or nearly ---------------------------------------------------
 # A test marked `exclusive` measures wall-clock latency or a request rate against a fixed bound
 # (fault tests with a load generator): under pytest-xdist it runs beside at most COMPANIONS

@@ -14,6 +14,16 @@ import pytest
 
 from tests.support.client import Conn, Response, exchange
 from tests.support.metrics import value
+from tests.support.processes import Gateway
+
+# The tests that take `gateway` only send it requests: they share one (conftest.py
+# module_gateway), and one worker runs the module.
+pytestmark = pytest.mark.xdist_group("hardening")
+
+
+@pytest.fixture(scope="module")
+def gateway(module_gateway: Gateway) -> Gateway:
+    return module_gateway
 
 TIMEOUT = 3.0  # longest wait for any single socket operation
 

@@ -9,7 +9,16 @@ import json
 import pytest
 
 from tests.support.client import raw_exchange, request, upstream_saw
-from tests.support.processes import free_port
+from tests.support.processes import Gateway, free_port
+
+# The tests that take `gateway` only send it requests: they share one (conftest.py
+# module_gateway), and one worker runs the module.
+pytestmark = pytest.mark.xdist_group("proxy")
+
+
+@pytest.fixture(scope="module")
+def gateway(module_gateway: Gateway) -> Gateway:
+    return module_gateway
 
 GATEWAY_ADDED = {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
                  "x-real-ip", "x-request-id", "via"}
@@ -237,12 +246,14 @@ def test_stalled_request_body_gets_408(gateway_factory, upstream) -> None:
     assert raw.startswith(b"HTTP/1.1 408 ")
 
 
-def test_client_disconnect_cancels_the_upstream_request(gateway, upstream) -> None:
+def test_client_disconnect_cancels_the_upstream_request(gateway_factory, upstream) -> None:
     import socket as socket_module
 
     import psutil
 
     from tests.support.processes import eventually, wait_until
+
+    gateway = gateway_factory(upstream.url)  # its own: its upstream connections are counted
 
     def upstream_conns() -> int:
         return sum(1 for c in psutil.Process(gateway.proc.pid).net_connections()
