@@ -36,6 +36,11 @@ from tests.support.client import Conn, Response, exchange
 from tests.support.processes import Gateway, start_gateway, stop
 from tests.support.recorder import Recorder, start_recorder
 
+# The cases share the module's recorder and its gateways (one per policy variant, started on
+# first use): one worker runs them all, so each is started once, not once per worker and again
+# each time that worker comes back to the module from another one.
+pytestmark = pytest.mark.xdist_group("attacks")
+
 TIMEOUT = 3.0
 PROBLEM = "application/problem+json"
 
