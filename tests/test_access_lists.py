@@ -22,6 +22,10 @@ from tests.support.metrics import value
 from tests.support.policy import problems, write_policy
 from tests.support.recorder import gateway_before_recorder
 
+# Its tests share module-scoped processes: one worker runs the module, so they are started
+# once (spread over workers, each would start its own, and again whenever it came back).
+pytestmark = pytest.mark.xdist_group("access_lists")
+
 OFFICE = AccessList("office", allow=(ip_network("203.0.113.0/24"), ip_network("2001:db8::/32")),
                     deny=(ip_network("203.0.113.66/32"),))
 

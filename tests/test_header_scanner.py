@@ -25,6 +25,10 @@ import pytest
 from tests.support.client import request
 from tests.support.processes import ROOT, Gateway, run_policy_file, run_shipped, stop
 
+# Its tests share module-scoped processes: one worker runs the module, so they are started
+# once (spread over workers, each would start its own, and again whenever it came back).
+pytestmark = pytest.mark.xdist_group("header_scanner")
+
 PRODUCTION_ENV = {"FRONTEND_URL": "https://app.example.com",
                   "PRODUCTION_URL": "https://www.example.com",
                   "TRUSTED_PROXIES": "10.0.0.0/8"}

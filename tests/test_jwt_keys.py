@@ -36,6 +36,10 @@ from tests.support.policy import problems, write_policy
 from tests.support.processes import eventually, free_port, start_gateway, stop, wait_for_port
 from tests.support.recorder import gateway_before_recorder, start_recorder
 
+# Its tests share module-scoped processes: one worker runs the module, so they are started
+# once (spread over workers, each would start its own, and again whenever it came back).
+pytestmark = pytest.mark.xdist_group("jwt_keys")
+
 SECRET = "s" * 40
 HS = Verifier(JwtSettings(secret=SECRET))
 

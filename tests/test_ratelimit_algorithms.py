@@ -18,6 +18,10 @@ from gateway.ratelimit.redis_backend import RedisBackend
 from gateway.settings.ratelimit import RateLimitPolicy
 from tests.support.redis_server import start_redis
 
+# Its tests share module-scoped processes: one worker runs the module, so they are started
+# once (spread over workers, each would start its own, and again whenever it came back).
+pytestmark = pytest.mark.xdist_group("ratelimit_algorithms")
+
 ALGOS = ["fixed_window", "sliding_window", "token_bucket"]
 
 

@@ -22,6 +22,10 @@ from gateway.settings.ratelimit import RateLimitPolicy
 from tests.support.redis_cluster import RedisCluster, start_redis_cluster
 from tests.support.redis_server import RedisServer
 
+# Its tests share module-scoped processes: one worker runs the module, so they are started
+# once (spread over workers, each would start its own, and again whenever it came back).
+pytestmark = pytest.mark.xdist_group("redis_cluster_router")
+
 TIMEOUT = 1.0
 
 

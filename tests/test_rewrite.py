@@ -20,6 +20,10 @@ from tests.support.client import request
 from tests.support.policy import problems, write_policy
 from tests.support.recorder import gateway_before_recorder
 
+# Its tests share module-scoped processes: one worker runs the module, so they are started
+# once (spread over workers, each would start its own, and again whenever it came back).
+pytestmark = pytest.mark.xdist_group("rewrite")
+
 
 @pytest.mark.parametrize(("rewrite", "path", "sent"), [
     (PathRewrite(strip_prefix="/orders"), "/orders/12", "/12"),

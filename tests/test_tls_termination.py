@@ -21,7 +21,9 @@ from tests.support.metrics import value
 from tests.support.policy import problems, write_policy
 from tests.support.processes import free_port, start_gateway, stop, wait_until
 
-pytestmark = pytest.mark.integration
+# Its tests share module-scoped processes: one worker runs the module, so they are started
+# once (spread over workers, each would start its own, and again whenever it came back).
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("tls_termination")]
 
 ROUTES = """\
   - name: everything
