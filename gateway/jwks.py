@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import urllib.error
-import urllib.request
+from typing import Any
 
 from gateway.identity import Verifier
 
@@ -20,20 +19,28 @@ FETCH_TIMEOUT_S = 5.0
 MAX_JWKS_BYTES = 1024 * 1024  # a key set is a few KiB; anything this large is not one
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs) -> None:
-        return None  # a 3xx is answered as a failed fetch, never followed
-
-
-# No proxy from the environment and no redirects: the keys come from the URL the policy names.
-# (urllib, in a thread: a fetch every few minutes needs no HTTP client on the event loop.)
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+_opener: Any = None  # built at the first fetch: see _get
 
 
 def _get(url: str) -> str:
     """The body of a 200 answer to GET `url`; raises OSError or ValueError otherwise."""
+    # urllib.request (http.client, email, ...) is imported at the first fetch, not with the
+    # gateway: only a policy whose `jwt.jwks` is a URL ever fetches, and it costs every start.
+    import urllib.error
+    import urllib.request
+
+    global _opener
+    if _opener is None:
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args, **kwargs) -> None:
+                return None  # a 3xx is answered as a failed fetch, never followed
+
+        # No proxy from the environment and no redirects: the keys come from the URL the
+        # policy names. (urllib, in a thread: a fetch every few minutes needs no HTTP client
+        # on the event loop.)
+        _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirect())
     try:
-        with _OPENER.open(url, timeout=FETCH_TIMEOUT_S) as response:
+        with _opener.open(url, timeout=FETCH_TIMEOUT_S) as response:
             body = response.read(MAX_JWKS_BYTES + 1)
     except urllib.error.HTTPError as exc:
         exc.close()
