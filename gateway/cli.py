@@ -8,25 +8,18 @@ saying what.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import platform
 import signal
 import sys
-from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING
 
-from gateway import __version__
-from gateway.compiled import CompiledPolicy
-from gateway.config import Loaded, PolicyError, load_policy
-from gateway.config.loader import counts_requests, workers_without_redis
-from gateway.config.render import policy_yaml
-from gateway.explain import DEFAULT_PEER, DescribedRequest, explain, format_report
-from gateway.jwks import fetch_once
-from gateway.policytest import check_case, load_cases
+from gateway import DEFAULT_PEER, __version__
 
-T = TypeVar("T")
+# Each command imports what it needs where it runs: `version` needs no policy, `run` neither
+# explain nor the test cases' reader.
+if TYPE_CHECKING:
+    from gateway.config import Loaded
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(path: str | None) -> Loaded | int:
+    from gateway.config import PolicyError, load_policy
+
     if not path:
         print("gateway: no policy file: pass --config FILE or set GATEWAY_CONFIG",
               file=sys.stderr)
@@ -79,6 +74,12 @@ def _load(path: str | None) -> Loaded | int:
 
 
 def _explain(args: argparse.Namespace, loaded: Loaded) -> int:
+    import json
+
+    from gateway.compiled import CompiledPolicy
+    from gateway.explain import DescribedRequest, explain, format_report
+    from gateway.jwks import fetch_once
+
     headers = []
     for text in args.header:
         name, sep, value = text.partition(":")
@@ -98,6 +99,12 @@ def _explain(args: argparse.Namespace, loaded: Loaded) -> int:
 
 
 def _test(args: argparse.Namespace, loaded: Loaded) -> int:
+    from pathlib import Path
+
+    from gateway.compiled import CompiledPolicy
+    from gateway.config import PolicyError
+    from gateway.policytest import check_case, load_cases
+
     try:
         cases = load_cases(Path(args.cases))
     except PolicyError as exc:
@@ -147,10 +154,16 @@ def _main(argv: list[str] | None) -> int:
         return _test(args, loaded)
     if args.command == "check":
         if args.print_policy:
+            from gateway.config.render import policy_yaml
+
             print(policy_yaml(loaded.document), end="")
         else:
             print(f"{args.config}: ok ({len(loaded.policy.routes)} routes)")
         return 0
+
+    import logging
+
+    from gateway.config.loader import counts_requests, workers_without_redis
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

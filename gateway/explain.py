@@ -13,6 +13,7 @@ from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway import DEFAULT_PEER
 from gateway.admission import Admission, Refusal
 from gateway.compiled import CompiledPolicy
 from gateway.http.forwarding import HOP_BY_HOP, via
@@ -22,7 +23,6 @@ from gateway.plan import Action, CorsOutcome, Head, IpSource, Plan, UpstreamHost
 from gateway.settings.policy import Route, RouteMatch
 from gateway.settings.ratelimit import RedisSettings
 
-DEFAULT_PEER = "192.0.2.10"  # a documentation address: "some client on the internet"
 REQUEST_ID = "(generated)"
 
 

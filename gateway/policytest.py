@@ -28,11 +28,12 @@ from typing import Any
 
 import yaml
 
+from gateway import DEFAULT_PEER
 from gateway.compiled import CompiledPolicy
 from gateway.config.errors import PolicyError
 from gateway.config.reader import Reader
 from gateway.config.source import compose_file
-from gateway.explain import DEFAULT_PEER, DescribedRequest, explain
+from gateway.explain import DescribedRequest, explain
 
 EXPECT_KEYS = ("route", "outcome", "path", "client_ip", "upstream_headers", "rate_limits",
                "cors", "response_headers")
