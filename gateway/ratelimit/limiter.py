@@ -41,14 +41,16 @@ import socket
 import time
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from gateway.observability.metrics import RATELIMIT_REPLICAS, REDIS_DURATION, REDIS_ERRORS
 from gateway.ratelimit.algorithms import Outcome
 from gateway.ratelimit.keys import Checks, Item
 from gateway.ratelimit.memory import MemoryBackend
-from gateway.ratelimit.redis_backend import RedisBackend
 from gateway.settings.ratelimit import RateLimitPolicy, RedisSettings
+
+if TYPE_CHECKING:
+    from gateway.ratelimit.redis_backend import RedisBackend
 
 log = logging.getLogger("gateway.ratelimit")
 
@@ -142,7 +144,13 @@ class Limiter:
     def __init__(self, settings: RedisSettings, memory: MemoryBackend | None = None) -> None:
         self.settings = settings
         self.memory = memory or MemoryBackend()
-        self.redis = RedisBackend(settings.url, settings.timeout) if settings.url else None
+        self.redis: RedisBackend | None = None
+        if settings.url:
+            # imported here, once per limiter: the Redis client (and its Lua scripts) is not
+            # loaded by a gateway whose policy has no redis.url
+            from gateway.ratelimit.redis_backend import RedisBackend
+
+            self.redis = RedisBackend(settings.url, settings.timeout)
         self.while_open = ("limited routes answer 503" if settings.failure_mode == "closed"
                            else "rate limits fall back to in-process counters")
         self.breaker = Breaker(while_open=self.while_open)
