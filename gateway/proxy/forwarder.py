@@ -20,14 +20,13 @@ dropped, not pooled.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
 from multidict import CIMultiDict
 
 from gateway.http.forwarding import downstream_response_headers
-from gateway.http.protocol import Body, Exchange, MalformedBody, RequestBodyFlood
+from gateway.http.protocol import Body, BodyTimeout, Exchange, MalformedBody, RequestBodyFlood
 from gateway.observability.access_log import RequestRecord
 from gateway.observability.metrics import upstream_duration, upstream_error
 from gateway.proxy.capacity import Slots
@@ -45,12 +44,15 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
 class ClientBodyError(Exception):
-    """The client's request body broke a rule; `status` is what to answer (408 or 413)."""
+    """The client's request body broke a rule; `status` is what to answer (408 or 413).
+    `answered`: the connection has sent that answer already (a body timeout, http/protocol.py)
+    and is ending; the handler only accounts for it."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, answered: bool = False) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.answered = answered
 
 
 class UpstreamError(Exception):
@@ -64,7 +66,7 @@ class UpstreamError(Exception):
 
 class RequestBody:
     """The client's body: received whole when small (`buffer`), else an async iterator;
-    size-capped and read with a timeout per chunk."""
+    size-capped, and each wait for bytes bounded by `timeout`."""
 
     __slots__ = ("_buffered", "_content", "_head", "_limit", "_received", "_timeout", "_whole",
                  "error", "started")
@@ -82,10 +84,11 @@ class RequestBody:
 
     async def _read(self) -> bytes:
         try:
-            async with asyncio.timeout(self._timeout):
-                chunk = await self._content.readany()
-        except TimeoutError:
-            self.error = ClientBodyError(408, "request body not received in time")
+            # the connection keeps the deadline (one timer for the whole body, not one a read)
+            chunk = await self._content.readany(self._timeout)
+        except BodyTimeout as exc:
+            self.error = ClientBodyError(408, "request body not received in time",
+                                         answered=exc.answered)
             raise self.error from None
         except RequestBodyFlood as exc:  # chunk framing far beyond the body it carries
             self.error = ClientBodyError(413, str(exc))
