@@ -5,6 +5,7 @@ body flow control. No socket: the handler is a small function of the Exchange.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 from multidict import CIMultiDict
@@ -259,3 +260,42 @@ def test_bytes_that_keep_coming_keep_the_body_wait_alive() -> None:
                       then=then)
     assert got == [b"aabbccdd"]
     assert transport.writes[0].startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_connection_cut_at_its_body_timeout_is_freed_by_reference_counting() -> None:
+    """Nothing of a cut connection is left in a reference cycle (the parser holding the
+    protocol, an exchange holding its connection, a kept exception's traceback holding the
+    frames that read the body): with thousands cut at once, that garbage made the collector's
+    full collections walk it all, stopping the loop for tens of milliseconds."""
+    import gc
+    import weakref
+
+    from gateway.http.protocol import BodyTimeout
+
+    refs: list[weakref.ref] = []
+
+    async def reader(exchange: Exchange) -> None:
+        with contextlib.suppress(BodyTimeout):
+            while await exchange.body.readany(0.05):
+                pass
+
+    async def run() -> None:
+        server = GatewayServer(reader, header_timeout=5.0, error_headers=CIMultiDict,
+                               count_error=lambda status: None)
+        conn = server()
+        transport = MemoryTransport()
+        conn.connection_made(transport)
+        conn.data_received(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+        await writes(transport, 1)
+        await settle()
+        conn.connection_lost(None)
+        await settle()
+        refs.append(weakref.ref(conn))
+
+    gc.collect()
+    gc.disable()
+    try:
+        asyncio.run(run())
+        assert refs[0]() is None, gc.get_referrers(refs[0]())
+    finally:
+        gc.enable()

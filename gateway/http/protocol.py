@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -93,8 +94,11 @@ class BodyTimeout(Exception):
     sent the `408` and is ending; the reader only has to stop (and account for it)."""
 
     def __init__(self, answered: bool) -> None:
-        super().__init__("request body not received in time")
+        super().__init__(answered)  # (its args: what a copy is made from)
         self.answered = answered
+
+    def __str__(self) -> str:
+        return "request body not received in time"
 
 
 class _Stop(Exception):
@@ -157,7 +161,7 @@ class Body:
         when nothing arrives within `timeout` seconds (None: no bound)."""
         while not self._chunks:
             if self._exc is not None:
-                raise self._exc
+                self._raise()
             if self._eof:
                 return b""
             conn = self._conn
@@ -170,13 +174,21 @@ class Body:
             finally:
                 self._waiter = None
         if self._exc is not None:
-            raise self._exc
+            self._raise()
         chunk = self._chunks.popleft()
         self._size -= len(chunk)
         conn = self._conn
         if conn is not None and conn.reading_paused and self._size < BODY_LOW:
             conn.sync_reading()
         return chunk
+
+    def _raise(self) -> None:
+        """Raise what broke the body, as a copy: the one kept here (raised again by a later
+        read) then holds no traceback, whose frames would hold this body (a reference
+        cycle, left to the garbage collector)."""
+        exc = self._exc
+        assert exc is not None
+        raise copy.copy(exc)
 
     def waiting(self) -> bool:
         """Whether a reader waits for bytes now."""
@@ -342,7 +354,8 @@ class Connection(asyncio.Protocol):
         self.reading_paused = False
         self.writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
-        self._parser = httptools.HttpRequestParser(self)
+        # (it holds this protocol for its callbacks: let go once the connection is lost)
+        self._parser: Any = httptools.HttpRequestParser(self)
         # the head being parsed
         self._in_head = False
         self._awaiting_head = False  # a head is due: the connection is new, or one began
@@ -437,6 +450,12 @@ class Connection(asyncio.Protocol):
             if ex is not None and not ex.body.is_eof():
                 ex.body.set_exception(lost)
         self._queue.clear()
+        # what points back at this connection (the parser, the exchanges) is let go, so that
+        # reference counting frees it now: cycles are left for the garbage collector, whose
+        # full collections stop the loop for as long as they walk every live object (tens of
+        # ms with a few thousand connections open)
+        self._parser = None
+        self._parsing = self._last = None
         if self._task is not None:
             self._task.cancel()  # the client is gone: so is the upstream request
         waiter = self._drain_waiter

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import NoReturn
 
 from multidict import CIMultiDict
 
@@ -87,20 +88,23 @@ class RequestBody:
             # the connection keeps the deadline (one timer for the whole body, not one a read)
             chunk = await self._content.readany(self._timeout)
         except BodyTimeout as exc:
-            self.error = ClientBodyError(408, "request body not received in time",
-                                         answered=exc.answered)
-            raise self.error from None
+            self._fail(ClientBodyError(408, "request body not received in time",
+                                       answered=exc.answered))
         except RequestBodyFlood as exc:  # chunk framing far beyond the body it carries
-            self.error = ClientBodyError(413, str(exc))
-            raise self.error from None
+            self._fail(ClientBodyError(413, str(exc)))
         except MalformedBody as exc:
-            self.error = ClientBodyError(400, str(exc))
-            raise self.error from None
+            self._fail(ClientBodyError(400, str(exc)))
         self._received += len(chunk)
         if self._received > self._limit:
-            self.error = ClientBodyError(413, f"request body exceeds {self._limit} bytes")
-            raise self.error
+            self._fail(ClientBodyError(413, f"request body exceeds {self._limit} bytes"))
         return chunk
+
+    def _fail(self, error: ClientBodyError) -> NoReturn:
+        """Keep `error` (`forward` raises it again when the upstream send broke off because
+        of it) and raise a copy: the kept one holds no traceback, whose frames would hold
+        this body and the whole request (a cycle only the garbage collector frees)."""
+        self.error = error
+        raise ClientBodyError(error.status, error.detail, error.answered) from None
 
     async def buffer(self, size: int, length: int | None) -> bytes | None:
         """The whole body when it is at most `size` bytes (read now), else None: what was
@@ -221,7 +225,8 @@ async def _exchange(
                 upstream = await conn.send(head, data, chunked=chunked, head_only=head_only)
         except UpstreamBroken as exc:
             if body is not None and body.error is not None:
-                raise body.error from exc
+                error = body.error
+                raise ClientBodyError(error.status, error.detail, error.answered) from exc
             failure = exc.failure
             if failure is CONNECT_FAILED or failure is CONNECT_TIMEOUT:
                 target.health.connect_failed()  # passive health (health.py)
