@@ -134,6 +134,7 @@ class Handler:
         trusted = peer_trusted(compiled, peer)
         request_id = choose_request_id(headers, trusted)
         record.request_id = request_id
+        exchange.request_id = request_id  # for the 408 the connection writes (a body timeout)
         record.client_ip = peer
         # until the plan is made (overload), the default policies speak, so that a browser can
         # read the gateway's answer
@@ -289,6 +290,8 @@ class Handler:
             return refuse(exc.failure.status, exc.failure.detail)
         except ClientBodyError as exc:
             record.source = "gateway"
+            if exc.answered:  # the connection sent it (with the default security headers)
+                return exc.status
             return refuse(exc.status, exc.detail, close=True)
 
     async def _receive(self, body: RequestBody, request_buffer: int,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import resource
@@ -124,6 +125,19 @@ class GatewayProcess:
         log.info("gateway pid %d listening on %s (admin %s), upstream %s, %d routes",
                  os.getpid(), listen, admin_listen, targets, len(policy.routes))
         log.info("rate limits: %s", describe_limiter(policy))
+        # What start-up made (modules, the compiled policy: ~30,000 objects) lives as long as
+        # the process: moved out of the garbage collector's generations, so that a full
+        # collection, which stops the loop while it walks every tracked object, walks only
+        # what serving made (~10 ms less per full collection on a 2-core machine). A reload
+        # puts them back (`_apply`): the policy it replaces can then be collected.
+        gc.freeze()
+        # A full collection is due after 100 collections of the middle generation, not 10:
+        # a crowd of connections opening (2,000 within a second) makes objects that live as
+        # long as they do, and at the default every 25 % of growth paid a full collection (44
+        # to 160 ms each with 2,000 trickled bodies held), stalling everyone's requests. What
+        # a connection leaves is freed by reference counting (http/protocol.py), so waiting
+        # longer leaves little garbage behind.
+        gc.set_threshold(700, 10, 100)
 
         await self._stopping.wait()
 
@@ -149,6 +163,7 @@ class GatewayProcess:
         """Swap in a validated policy: one reference assignment, seen by the next request."""
         old = self.handler.runtime
         self.handler.runtime = new = Runtime.build(loaded, previous=old)
+        gc.unfreeze()  # (see run: the start-up policy, frozen, could otherwise never be freed)
         access_log.configure(loaded.policy.observability.access_log.format)
         new_tls = new.policy.server.tls
         if self.tls is not None and new_tls is not None:

@@ -5,6 +5,7 @@ body flow control. No socket: the handler is a small function of the Exchange.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 from multidict import CIMultiDict
@@ -203,3 +204,98 @@ def test_a_keep_alive_answer_resumes_reading_a_body_it_drops() -> None:
                       b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size,
                       then=rest)
     assert len(transport.writes) == 2 and not transport.closed
+
+
+def test_a_body_that_stops_arriving_is_answered_408_by_the_connection() -> None:
+    """The deadline of a wait for body bytes is kept by the connection: the 408 is written
+    from bytes encoded once, with the handler's request ID; the reader gets BodyTimeout
+    saying it was answered, and the connection half-closes (the rest is read and dropped)."""
+    from gateway.http.protocol import BodyTimeout
+
+    seen: list[object] = []
+
+    async def reader(exchange: Exchange) -> None:
+        exchange.request_id = "req-1"
+        try:
+            while await exchange.body.readany(0.05):
+                pass
+        except BodyTimeout as exc:
+            seen.append(exc.answered)
+            seen.append(exchange.finished)
+
+    async def then(conn: Connection, transport: MemoryTransport) -> None:
+        await writes(transport, 1)
+        await settle()
+
+    transport = serve(reader, b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab",
+                      then=then)
+    assert seen == [True, True]
+    head, _, body = transport.writes[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert b"X-Request-ID: req-1\r\n" in head and b"Connection: close\r\n" in head
+    assert b"Content-Type: application/problem+json\r\n" in head and b"Date: " in head
+    assert b'"status":408' in body and f"Content-Length: {len(body)}".encode() in head
+    assert len(transport.writes) == 1 and transport.eof
+
+
+def test_bytes_that_keep_coming_keep_the_body_wait_alive() -> None:
+    """One timer for the connection, moved on by each wait: a body arriving in pieces, each
+    within the timeout, is read whole although it takes longer than the timeout."""
+    got: list[bytes] = []
+
+    async def reader(exchange: Exchange) -> None:
+        parts = []
+        while chunk := await exchange.body.readany(0.15):
+            parts.append(chunk)
+        got.append(b"".join(parts))
+        exchange.send(Answer(200))
+
+    async def then(conn: Connection, transport: MemoryTransport) -> None:
+        for piece in (b"bb", b"cc", b"dd"):
+            await asyncio.sleep(0.1)
+            conn.data_received(piece)
+        await writes(transport, 1)
+
+    transport = serve(reader, b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\naa",
+                      then=then)
+    assert got == [b"aabbccdd"]
+    assert transport.writes[0].startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_connection_cut_at_its_body_timeout_is_freed_by_reference_counting() -> None:
+    """Nothing of a cut connection is left in a reference cycle (the parser holding the
+    protocol, an exchange holding its connection, a kept exception's traceback holding the
+    frames that read the body): with thousands cut at once, that garbage made the collector's
+    full collections walk it all, stopping the loop for tens of milliseconds."""
+    import gc
+    import weakref
+
+    from gateway.http.protocol import BodyTimeout
+
+    refs: list[weakref.ref] = []
+
+    async def reader(exchange: Exchange) -> None:
+        with contextlib.suppress(BodyTimeout):
+            while await exchange.body.readany(0.05):
+                pass
+
+    async def run() -> None:
+        server = GatewayServer(reader, header_timeout=5.0, error_headers=CIMultiDict,
+                               count_error=lambda status: None)
+        conn = server()
+        transport = MemoryTransport()
+        conn.connection_made(transport)
+        conn.data_received(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+        await writes(transport, 1)
+        await settle()
+        conn.connection_lost(None)
+        await settle()
+        refs.append(weakref.ref(conn))
+
+    gc.collect()
+    gc.disable()
+    try:
+        asyncio.run(run())
+        assert refs[0]() is None, gc.get_referrers(refs[0]())
+    finally:
+        gc.enable()

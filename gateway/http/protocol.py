@@ -10,6 +10,12 @@ framework object is made per request. On top of what llhttp refuses, it adds:
   being answered or not; confirmed after one more poll of the loop (gateway/loop_turns.py), so
   a busy loop is not taken for a silent client. Keep-alive idleness between requests has its
   own timeout (`timeouts.idle`);
+- a deadline for each wait on a request body (`timeouts.body`, given by the reader), kept by
+  the connection on one timer re-armed lazily, not a timer per read: when it passes, the
+  connection answers `408` from bytes encoded once (http/problem.py `PrebuiltProblem`) and
+  ends, and the reader gets `BodyTimeout` saying so (the handler then only accounts for it);
+- expired head and body deadlines are handled a bounded slice per loop turn (http/reaper.py):
+  a crowd of slow clients cut together does not hold up everyone else's requests;
 - bounds on the head: a request line over `limits.max_header_size` is 414, a field line over
   it or more than `limits.max_headers` fields is 431 (llhttp has no such bounds), and the
   checks of http/framing.py (duplicate or missing Host, an upgrade with a body);
@@ -39,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -56,7 +63,8 @@ from gateway.http.framing import (
     parse_failure,
     unfinished_head_refusal,
 )
-from gateway.http.problem import problem_bytes, problem_response
+from gateway.http.problem import PrebuiltProblem, problem_bytes, problem_response
+from gateway.http.reaper import Reaper
 from gateway.http.response import BODYLESS_STATUSES, Answer, connection_line, encode_head
 from gateway.loop_turns import after_turns
 from gateway.observability.metrics import CLIENT_TIMEOUTS, TLS_HANDSHAKES
@@ -79,6 +87,18 @@ class RequestBodyFlood(Exception):
 
 class MalformedBody(Exception):
     """llhttp refused the request's body framing (chunk sizes, terminators) mid-body."""
+
+
+class BodyTimeout(Exception):
+    """No body bytes arrived within the reader's timeout. `answered`: the connection has
+    sent the `408` and is ending; the reader only has to stop (and account for it)."""
+
+    def __init__(self, answered: bool) -> None:
+        super().__init__(answered)  # (its args: what a copy is made from)
+        self.answered = answered
+
+    def __str__(self) -> str:
+        return "request body not received in time"
 
 
 class _Stop(Exception):
@@ -136,27 +156,44 @@ class Body:
         self._chunks.clear()
         self._size = 0
 
-    async def readany(self) -> bytes:
-        """The next piece of the body, b"" at its end; raises what broke it."""
+    async def readany(self, timeout: float | None = None) -> bytes:
+        """The next piece of the body, b"" at its end; raises what broke it, and BodyTimeout
+        when nothing arrives within `timeout` seconds (None: no bound)."""
         while not self._chunks:
             if self._exc is not None:
-                raise self._exc
+                self._raise()
             if self._eof:
                 return b""
-            assert self._conn is not None
-            self._waiter = self._conn.loop.create_future()
+            conn = self._conn
+            assert conn is not None
+            self._waiter = conn.loop.create_future()
+            if timeout is not None:
+                conn.await_body(self, timeout)
             try:
                 await self._waiter
             finally:
                 self._waiter = None
         if self._exc is not None:
-            raise self._exc
+            self._raise()
         chunk = self._chunks.popleft()
         self._size -= len(chunk)
         conn = self._conn
         if conn is not None and conn.reading_paused and self._size < BODY_LOW:
             conn.sync_reading()
         return chunk
+
+    def _raise(self) -> None:
+        """Raise what broke the body, as a copy: the one kept here (raised again by a later
+        read) then holds no traceback, whose frames would hold this body (a reference
+        cycle, left to the garbage collector)."""
+        exc = self._exc
+        assert exc is not None
+        raise copy.copy(exc)
+
+    def waiting(self) -> bool:
+        """Whether a reader waits for bytes now."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done()
 
     async def read(self) -> bytes:
         """The whole body (the caller bounds it: Content-Length was checked)."""
@@ -183,7 +220,8 @@ class Exchange:
 
     __slots__ = ("_conn", "_head", "_mode", "body", "bytes_out", "chunked", "content_length",
                  "continued", "finished", "has_body", "headers", "keep_alive", "method", "peer",
-                 "secure", "started", "status", "switched", "target", "upgrade", "version")
+                 "request_id", "secure", "started", "status", "switched", "target", "upgrade",
+                 "version")
 
     def __init__(self, conn: Connection, method: str, target: str,
                  headers: CIMultiDictProxy[str], version: tuple[int, int],
@@ -208,6 +246,7 @@ class Exchange:
         self.continued = False  # `100 Continue` was sent
         self.status = 0
         self.bytes_out = 0  # body bytes of the answer
+        self.request_id = ""  # the handler's choice, for an answer the connection writes
         self._head: bytes | None = None  # a streamed answer's head, sent with its first bytes
         self._mode = _NONE
 
@@ -315,7 +354,8 @@ class Connection(asyncio.Protocol):
         self.reading_paused = False
         self.writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
-        self._parser = httptools.HttpRequestParser(self)
+        # (it holds this protocol for its callbacks: let go once the connection is lost)
+        self._parser: Any = httptools.HttpRequestParser(self)
         # the head being parsed
         self._in_head = False
         self._awaiting_head = False  # a head is due: the connection is new, or one began
@@ -343,6 +383,10 @@ class Connection(asyncio.Protocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._idle_since: float | None = None
+        # the body a reader waits on, until when, and the one timer that watches it
+        self._body_wait: Body | None = None
+        self._body_deadline = 0.0
+        self._body_timer: asyncio.TimerHandle | None = None
 
     # ---- connection events ------------------------------------------------------------------
 
@@ -406,6 +450,12 @@ class Connection(asyncio.Protocol):
             if ex is not None and not ex.body.is_eof():
                 ex.body.set_exception(lost)
         self._queue.clear()
+        # what points back at this connection (the parser, the exchanges) is let go, so that
+        # reference counting frees it now: cycles are left for the garbage collector, whose
+        # full collections stop the loop for as long as they walk every live object (tens of
+        # ms with a few thousand connections open)
+        self._parser = None
+        self._parsing = self._last = None
         if self._task is not None:
             self._task.cancel()  # the client is gone: so is the upstream request
         waiter = self._drain_waiter
@@ -676,7 +726,7 @@ class Connection(asyncio.Protocol):
         """The connection ends after what was written. With a request body unread, it is
         half-closed and lingers, reading and dropping (RFC 9112 9.6)."""
         transport = self.transport
-        if transport is None:
+        if transport is None or self._lingering:  # (ended already: lingering until closed)
             return
         self._stop = True
         self._cancel_timers()
@@ -776,8 +826,8 @@ class Connection(asyncio.Protocol):
         # bytes that arrived while the loop was busy are read in its next poll: confirm the
         # silence after it (gateway/loop_turns.py), unless the head completes meanwhile
         fired = self._head_timer
-        after_turns(self.loop, 2,
-                    lambda: self._head_timer is fired and self._head_timed_out())
+        after_turns(self.loop, 2, lambda: self.server.reaper.add(
+            lambda: self._head_timer is fired and self._head_timed_out()))
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -807,11 +857,56 @@ class Connection(asyncio.Protocol):
             return
         self._end(None)
 
+    def await_body(self, body: Body, timeout: float) -> None:
+        """A reader waits for bytes of `body` from now, for at most `timeout` seconds. One
+        timer per connection, re-armed lazily when it fires early (as `_idle_fired`): a body
+        read in many pieces costs no timer per read."""
+        self._body_wait = body
+        self._body_deadline = self.loop.time() + timeout
+        if self._body_timer is None:
+            self._body_timer = self.loop.call_at(self._body_deadline, self._body_timer_fired)
+
+    def _body_timer_fired(self) -> None:
+        self._body_timer = None
+        body = self._body_wait
+        if body is None or not body.waiting() or self.transport is None:
+            return  # nobody waits now: the next wait arms it again
+        left = self._body_deadline - self.loop.time()
+        if left > 0:
+            self._body_timer = self.loop.call_at(self._body_deadline, self._body_timer_fired)
+            return
+        # confirmed after one more poll (bytes may be waiting in the socket), then cut in turn
+        deadline = self._body_deadline
+        after_turns(self.loop, 2, lambda: self.server.reaper.add(
+            lambda: self._body_timed_out(body, deadline)))
+
+    def _body_timed_out(self, body: Body, deadline: float) -> None:
+        if self._body_wait is not body or self._body_deadline != deadline \
+                or not body.waiting() or self.transport is None:
+            return  # bytes came meanwhile (or the wait ended): not silent
+        self._body_wait = None
+        ex = self._active
+        answered = False
+        if ex is not None and ex.body is body and not ex.started:
+            # the 408 is written here, from bytes encoded once; the handler only accounts
+            answer = self.server.body_timeout_answer()
+            ex.started = ex.finished = True
+            ex.status = answer.status
+            ex.keep_alive = False
+            head_only = ex.method == "HEAD"
+            ex.bytes_out = 0 if head_only else answer.body_size
+            self.write(answer.encode(ex.request_id or new_request_id(), head_only))
+            answered = True
+        body.set_exception(BodyTimeout(answered))
+        if answered:
+            self._end(ex)  # half-closed: the rest of the body is read and dropped a while
+
     def _cancel_timers(self) -> None:
-        for timer in (self._head_timer, self._idle_timer):
+        for timer in (self._head_timer, self._idle_timer, self._body_timer):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._idle_timer = None
+        self._head_timer = self._idle_timer = self._body_timer = None
+        self._body_wait = None
 
 
 class GatewayServer:
@@ -849,7 +944,19 @@ class GatewayServer:
         self.requests_full = requests_full
         self.loop = loop or asyncio.get_running_loop()
         self.connections: set[Connection] = set()
+        self.reaper = Reaper(self.loop)
         self._gone: asyncio.Event | None = None
+        self._body_timeout_answer: PrebuiltProblem | None = None
+
+    def body_timeout_answer(self) -> PrebuiltProblem:
+        """The `408` for a body that stopped arriving, with the current error headers (encoded
+        again only when a reload changed them)."""
+        headers = tuple(self.error_headers().items())
+        answer = self._body_timeout_answer
+        if answer is None or answer.headers != headers:
+            answer = self._body_timeout_answer = PrebuiltProblem(
+                408, "request body not received in time", headers)
+        return answer
 
     def __call__(self) -> Connection:
         return Connection(self)

@@ -20,14 +20,14 @@ dropped, not pooled.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import NoReturn
 
 from multidict import CIMultiDict
 
 from gateway.http.forwarding import downstream_response_headers
-from gateway.http.protocol import Body, Exchange, MalformedBody, RequestBodyFlood
+from gateway.http.protocol import Body, BodyTimeout, Exchange, MalformedBody, RequestBodyFlood
 from gateway.observability.access_log import RequestRecord
 from gateway.observability.metrics import upstream_duration, upstream_error
 from gateway.proxy.capacity import Slots
@@ -45,12 +45,15 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
 class ClientBodyError(Exception):
-    """The client's request body broke a rule; `status` is what to answer (408 or 413)."""
+    """The client's request body broke a rule; `status` is what to answer (408 or 413).
+    `answered`: the connection has sent that answer already (a body timeout, http/protocol.py)
+    and is ending; the handler only accounts for it."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, answered: bool = False) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.answered = answered
 
 
 class UpstreamError(Exception):
@@ -64,7 +67,7 @@ class UpstreamError(Exception):
 
 class RequestBody:
     """The client's body: received whole when small (`buffer`), else an async iterator;
-    size-capped and read with a timeout per chunk."""
+    size-capped, and each wait for bytes bounded by `timeout`."""
 
     __slots__ = ("_buffered", "_content", "_head", "_limit", "_received", "_timeout", "_whole",
                  "error", "started")
@@ -82,22 +85,26 @@ class RequestBody:
 
     async def _read(self) -> bytes:
         try:
-            async with asyncio.timeout(self._timeout):
-                chunk = await self._content.readany()
-        except TimeoutError:
-            self.error = ClientBodyError(408, "request body not received in time")
-            raise self.error from None
+            # the connection keeps the deadline (one timer for the whole body, not one a read)
+            chunk = await self._content.readany(self._timeout)
+        except BodyTimeout as exc:
+            self._fail(ClientBodyError(408, "request body not received in time",
+                                       answered=exc.answered))
         except RequestBodyFlood as exc:  # chunk framing far beyond the body it carries
-            self.error = ClientBodyError(413, str(exc))
-            raise self.error from None
+            self._fail(ClientBodyError(413, str(exc)))
         except MalformedBody as exc:
-            self.error = ClientBodyError(400, str(exc))
-            raise self.error from None
+            self._fail(ClientBodyError(400, str(exc)))
         self._received += len(chunk)
         if self._received > self._limit:
-            self.error = ClientBodyError(413, f"request body exceeds {self._limit} bytes")
-            raise self.error
+            self._fail(ClientBodyError(413, f"request body exceeds {self._limit} bytes"))
         return chunk
+
+    def _fail(self, error: ClientBodyError) -> NoReturn:
+        """Keep `error` (`forward` raises it again when the upstream send broke off because
+        of it) and raise a copy: the kept one holds no traceback, whose frames would hold
+        this body and the whole request (a cycle only the garbage collector frees)."""
+        self.error = error
+        raise ClientBodyError(error.status, error.detail, error.answered) from None
 
     async def buffer(self, size: int, length: int | None) -> bytes | None:
         """The whole body when it is at most `size` bytes (read now), else None: what was
@@ -218,7 +225,8 @@ async def _exchange(
                 upstream = await conn.send(head, data, chunked=chunked, head_only=head_only)
         except UpstreamBroken as exc:
             if body is not None and body.error is not None:
-                raise body.error from exc
+                error = body.error
+                raise ClientBodyError(error.status, error.detail, error.answered) from exc
             failure = exc.failure
             if failure is CONNECT_FAILED or failure is CONNECT_TIMEOUT:
                 target.health.connect_failed()  # passive health (health.py)
