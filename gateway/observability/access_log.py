@@ -82,13 +82,22 @@ STDOUT = 1
 PIPE_BUF = 4096  # a write up to this size to a pipe is never interleaved with another's
 
 
+def encode_line(line: str) -> bytes:
+    """UTF-8, raw bytes kept as they came (surrogateescape); any other lone surrogate as a
+    backslash escape: a line that cannot be encoded is written, never lost with its batch."""
+    try:
+        return line.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return line.encode("utf-8", "backslashreplace")
+
+
 def _whole_lines(lines: list[str]) -> Iterator[bytes]:
     """The lines in writes of whole lines, each at most PIPE_BUF bytes where a line fits: the
     workers of `--workers N` share one stdout, and a larger write to a pipe may be split by
     another worker's line (Python's own stdout buffer splits anywhere)."""
     chunk = b""
     for line in lines:
-        data = line.encode("utf-8", "surrogateescape")
+        data = encode_line(line)
         if chunk and len(chunk) + len(data) > PIPE_BUF:
             yield chunk
             chunk = b""
