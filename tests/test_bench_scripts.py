@@ -26,6 +26,7 @@ def test_bench_routing_quick_runs() -> None:
     )
 
 
+@pytest.mark.heavy(seconds=9)
 def test_bench_ratelimit_quick_runs() -> None:
     # starts the test upstream, a Redis and three gateways; a few seconds of load each
     result = subprocess.run(
@@ -38,6 +39,7 @@ def test_bench_ratelimit_quick_runs() -> None:
     assert any(line.startswith("ratio memory/off:") for line in lines), result.stdout
 
 
+@pytest.mark.heavy(seconds=7)
 def test_bench_overload_quick_runs() -> None:
     # one gateway under 5x the load it serves for 4 s; exit 1 only says the behaviour did not
     # hold on this run (a figure, not a test of speed)
@@ -51,6 +53,7 @@ def test_bench_overload_quick_runs() -> None:
     assert set(report["rss_mib"]) == {"before", "peak", "after"}
 
 
+@pytest.mark.heavy(seconds=17)
 def test_side_by_side_quick_runs(tmp_path) -> None:
     # wrk against the upstream, nginx as a proxy, and two gateways (one with the shipped
     # production policy and a Redis), one round of 1 s each (~15 s); no figure is judged, only

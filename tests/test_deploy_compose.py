@@ -356,7 +356,7 @@ def check_the_backup_service_writes_a_verified_backup_to_its_volume(topology):
 # Each check is a function named after the behaviour it checks, and says what failed.
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.heavy  # PostgreSQL, the API, the gateway, Redis, Prometheus, moto at once
+@pytest.mark.heavy(seconds=14)  # PostgreSQL, the API, the gateway, Redis, Prometheus, moto at once
 def test_the_compose_topology_runs_as_local_processes(topology, subtests):
     for check in (check_services_start_in_depends_on_order_and_pass_their_own_health_checks,
                   check_a_request_passes_through_the_gateway_to_the_api,

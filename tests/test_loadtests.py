@@ -22,7 +22,7 @@ def run_loadtests(*args: str, timeout: float = 150) -> subprocess.CompletedProce
 
 
 @pytest.mark.integration  # runs python -m loadtests
-@pytest.mark.heavy  # locust's users, the API, PostgreSQL at once
+@pytest.mark.heavy(seconds=16)  # locust's users, the API, PostgreSQL at once
 @pytest.mark.slow  # 12 s of load: started among the first of the heavy tests
 def test_smoke_scenario_meets_the_targets_and_writes_its_reports(
         tmp_path: Path, database_url: str) -> None:

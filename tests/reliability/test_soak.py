@@ -24,7 +24,7 @@ from tests.support.redis_server import start_redis
 from tests.support.scale import FULL
 
 # a steady load, Redis, 15 s or more: started among the first of the heavy tests
-pytestmark = [pytest.mark.integration, pytest.mark.heavy, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.heavy(seconds=16), pytest.mark.slow]
 
 RATE = 100  # requests per second
 CLIENTS = 400  # addresses: 100/s spread over them stays under api (100/min) and global (1000/h)
