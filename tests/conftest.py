@@ -42,16 +42,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.integration)
             else:
                 item.add_marker(pytest.mark.unit)
-    # The exclusive tests first (their worker starts its block while the pending list is full,
-    # so it is never left waiting for work), then the long ones, spread over the xdist workers
-    # at the start rather than left at the end; the heavy ones last, since they cannot run
-    # beside the exclusive block, the longest of them first (`heavy(seconds=N)`): xdist hands
-    # each worker its next two tests ahead, and three long ones queued on one worker at the
-    # end kept it busy ~30 s after the others had nothing left.
-    items.sort(key=lambda item: (item.get_closest_marker("exclusive") is None,
-                                 item.get_closest_marker("heavy") is not None,
-                                 item.get_closest_marker("slow") is None,
-                                 -_heavy_seconds(item)))
+    items.sort(key=_order)
+
+
+def _order(item: pytest.Item) -> tuple[int, float]:
+    """The order tests are handed to the xdist workers in:
+
+    0. the exclusive tests (their worker starts its block while the pending list is full, so
+       it is never left waiting for work);
+    1. the long ones, spread over the workers at the start rather than left at the end;
+    2. the other integration tests;
+    3. the heavy ones, which cannot run beside the exclusive block, the longest first
+       (`heavy(seconds=N)`);
+    4. the unit tests: short, they fill the gaps at the end. xdist queues up to three tests
+       on a worker; queued behind a long heavy test, they cost little, where two more heavy
+       ones kept one worker busy ~30 s after the others were done.
+    """
+    if item.get_closest_marker("exclusive") is not None:
+        return 0, 0.0
+    if item.get_closest_marker("heavy") is not None:
+        return 3, -_heavy_seconds(item)
+    if item.get_closest_marker("slow") is not None:
+        return 1, 0.0
+    if item.get_closest_marker("unit") is not None:
+        return 4, 0.0
+    return 2, 0.0
 
 
 def _heavy_seconds(item: pytest.Item) -> float:
