@@ -22,15 +22,22 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+def connect(handler: Handler) -> tuple[Connection, MemoryTransport]:
+    """A connection of a server with `handler`, made on an in-memory transport (call from a
+    running loop)."""
+    server = GatewayServer(handler, header_timeout=5.0, error_headers=CIMultiDict,
+                           count_error=lambda status: None)
+    conn = server()
+    transport = MemoryTransport()
+    conn.connection_made(transport)
+    return conn, transport
+
+
 def serve(handler: Handler, *pieces: bytes,
           then: Callable[[Connection, MemoryTransport], Awaitable[None]] | None = None,
           ) -> MemoryTransport:
     async def run() -> MemoryTransport:
-        server = GatewayServer(handler, header_timeout=5.0, error_headers=CIMultiDict,
-                               count_error=lambda status: None)
-        conn = server()
-        transport = MemoryTransport()
-        conn.connection_made(transport)
+        conn, transport = connect(handler)
         for piece in pieces:
             conn.data_received(piece)
             await settle()
@@ -280,11 +287,7 @@ def test_a_connection_cut_at_its_body_timeout_is_freed_by_reference_counting() -
                 pass
 
     async def run() -> None:
-        server = GatewayServer(reader, header_timeout=5.0, error_headers=CIMultiDict,
-                               count_error=lambda status: None)
-        conn = server()
-        transport = MemoryTransport()
-        conn.connection_made(transport)
+        conn, transport = connect(reader)
         conn.data_received(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
         await writes(transport, 1)
         await settle()
