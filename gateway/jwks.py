@@ -8,6 +8,7 @@ routes answer 401). A failed fetch keeps the keys already known.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
@@ -19,28 +20,28 @@ FETCH_TIMEOUT_S = 5.0
 MAX_JWKS_BYTES = 1024 * 1024  # a key set is a few KiB; anything this large is not one
 
 
-_opener: Any = None  # built at the first fetch: see _get
+@functools.cache
+def _opener() -> Any:
+    """The opener for key fetches, built at the first one. urllib.request (http.client, email,
+    ...) is imported then, not with the gateway: only a policy whose `jwt.jwks` is a URL ever
+    fetches, and the import costs every start. No proxy from the environment and no
+    redirects: the keys come from the URL the policy names. (urllib, in a thread: a fetch
+    every few minutes needs no HTTP client on the event loop.)"""
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs) -> None:
+            return None  # a 3xx is answered as a failed fetch, never followed
+
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirect())
 
 
 def _get(url: str) -> str:
     """The body of a 200 answer to GET `url`; raises OSError or ValueError otherwise."""
-    # urllib.request (http.client, email, ...) is imported at the first fetch, not with the
-    # gateway: only a policy whose `jwt.jwks` is a URL ever fetches, and it costs every start.
-    import urllib.error
-    import urllib.request
+    import urllib.error  # (loaded with urllib.request by _opener: a lookup here)
 
-    global _opener
-    if _opener is None:
-        class NoRedirect(urllib.request.HTTPRedirectHandler):
-            def redirect_request(self, *args, **kwargs) -> None:
-                return None  # a 3xx is answered as a failed fetch, never followed
-
-        # No proxy from the environment and no redirects: the keys come from the URL the
-        # policy names. (urllib, in a thread: a fetch every few minutes needs no HTTP client
-        # on the event loop.)
-        _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirect())
     try:
-        with _opener.open(url, timeout=FETCH_TIMEOUT_S) as response:
+        with _opener().open(url, timeout=FETCH_TIMEOUT_S) as response:
             body = response.read(MAX_JWKS_BYTES + 1)
     except urllib.error.HTTPError as exc:
         exc.close()

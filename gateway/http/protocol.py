@@ -268,6 +268,15 @@ class Exchange:
         self.bytes_out = 0 if head_only else len(answer.body)
         self._conn.write(answer.encode(keep, self.version, head_only))
 
+    def send_prebuilt(self, answer: PrebuiltProblem) -> None:
+        """Send an answer encoded once (`PrebuiltProblem`), which ends the connection."""
+        self.started = self.finished = True
+        self.status = answer.status
+        self.keep_alive = False
+        head_only = self.method == "HEAD"
+        self.bytes_out = 0 if head_only else answer.body_size
+        self._conn.write(answer.encode(self.request_id or new_request_id(), head_only))
+
     def send_continue(self) -> None:
         """Tell a client waiting on `Expect: 100-continue` to send its body (RFC 9110
         10.1.1). The final answer still counts as not started: it can be any answer."""
@@ -889,13 +898,7 @@ class Connection(asyncio.Protocol):
         answered = False
         if ex is not None and ex.body is body and not ex.started:
             # the 408 is written here, from bytes encoded once; the handler only accounts
-            answer = self.server.body_timeout_answer()
-            ex.started = ex.finished = True
-            ex.status = answer.status
-            ex.keep_alive = False
-            head_only = ex.method == "HEAD"
-            ex.bytes_out = 0 if head_only else answer.body_size
-            self.write(answer.encode(ex.request_id or new_request_id(), head_only))
+            ex.send_prebuilt(self.server.body_timeout_answer())
             answered = True
         body.set_exception(BodyTimeout(answered))
         if answered:
