@@ -14,11 +14,9 @@ to them and restarting any that die is the supervisor's (supervisor.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
-import resource
 import signal
 
 from multidict import CIMultiDict
@@ -26,6 +24,7 @@ from multidict import CIMultiDict
 from gateway.admin import Admin
 from gateway.config import Loaded, Policy
 from gateway.config.render import redact
+from gateway.descriptors import descriptors_needed, raise_open_file_limit, reserve_descriptor_table
 from gateway.handler import Handler
 from gateway.http.protocol import GatewayServer
 from gateway.http.redirect import RedirectToHttps
@@ -164,6 +163,8 @@ class GatewayProcess:
         old = self.handler.runtime
         self.handler.runtime = new = Runtime.build(loaded, previous=old)
         gc.unfreeze()  # (see run: the start-up policy, frozen, could otherwise never be freed)
+        # more connections allowed: the table grows now, not while they open (descriptors.py)
+        reserve_descriptor_table(descriptors_needed(loaded.policy))
         access_log.configure(loaded.policy.observability.access_log.format)
         new_tls = new.policy.server.tls
         if self.tls is not None and new_tls is not None:
@@ -199,16 +200,6 @@ async def measure_loop_lag(interval: float = 0.25) -> None:
         LOOP_LAG.set(max(0.0, loop.time() - asked - interval))
 
 
-def raise_open_file_limit() -> None:
-    """Each connection is a file descriptor: use the hard limit the system allows (as nginx's
-    worker_rlimit_nofile), since a soft limit of 1024 would refuse connections long before
-    server.limits.max_connections does."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def describe_limiter(policy: Policy) -> str:
     if not policy.rate_limits:
         return "none configured"
@@ -229,5 +220,6 @@ def _event_loop_runner():  # pragma: no cover - trivial
 
 def serve(config_path: str, loaded: Loaded, reuse_port: bool = False) -> int:
     raise_open_file_limit()
+    reserve_descriptor_table(descriptors_needed(loaded.policy))
     _event_loop_runner()(GatewayProcess(config_path, loaded, reuse_port).run())
     return 0
