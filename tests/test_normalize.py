@@ -44,6 +44,7 @@ def test_normalizes_to_the_documented_form(target: str, path: str, query: str | 
     "/a b", "/a\tb", "/a\"b", "/a<b", "/a|b", "/caf\u00e9",  # raw characters needing escapes
     "/a#frag",
     "/x?a=\x01", "/x?a b", "/x?a#b",  # bad query characters
+    "/x?a=\x7f", "/x?a=\u00e9", "/x?a=\u20ac", "/x?a=\U0001f600",  # DEL, raw non-ASCII
 ])
 def test_rejects_ambiguous_or_malformed_targets(target: str) -> None:
     with pytest.raises(PathRejected):
