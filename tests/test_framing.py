@@ -25,6 +25,8 @@ from gateway.http.framing import (
     NOT_CHUNKED_LAST,
     TOO_MANY_FIELDS,
     UPGRADE_WITH_BODY,
+    bare_cr_before_request,
+    bare_crs,
     field_refusal,
     head_refusal,
     parse_failure,
@@ -188,3 +190,21 @@ def test_a_head_within_the_bounds_is_served() -> None:
                                   + b"".join(b"H%d: x\r\n" % i for i in range(4)) + b"\r\n")
     assert got == 200 and transport.written.endswith(b"\r\n\r\nok")
     assert not transport.closed
+
+
+@pytest.mark.parametrize(("data", "found"), [
+    (b"GET / HTTP/1.1\r\n", False), (b"", False),
+    (b"\r\nGET", False), (b"\nGET", False), (b"\r\n\n\r\nGET", False),  # empty lines
+    (b"\rGET", True), (b"\r\n\rGET", True), (b"\r\r\n", True),  # a bare CR among them
+    (b"\r", None), (b"\r\n\r", None),  # a CR whose LF may be in the next read
+])
+def test_a_bare_cr_before_a_request_line_is_found(data: bytes, found: bool | None) -> None:
+    assert bare_cr_before_request(data) is found
+
+
+@pytest.mark.parametrize(("data", "count"), [
+    (b"a\r\nb", 0), (b"a\rb", 1), (b"\r\r\n", 1), (b"\r\rG", 2),
+    (b"a\r", 0), (b"", 0),  # a CR at the very end: its LF may come next
+])
+def test_bare_crs_are_counted(data: bytes, count: int) -> None:
+    assert bare_crs(data) == count

@@ -16,11 +16,15 @@ HTTP/1.1 (RFC 9112 3.2), a request that asks for an upgrade and carries a body (
 at the body of an upgrade request: its bytes would be read as the next request or as frames).
 Lines longer than `limits.max_header_size` (414 for the request line, 431 for a field line)
 and more than `limits.max_headers` fields (431) are counted by the connection layer while it
-feeds the parser, which has no such bounds, and answered from here.
+feeds the parser, which has no such bounds, and answered from here. Before a request line
+llhttp skips any CR and LF; only empty lines (CRLF, or a bare LF) may come there (RFC 9112
+2.2), so a bare CR between requests is refused here (`bare_cr_before_request`,
+`bare_crs`): a strict parser in front of the gateway reads such bytes otherwise.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -87,3 +91,31 @@ def head_refusal(version: tuple[int, int], hosts: int, upgrade_with_body: bool,
     if upgrade_with_body:
         return UPGRADE_WITH_BODY
     return None
+
+
+_BARE_CR = re.compile(rb"\r(?!\n)")
+
+
+def bare_cr_before_request(data: bytes) -> bool | None:
+    """Whether the empty lines `data` starts with (what llhttp skips before a request line)
+    hold a bare CR: True; None when they end in a CR whose LF may be in the next read."""
+    i, end = 0, len(data)
+    while i < end:
+        byte = data[i]
+        if byte == 10:  # LF
+            i += 1
+        elif byte == 13:  # CR
+            if i + 1 == end:
+                return None
+            if data[i + 1] != 10:
+                return True
+            i += 2
+        else:
+            return False
+    return False
+
+
+def bare_crs(data: bytes) -> int:
+    """How many CRs in `data` are followed by something other than LF (one at the very end is
+    not counted: its LF may come next)."""
+    return len(_BARE_CR.findall(data)) - data.endswith(b"\r")

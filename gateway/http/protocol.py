@@ -57,7 +57,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.http.forwarding import new_request_id
 from gateway.http.framing import (
     LINE_TOO_LONG,
+    MALFORMED,
     HeadRefusal,
+    bare_cr_before_request,
+    bare_crs,
     field_refusal,
     head_refusal,
     parse_failure,
@@ -375,6 +378,13 @@ class Connection(asyncio.Protocol):
         self._hosts = 0
         self._head_bytes = 0
         self._refusal: HeadRefusal | None = None  # found by a callback
+        # between requests (framing.py: a bare CR there is refused)
+        self._between = True  # no request begun since the last ended (or the connection began)
+        self._cr_pending = False  # between requests, the last read ended in a CR
+        self._ended_now = False  # a request ended in the bytes being parsed
+        self._boundary_now = False  # ... and another began after it in them
+        self._body_crs = 0  # CRs in the bodies of the bytes being parsed
+        self._body_ends_cr = False  # the last request's body ended in a CR
         # requests
         self._parsing: Exchange | None = None  # whose body is being parsed
         self._last: Exchange | None = None  # the last head parsed
@@ -542,6 +552,14 @@ class Connection(asyncio.Protocol):
                     "request body framing exceeds the size limit"))
         self._began_now = False
         queued = len(self._queue)
+        if self._between and (self._cr_pending or data[:1] in (b"\r", b"\n")):
+            lead = bare_cr_before_request(b"\r" + data if self._cr_pending else data)
+            self._cr_pending = lead is None
+            if lead:
+                self._refuse_head(MALFORMED)
+                return
+        self._ended_now = self._boundary_now = False
+        self._body_crs = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -556,8 +574,17 @@ class Connection(asyncio.Protocol):
                         self._queue.pop()
                 self._refuse_head(refusal)
         else:
-            if self._in_head:
+            if self._boundary_now and bare_crs(data) > self._body_crs:
+                # a bare CR that no body holds: between two requests of these bytes
+                while len(self._queue) > queued:
+                    self._queue.pop()
+                self._parsing = None
+                self._refuse_head(MALFORMED)
+            elif self._in_head:
                 self._head_in_progress(data)
+            elif self._between and self._ended_now and data.endswith(b"\r") \
+                    and not self._body_ends_cr:
+                self._cr_pending = True  # after the request that ended: its LF may come next
         if self._active is None and self._queue and self.transport is not None:
             self._next()
 
@@ -581,6 +608,8 @@ class Connection(asyncio.Protocol):
         if self._stop:
             raise _Stop
         self._in_head = self._awaiting_head = self._began_now = True
+        self._boundary_now = self._ended_now
+        self._between = self._body_ends_cr = False
         self._idle_since = None
         self._url = []
         self._url_len = 0
@@ -645,11 +674,14 @@ class Connection(asyncio.Protocol):
             self.sync_reading()
 
     def on_body(self, data: bytes) -> None:
+        self._body_crs += data.count(b"\r")
+        self._body_ends_cr = data.endswith(b"\r")
         parsing = self._parsing
         if parsing is not None:
             parsing.body.feed(data)
 
     def on_message_complete(self) -> None:
+        self._between = self._ended_now = True
         ex = self._last
         if ex is None:
             return
