@@ -6,7 +6,7 @@ when it is full. In a process with more than one thread (the gateway has libuv's
 threads, started when its listeners' addresses are resolved) each doubling first waits for a
 full RCU grace period (`expand_fdtable` in Linux's fs/file.c calls `synchronize_rcu` when the
 table is shared), and that wait happens inside the `accept4` that needed the room, with the
-event loop stopped: 5 to 17 ms per doubling, measured while 2,000 connections opened in one
+event loop stopped: 4 to 18 ms per doubling, measured while 2,000 connections opened in one
 second (docs/reliability.md). Sizing the table once, before serving, pays that wait once.
 """
 
