@@ -383,7 +383,7 @@ class Connection(asyncio.Protocol):
         self._cr_pending = False  # between requests, the last read ended in a CR
         self._ended_now = False  # a request ended in the bytes being parsed
         self._boundary_now = False  # ... and another began after it in them
-        self._body_crs = 0  # CRs in the bodies of the bytes being parsed
+        self._feed_bodies: list[bytes] = []  # body pieces in the bytes being parsed
         self._body_ends_cr = False  # the last request's body ended in a CR
         # requests
         self._parsing: Exchange | None = None  # whose body is being parsed
@@ -559,7 +559,6 @@ class Connection(asyncio.Protocol):
                 self._refuse_head(MALFORMED)
                 return
         self._ended_now = self._boundary_now = False
-        self._body_crs = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -574,7 +573,8 @@ class Connection(asyncio.Protocol):
                         self._queue.pop()
                 self._refuse_head(refusal)
         else:
-            if self._boundary_now and bare_crs(data) > self._body_crs:
+            if self._boundary_now and bare_crs(data) > sum(
+                    bare_crs(piece) + piece.endswith(b"\r") for piece in self._feed_bodies):
                 # a bare CR that no body holds: between two requests of these bytes
                 while len(self._queue) > queued:
                     self._queue.pop()
@@ -585,6 +585,7 @@ class Connection(asyncio.Protocol):
             elif self._between and self._ended_now and data.endswith(b"\r") \
                     and not self._body_ends_cr:
                 self._cr_pending = True  # after the request that ended: its LF may come next
+        self._feed_bodies.clear()
         if self._active is None and self._queue and self.transport is not None:
             self._next()
 
@@ -674,7 +675,7 @@ class Connection(asyncio.Protocol):
             self.sync_reading()
 
     def on_body(self, data: bytes) -> None:
-        self._body_crs += data.count(b"\r")
+        self._feed_bodies.append(data)  # (counted only if a request begins after it)
         self._body_ends_cr = data.endswith(b"\r")
         parsing = self._parsing
         if parsing is not None:
