@@ -73,6 +73,7 @@ class GatewayProcess:
             max_connections=lambda: self.handler.runtime.policy.server.limits.max_connections,
             count_overload=lambda reason: OVERLOAD_REFUSALS.labels(reason).inc(),
             requests_full=self.handler.requests_full,
+            pace_arrivals=True,  # a crowd of new connections, a few per turn (http/arrivals.py)
             idle_timeout=server_cfg.timeouts.idle,
             max_line_size=limits.max_header_size,
             max_field_size=limits.max_header_size,

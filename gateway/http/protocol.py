@@ -15,7 +15,9 @@ framework object is made per request. On top of what llhttp refuses, it adds:
   connection answers `408` from bytes encoded once (http/problem.py `PrebuiltProblem`) and
   ends, and the reader gets `BodyTimeout` saying so (the handler then only accounts for it);
 - expired head and body deadlines are handled a bounded slice per loop turn (http/reaper.py):
-  a crowd of slow clients cut together does not hold up everyone else's requests;
+  a crowd of slow clients cut together does not hold up everyone else's requests; nor does a
+  crowd of new connections whose first bytes come together: a bounded number of them are
+  handled per loop turn, the others wait, reading paused, in arrival order (http/arrivals.py);
 - bounds on the head: a request line over `limits.max_header_size` is 414, a field line over
   it or more than `limits.max_headers` fields is 431 (llhttp has no such bounds), and the
   checks of http/framing.py (duplicate or missing Host, an upgrade with a body);
@@ -54,6 +56,7 @@ from typing import Any, Protocol
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.http.arrivals import Arrivals
 from gateway.http.forwarding import new_request_id
 from gateway.http.framing import (
     LINE_TOO_LONG,
@@ -397,6 +400,8 @@ class Connection(asyncio.Protocol):
         self._held: bytearray | None = None  # bytes after an upgrade, until it is decided
         self._tunnel: TunnelSink | None = None
         self._refused = False  # answered 503 at connect
+        self._admitted = False  # its first bytes were handled (http/arrivals.py)
+        self._early: bytearray | None = None  # ... or wait for their turn
         self._lingering = False  # answered and half-closed: what arrives is dropped
         # timers
         self._head_timer: asyncio.TimerHandle | None = None
@@ -543,6 +548,18 @@ class Connection(asyncio.Protocol):
             return
         if self._stop or self._refused or self._lingering:
             return  # dropped: see the module's docstring
+        if not self._admitted:
+            arrivals = self.server.arrivals
+            if self._early is not None:  # still waiting for its turn (a late read)
+                self._early += data
+                return
+            if arrivals is not None and not arrivals.take():
+                # a crowd of new connections: handled in a later turn (http/arrivals.py)
+                self._early = bytearray(data)
+                self.sync_reading()
+                arrivals.wait(self._arrived)
+                return
+            self._admitted = True
         parsing = self._parsing
         if parsing is not None:
             self._wire += len(data)
@@ -588,6 +605,15 @@ class Connection(asyncio.Protocol):
         self._feed_bodies.clear()
         if self._active is None and self._queue and self.transport is not None:
             self._next()
+
+    def _arrived(self) -> None:
+        """This new connection's turn: its first bytes are handled, and it reads freely."""
+        self._admitted = True
+        data, self._early = self._early, None
+        if self.transport is None or data is None:
+            return  # the client left while it waited
+        self.sync_reading()
+        self.data_received(bytes(data))
 
     def _head_in_progress(self, data: bytes) -> None:
         """A head is still incomplete after `data`: bound it, and put its deadline on."""
@@ -839,6 +865,7 @@ class Connection(asyncio.Protocol):
             return
         parsing = self._parsing
         want = ((self._held is not None and not self._lingering)
+                or self._early is not None
                 or len(self._queue) >= PIPELINE_DEPTH
                 or (parsing is not None and parsing.body.buffered > BODY_HIGH
                     and not parsing.body.discarding))
@@ -854,7 +881,8 @@ class Connection(asyncio.Protocol):
         self.closing = True
         if self._tunnel is not None:
             return
-        if self._active is None and not self._queue and self.transport is not None:
+        if self._active is None and not self._queue and self._early is None \
+                and self.transport is not None:
             self._stop = True
             self._end(None)
 
@@ -952,6 +980,8 @@ class GatewayServer:
     `error_headers` gives the headers for answers to unreadable requests (the default
     security headers); `count_error` counts such an answer by status. `max_body`,
     `max_connections` and `requests_full` are read when needed: they follow a reload.
+    `pace_arrivals` handles new connections' first bytes a bounded number per loop turn
+    (http/arrivals.py): the public listener's, not the admin's.
     """
 
     def __init__(self, handler: Handler, *, header_timeout: float,
@@ -965,6 +995,7 @@ class GatewayServer:
                  max_connections: Callable[[], int] = lambda: 10_000,
                  count_overload: Callable[[str], None] = lambda reason: None,
                  requests_full: Callable[[], bool] = lambda: False,
+                 pace_arrivals: bool = False,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.handler = handler
         self.header_timeout = header_timeout
@@ -981,6 +1012,7 @@ class GatewayServer:
         self.loop = loop or asyncio.get_running_loop()
         self.connections: set[Connection] = set()
         self.reaper = Reaper(self.loop)
+        self.arrivals = Arrivals(self.loop) if pace_arrivals else None
         self._gone: asyncio.Event | None = None
         self._body_timeout_answer: PrebuiltProblem | None = None
 
