@@ -14,6 +14,7 @@ from gateway.http.arrivals import Arrivals
 from gateway.http.protocol import Connection, Exchange, GatewayServer
 from gateway.http.response import Answer
 from tests.support.memory_transport import MemoryTransport
+from tests.support.turns import runs_of
 
 
 def test_a_crowd_is_let_in_a_few_per_turn_in_order_with_other_work_between() -> None:
@@ -41,14 +42,7 @@ def test_a_crowd_is_let_in_a_few_per_turn_in_order_with_other_work_between() -> 
 
     order = asyncio.run(run())
     assert [o for o in order if o.startswith("new")] == [f"new{i}" for i in range(8)]
-    runs, current = [], 0  # new connections let in between two turns of the other work
-    for item in order:
-        if item.startswith("new"):
-            current += 1
-        else:
-            runs.append(current)
-            current = 0
-    runs.append(current)
+    runs = runs_of(order, "new")  # let in between two turns of the other work
     assert max(runs) <= 3 and sum(runs) == 8, order  # unbounded: all 8 in one run
 
 

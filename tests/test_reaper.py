@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from gateway.http.reaper import Reaper
+from tests.support.turns import runs_of
 
 
 def test_expirations_run_in_slices_with_other_work_between() -> None:
@@ -32,14 +33,7 @@ def test_expirations_run_in_slices_with_other_work_between() -> None:
     cuts = [o for o in order if o.startswith("cut")]
     assert cuts == [f"cut{i}" for i in range(7)]  # all of them, in order
     # at most 3 between two turns of the other work: it was never held up by all 7
-    runs, current = [], 0
-    for item in order:
-        if item.startswith("cut"):
-            current += 1
-        else:
-            runs.append(current)
-            current = 0
-    runs.append(current)
+    runs = runs_of(order, "cut")
     assert max(runs) <= 3 and sum(runs) == 7
 
 

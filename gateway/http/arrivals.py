@@ -10,7 +10,11 @@ So the first bytes of a connection are handled here: at most `per_turn` new conn
 turn of the loop; the bytes of the others are kept, their reading paused, and they are
 handled in arrival order in the turns after. Once a connection's first bytes are handled, it
 reads freely. Under a crowd of new connections, those wait a few turns more; the connections
-already talking (keep-alive clients, load balancers) keep their latency. The same bound on
+already talking (keep-alive clients, load balancers) keep their latency. What a waiting
+connection holds is the one read it came with: the rest stays in the kernel until its turn.
+A crowd of new connections that each send a byte delays the next new ones by the time to let
+the crowd in, as it did when all of it was handled in one turn; it no longer delays the
+others. The same bound on
 one turn's work is http/reaper.py's, for deadlines that expire together. nginx and Envoy
 handle every ready socket in a poll, but their work per request in C is ~100 times less.
 """
