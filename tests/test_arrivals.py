@@ -151,3 +151,21 @@ def test_a_stopping_server_still_answers_a_request_that_waited_for_its_turn() ->
     handled, answer, closed = asyncio.run(run())
     assert handled == ["/x", "/x"]
     assert answer == [b"HTTP/1.1 200 OK"] and closed
+
+
+def test_a_head_deadline_passing_while_the_bytes_wait_does_not_cut_the_connection() -> None:
+    async def run() -> tuple[list[str], list[bytes], bool]:
+        handled: list[str] = []
+        server = _server(1, handled)
+        pairs = [_open(server) for _ in range(2)]
+        for conn, _t in pairs:
+            conn.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")  # the second waits
+        waiting, transport = pairs[1]
+        waiting._head_timed_out()  # its deadline passes before its turn (a busy gateway)
+        for _ in range(6):
+            await asyncio.sleep(0)
+        return handled, _status_lines(transport), transport.closed
+
+    handled, answer, closed = asyncio.run(run())
+    assert handled == ["/x", "/x"]
+    assert answer == [b"HTTP/1.1 200 OK"] and not closed

@@ -14,9 +14,10 @@ already talking (keep-alive clients, load balancers) keep their latency. What a 
 connection holds is the one read it came with: the rest stays in the kernel until its turn.
 A crowd of new connections that each send a byte delays the next new ones by the time to let
 the crowd in, as it did when all of it was handled in one turn; it no longer delays the
-others. The same bound on
-one turn's work is http/reaper.py's, for deadlines that expire together. nginx and Envoy
-handle every ready socket in a poll, but their work per request in C is ~100 times less.
+others. A head deadline that passes while a connection's bytes wait here does not cut it
+(the gateway's lag is not the client's silence). The same bound on one turn's work is
+http/reaper.py's, for deadlines that expire together. nginx and Envoy handle every ready
+socket in a poll, but their work per request in C is ~100 times less.
 """
 
 from __future__ import annotations

@@ -903,6 +903,10 @@ class Connection(asyncio.Protocol):
         self._head_timer = None
         if not self._awaiting_head or self.transport is None:
             return
+        if self._early is not None:
+            # its bytes came and wait for their turn (http/arrivals.py): the gateway's lag,
+            # not the client's silence; a head they leave unfinished gets a new deadline
+            return
         CLIENT_TIMEOUTS.labels("header").inc()  # (not logged at info: see _send_stalled)
         log.debug("closing connection: request head not received within %ss",
                   self.server.header_timeout)
