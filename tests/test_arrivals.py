@@ -88,6 +88,22 @@ def _status_lines(transport: MemoryTransport) -> list[bytes]:
     return [line for line in transport.written.split(b"\r\n") if line.startswith(b"HTTP/")]
 
 
+def _one_waiting(handled: list[str]) -> list[tuple[Connection, MemoryTransport]]:
+    """Two new connections sending a request in one turn of a server with room for one: the
+    second waits for the next turn."""
+    server = _server(1, handled)
+    pairs = [_open(server) for _ in range(2)]
+    for conn, _t in pairs:
+        conn.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert pairs[1][0]._early is not None
+    return pairs
+
+
+async def _turns(count: int = 6) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
 def test_new_connections_wait_their_turn_paused_and_a_talking_one_does_not() -> None:
     async def run() -> tuple[list[str], list[bool], list[str], list[list[bytes]]]:
         handled: list[str] = []
@@ -122,13 +138,9 @@ def test_new_connections_wait_their_turn_paused_and_a_talking_one_does_not() -> 
 def test_a_client_gone_while_it_waited_is_never_handled() -> None:
     async def run() -> list[str]:
         handled: list[str] = []
-        server = _server(1, handled)
-        pairs = [_open(server) for _ in range(2)]
-        for conn, _t in pairs:
-            conn.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")  # the second waits
+        pairs = _one_waiting(handled)
         pairs[1][0].connection_lost(ConnectionResetError())
-        for _ in range(6):
-            await asyncio.sleep(0)
+        await _turns()
         return handled
 
     assert asyncio.run(run()) == ["/x"]
@@ -137,14 +149,10 @@ def test_a_client_gone_while_it_waited_is_never_handled() -> None:
 def test_a_stopping_server_still_answers_a_request_that_waited_for_its_turn() -> None:
     async def run() -> tuple[list[str], list[bytes], bool]:
         handled: list[str] = []
-        server = _server(1, handled)
-        pairs = [_open(server) for _ in range(2)]
-        for conn, _t in pairs:
-            conn.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        pairs = _one_waiting(handled)
         for conn, _t in pairs:
             conn.shutdown()  # (what GatewayServer.shutdown does to each)
-        for _ in range(6):
-            await asyncio.sleep(0)
+        await _turns()
         transport = pairs[1][1]
         return handled, _status_lines(transport), transport.closed
 
@@ -156,14 +164,9 @@ def test_a_stopping_server_still_answers_a_request_that_waited_for_its_turn() ->
 def test_a_head_deadline_passing_while_the_bytes_wait_does_not_cut_the_connection() -> None:
     async def run() -> tuple[list[str], list[bytes], bool]:
         handled: list[str] = []
-        server = _server(1, handled)
-        pairs = [_open(server) for _ in range(2)]
-        for conn, _t in pairs:
-            conn.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")  # the second waits
-        waiting, transport = pairs[1]
+        waiting, transport = _one_waiting(handled)[1]
         waiting._head_timed_out()  # its deadline passes before its turn (a busy gateway)
-        for _ in range(6):
-            await asyncio.sleep(0)
+        await _turns()
         return handled, _status_lines(transport), transport.closed
 
     handled, answer, closed = asyncio.run(run())
