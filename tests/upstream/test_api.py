@@ -3,7 +3,9 @@ validation, health and readiness, metrics and the call-event WebSocket."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 
 import asyncpg
@@ -105,6 +107,39 @@ async def test_wrong_password_and_unknown_user_get_the_same_answer_in_similar_ti
     # would answer in well under a millisecond.
     ratio = timings["nobody-by-that-name"] / timings["admin"]
     assert 0.3 < ratio < 3, timings
+
+
+async def test_the_api_answers_other_requests_while_a_login_verifies_its_password(
+        client, monkeypatch):
+    """The argon2 verification runs off the event loop: held on purpose until /health has
+    been answered, the login then completes. On the loop, it would block the loop (up to the
+    5 s guard) and be done before /health could be read."""
+    import upstream.auth
+
+    real, entered, release = upstream.auth._hasher, threading.Event(), threading.Event()
+    done: list[str] = []
+
+    class HeldHasher:
+        def verify(self, password_hash: str, password: str) -> bool:
+            entered.set()
+            release.wait(5)  # (a guard: never a hung test)
+            try:
+                return real.verify(password_hash, password)
+            finally:
+                done.append("verify")
+
+    monkeypatch.setattr(upstream.auth, "_hasher", HeldHasher())
+    login = asyncio.ensure_future(client.post(
+        "/api/auth/login", json={"username": "admin", "password": "admin-password"}))
+    async with asyncio.timeout(10):
+        while not entered.is_set():
+            await asyncio.sleep(0.01)
+    health = await client.get("/health")
+    done.append(f"health {health.status}")
+    release.set()
+    resp = await login
+    assert done == ["health 200", "verify"]
+    assert resp.status == 200 and (await resp.json())["token_type"] == "bearer"
 
 
 async def test_a_password_is_compared_exactly_not_trimmed(client):
