@@ -2,14 +2,18 @@
 sooner (at most every RETRY_S seconds) while the last fetch failed or a token named a key the
 set lacks (the identity provider rotated its keys). Until the first fetch succeeds, tokens are
 refused as "signing keys not fetched yet" (limits count the client IP instead; `require_jwt`
-routes answer 401). A failed fetch keeps the keys already known.
+routes answer 401). A failed fetch keeps the keys already known. A fetch under way never
+holds up a stopping gateway (its thread is not waited for).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from gateway.identity import Verifier
@@ -66,13 +70,41 @@ async def refresh_jwks(verifier: Verifier, refresh: float) -> None:
 
 
 async def _fetch(verifier: Verifier) -> bool:
-    # (a fetch under way when the gateway stops delays its exit by at most FETCH_TIMEOUT_S:
-    # the thread is not interrupted)
-    problem = await asyncio.to_thread(fetch_once, verifier)
+    problem = await _in_daemon_thread(fetch_once, verifier)
     if problem is not None:
         log.warning("%s; keeping the keys known so far", problem)
         return False
     return True
+
+
+async def _in_daemon_thread(function: Callable[[Verifier], str | None],
+                            verifier: Verifier) -> str | None:
+    """`function(verifier)` on a thread of its own that the process does not wait for at exit
+    (`asyncio.to_thread`'s would be joined: a provider answering slowly, a byte at a time
+    within each read's timeout, could hold a stopping gateway for as long). The thread only
+    reads the keys; cancelled, the fetch's result is dropped."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[str | None] = loop.create_future()
+
+    def settle(result: str | None, error: BaseException | None) -> None:
+        if done.done():
+            return  # cancelled meanwhile: the gateway no longer waits for it
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)
+
+    def run() -> None:
+        result, error = None, None
+        try:
+            result = function(verifier)
+        except BaseException as exc:  # handed to the awaiting task, not lost in the thread
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="jwks-fetch", daemon=True).start()
+    return await done
 
 
 def fetch_once(verifier: Verifier) -> str | None:

@@ -10,6 +10,7 @@ import hmac
 import http.server
 import itertools
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -373,5 +374,58 @@ def test_a_jwks_fetch_follows_no_redirect_and_refuses_a_document_too_large(
             assert problem is not None and why in problem, (path, problem)
             assert verifier.has_keys, path  # the keys fetched before are kept
     finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.integration  # a real gateway and a provider on loopback
+def test_a_jwks_fetch_under_way_does_not_hold_up_a_stopping_gateway(tmp_path: Path) -> None:
+    """A provider that answers a byte every 2 s (each read within the fetch's timeout) would
+    keep a fetch going for minutes: SIGTERM still stops the gateway, exit 0, without waiting
+    for it."""
+    asked = threading.Event()
+    stop_sending = threading.Event()
+
+    class SlowProvider(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.flush()
+            asked.set()
+            while not stop_sending.wait(2.0):
+                try:
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                except OSError:
+                    return  # the gateway hung up (it exited)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowProvider)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    rec = start_recorder(tmp_path)
+    gw = None
+    try:
+        top = f"""\
+jwt: {{jwks: "http://127.0.0.1:{server.server_address[1]}/keys.json"}}
+rate_limits:
+  per_user: {{limit: 100, per: 1m, key: "jwt:sub"}}
+"""
+        gw = start_gateway(tmp_path, rec.url, routes=ROUTES, top_extra=top)
+        assert asked.wait(10), "the gateway never asked for its keys"
+        gw.proc.send_signal(signal.SIGTERM)
+        try:
+            code = gw.proc.wait(timeout=20)  # the fetch alone would take ~200 s
+        except subprocess.TimeoutExpired:
+            pytest.fail("a JWKS fetch under way held up the stopping gateway")
+        assert code == 0
+    finally:
+        stop_sending.set()
+        if gw is not None:
+            stop(gw.proc)
+        stop(rec.proc)
         server.shutdown()
         server.server_close()
