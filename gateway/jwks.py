@@ -13,7 +13,6 @@ import contextlib
 import functools
 import logging
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from gateway.identity import Verifier
@@ -70,16 +69,15 @@ async def refresh_jwks(verifier: Verifier, refresh: float) -> None:
 
 
 async def _fetch(verifier: Verifier) -> bool:
-    problem = await _in_daemon_thread(fetch_once, verifier)
+    problem = await _fetch_in_daemon_thread(verifier)
     if problem is not None:
         log.warning("%s; keeping the keys known so far", problem)
         return False
     return True
 
 
-async def _in_daemon_thread(function: Callable[[Verifier], str | None],
-                            verifier: Verifier) -> str | None:
-    """`function(verifier)` on a thread of its own that the process does not wait for at exit
+async def _fetch_in_daemon_thread(verifier: Verifier) -> str | None:
+    """`fetch_once(verifier)` on a thread of its own that the process does not wait for at exit
     (`asyncio.to_thread`'s would be joined: a provider answering slowly, a byte at a time
     within each read's timeout, could hold a stopping gateway for as long). The thread only
     reads the keys; cancelled, the fetch's result is dropped."""
@@ -97,7 +95,7 @@ async def _in_daemon_thread(function: Callable[[Verifier], str | None],
     def run() -> None:
         result, error = None, None
         try:
-            result = function(verifier)
+            result = fetch_once(verifier)
         except BaseException as exc:  # handed to the awaiting task, not lost in the thread
             error = exc
         with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits

@@ -110,8 +110,7 @@ def test_new_connections_wait_their_turn_paused_and_a_talking_one_does_not() -> 
         server = _server(1, handled)
         talking, talking_t = _open(server)
         talking.data_received(b"GET /old HTTP/1.1\r\nHost: a\r\n\r\n")
-        for _ in range(4):
-            await asyncio.sleep(0)
+        await _turns(4)
         assert handled == ["/old"]
         crowd = [_open(server) for _ in range(3)]
         for i, (conn, _t) in enumerate(crowd, 1):  # three heads of new connections at once
@@ -120,11 +119,9 @@ def test_new_connections_wait_their_turn_paused_and_a_talking_one_does_not() -> 
         for conn, _t in crowd:  # the rest of each head, read late
             conn.data_received(b"\r\n")
         talking.data_received(b"GET /again HTTP/1.1\r\nHost: a\r\n\r\n")
-        for _ in range(2):
-            await asyncio.sleep(0)
+        await _turns(2)
         early = list(handled)
-        for _ in range(10):
-            await asyncio.sleep(0)
+        await _turns(10)
         everyone = [*crowd, (talking, talking_t)]
         return early, paused, handled, [_status_lines(t) for _c, t in everyone]
 
